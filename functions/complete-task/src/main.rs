@@ -1,0 +1,10 @@
+//! Lambda function for `PATCH /api/{user_id}/tasks/{id}/complete`.
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    let state = &shared::cold_start().await?;
+    lambda_http::run(lambda_http::service_fn(|req| {
+        shared::handlers::complete_task(state, req)
+    }))
+    .await
+}

@@ -1,0 +1,382 @@
+//! Token verification: HS256 with the shared secret, and EdDSA / ES256 / RS256 against a
+//! JWKS cached per warm instance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{AuthConfig, ConfigError, JwksSource};
+use crate::error::{ApiError, AuthError};
+
+/// Longest user id accepted, in characters.
+pub const USER_ID_MAX_CHARS: usize = 255;
+/// How long a JWKS fetch may take.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed fetch, how long before the next attempt.
+const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The verified identity of the caller: the token's `sub` (or `user.id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    /// A user id is an opaque string of 1–255 characters (Better Auth ids are not UUIDs).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let chars = raw.chars().count();
+        ((1..=USER_ID_MAX_CHARS).contains(&chars) && !raw.contains('\0'))
+            .then(|| UserId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Verifies bearer tokens; built once per cold start.
+pub struct TokenVerifier {
+    hs256: Option<DecodingKey>,
+    jwks: Option<KeyStore>,
+    issuer: Option<Vec<String>>,
+    audience: Option<Vec<String>>,
+    leeway: u64,
+}
+
+/// The claims this API looks at; time claims are kept raw so their type can be checked.
+#[derive(Deserialize)]
+struct Claims {
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+    sub: Option<Value>,
+    user: Option<Value>,
+}
+
+impl TokenVerifier {
+    pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
+        let jwks = match &config.jwks {
+            None => None,
+            Some(JwksSource::Inline(document)) => {
+                let keys =
+                    KeySet::parse(document.as_bytes()).map_err(|err| ConfigError::Invalid {
+                        name: "JWT_JWKS",
+                        reason: format!("{err:#}"),
+                    })?;
+                if keys.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        name: "JWT_JWKS",
+                        reason: "contains no usable EdDSA, ES256 or RS256 key".into(),
+                    });
+                }
+                Some(KeyStore::fixed(keys))
+            }
+            Some(JwksSource::Url(url)) => {
+                Some(KeyStore::remote(url.clone(), config.jwks_refetch_cooldown)?)
+            }
+        };
+        Ok(TokenVerifier {
+            hs256: config
+                .hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes())),
+            jwks,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway_seconds,
+        })
+    }
+
+    /// Verifies a token and returns the caller's user id.
+    ///
+    /// Only algorithms the configuration enables are accepted, and each only with a key of
+    /// its own kind: an HS256 token is never checked against a public key.
+    pub async fn verify_token(&self, token: &str) -> Result<UserId, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.clone().ok_or(AuthError::Invalid)?,
+            Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256 => {
+                let store = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
+                store.key_for(header.kid.as_deref(), header.alg).await?
+            }
+            _ => return Err(AuthError::Invalid.into()),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(audience);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(issuer);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| {
+                match err.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    _ => AuthError::Invalid,
+                }
+            })?;
+        self.check_claims(&data.claims)
+    }
+
+    fn check_claims(&self, claims: &Claims) -> Result<UserId, ApiError> {
+        // jsonwebtoken checks exp and nbf; a time claim must still be a number, and `iat`
+        // may not lie in the future.
+        for claim in [&claims.exp, &claims.nbf, &claims.iat]
+            .into_iter()
+            .flatten()
+        {
+            if !claim.is_number() {
+                return Err(AuthError::Invalid.into());
+            }
+        }
+        if let Some(iat) = claims.iat.as_ref().and_then(Value::as_f64) {
+            let now = jsonwebtoken::get_current_timestamp() as f64;
+            if iat > now + self.leeway as f64 {
+                return Err(AuthError::NotYetValid.into());
+            }
+        }
+        let subject = match (&claims.sub, &claims.user) {
+            (Some(sub), _) => sub,
+            (None, Some(user)) => user.get("id").ok_or(AuthError::InvalidSubject)?,
+            (None, None) => return Err(AuthError::InvalidSubject.into()),
+        };
+        subject
+            .as_str()
+            .and_then(UserId::parse)
+            .ok_or_else(|| AuthError::InvalidSubject.into())
+    }
+}
+
+/// Public keys by `kid`, each bound to the one algorithm it may verify.
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, (Algorithm, DecodingKey)>,
+    without_kid: Vec<(Algorithm, DecodingKey)>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document, skipping keys that are not usable for signatures here
+    /// (symmetric keys, encryption keys, unsupported curves) rather than failing on them.
+    fn parse(document: &[u8]) -> anyhow::Result<Self> {
+        #[derive(Deserialize)]
+        struct Document {
+            keys: Vec<Value>,
+        }
+        let document: Document = serde_json::from_slice(document).context("not a JWKS document")?;
+        let mut set = KeySet::default();
+        for raw in document.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
+                continue;
+            };
+            let Some(alg) = signing_algorithm(&jwk) else {
+                continue;
+            };
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            match jwk.common.key_id.clone() {
+                Some(kid) => {
+                    set.by_kid.insert(kid, (alg, key));
+                }
+                None => set.without_kid.push((alg, key)),
+            }
+        }
+        Ok(set)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_kid.is_empty() && self.without_kid.is_empty()
+    }
+
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .filter(|(key_alg, _)| *key_alg == alg)
+                .map(|(_, key)| key.clone()),
+            None => {
+                let mut candidates = self
+                    .by_kid
+                    .values()
+                    .chain(self.without_kid.iter())
+                    .filter(|(key_alg, _)| *key_alg == alg);
+                match (candidates.next(), candidates.next()) {
+                    (Some((_, key)), None) => Some(key.clone()),
+                    _ => None, // none, or ambiguous without a kid
+                }
+            }
+        }
+    }
+}
+
+/// The one algorithm a JWK may verify, or `None` when it is not a usable signing key.
+fn signing_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        _ => return None,
+    };
+    let declared = jwk.common.key_algorithm;
+    let consistent = match declared {
+        None => true,
+        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(_) => false,
+    };
+    consistent.then_some(alg)
+}
+
+/// The JWKS cache of a warm instance.
+struct KeyStore {
+    keys: RwLock<Arc<KeySet>>,
+    remote: Option<Remote>,
+}
+
+struct Remote {
+    url: String,
+    client: reqwest::Client,
+    cooldown: Duration,
+    /// When the last fetch was attempted and whether it worked; also serialises fetches.
+    last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl KeyStore {
+    fn fixed(keys: KeySet) -> Self {
+        KeyStore {
+            keys: RwLock::new(Arc::new(keys)),
+            remote: None,
+        }
+    }
+
+    fn remote(url: String, cooldown: Duration) -> Result<Self, ConfigError> {
+        crate::db::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .build()
+            .map_err(|_| ConfigError::Invalid {
+                name: "JWKS_URL",
+                reason: "cannot build an HTTPS client".into(),
+            })?;
+        Ok(KeyStore {
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            remote: Some(Remote {
+                url,
+                client,
+                cooldown,
+                last_fetch: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, ApiError> {
+        if let Some(key) = self.current().find(kid, alg) {
+            return Ok(key);
+        }
+        let Some(remote) = &self.remote else {
+            return Err(AuthError::Invalid.into());
+        };
+        // Unknown kid: refetch, at most once per cool-down however many requests ask.
+        let mut last_fetch = remote.last_fetch.lock().await;
+        if let Some(key) = self.current().find(kid, alg) {
+            return Ok(key); // another request refetched while this one waited
+        }
+        let due = match *last_fetch {
+            None => true,
+            Some((at, true)) => at.elapsed() >= remote.cooldown,
+            Some((at, false)) => at.elapsed() >= JWKS_RETRY_AFTER_FAILURE.min(remote.cooldown),
+        };
+        if !due {
+            return match *last_fetch {
+                Some((_, false)) => Err(ApiError::Unavailable(anyhow!("JWKS unavailable"))),
+                _ => Err(AuthError::Invalid.into()),
+            };
+        }
+        let fetched = remote.fetch().await;
+        *last_fetch = Some((Instant::now(), fetched.is_ok()));
+        let keys = fetched.map_err(ApiError::Unavailable)?;
+        let key = keys.find(kid, alg);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
+        key.ok_or_else(|| AuthError::Invalid.into())
+    }
+}
+
+impl Remote {
+    async fn fetch(&self) -> anyhow::Result<KeySet> {
+        let response = self
+            .client
+            .get(&self.url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .context("JWKS request failed")?
+            .error_for_status()
+            .context("JWKS endpoint answered with an error")?;
+        let body = response.bytes().await.context("JWKS body")?;
+        tracing::info!(url = %self.url, "fetched JWKS");
+        KeySet::parse(&body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_opaque_bounded_strings() {
+        assert!(UserId::parse("Yh3kXq9f0aZ1b2c3d4e5f6g7h8i9j0kL").is_some());
+        assert!(UserId::parse("").is_none());
+        assert!(UserId::parse(&"é".repeat(255)).is_some());
+        assert!(UserId::parse(&"a".repeat(256)).is_none());
+        assert!(UserId::parse("a\0b").is_none());
+    }
+
+    #[test]
+    fn jwks_parsing_skips_keys_it_cannot_use() {
+        let doc = br#"{"keys":[
+            {"kty":"oct","k":"c2VjcmV0","kid":"sym"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"ed"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"mislabelled","alg":"RS256"},
+            {"kty":"weird"}
+        ]}"#;
+        let set = KeySet::parse(doc).unwrap();
+        assert!(set.find(Some("ed"), Algorithm::EdDSA).is_some());
+        assert!(set.find(Some("ed"), Algorithm::RS256).is_none());
+        assert!(set.find(Some("sym"), Algorithm::HS256).is_none());
+        assert!(set.find(Some("mislabelled"), Algorithm::EdDSA).is_none());
+        assert!(set.find(None, Algorithm::EdDSA).is_some());
+    }
+}

@@ -1,0 +1,284 @@
+//! Configuration, read from the environment and validated once per cold start.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Shortest HS256 secret accepted; Better Auth itself asks for at least 32 characters.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A setting that is missing or invalid. Messages name the variable, never a secret's value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} must be set")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("no way to verify tokens is configured: set BETTER_AUTH_SECRET, JWKS_URL, BETTER_AUTH_URL or JWT_JWKS")]
+    NoTokenVerifier,
+}
+
+/// Where the public keys for asymmetric tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched over HTTPS and cached per warm instance.
+    Url(String),
+    /// A JWKS document given inline (`JWT_JWKS`), for offline setups.
+    Inline(String),
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<SecretString>,
+    pub jwks: Option<JwksSource>,
+    pub issuer: Option<Vec<String>>,
+    pub audience: Option<Vec<String>>,
+    pub leeway_seconds: u64,
+    /// Minimum time between two JWKS refetches triggered by an unknown `kid`.
+    pub jwks_refetch_cooldown: Duration,
+}
+
+/// How the database is reached.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub pool_wait_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// An extra CA certificate (PEM) trusted besides the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Everything a function needs to know, loaded once per cold start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let url = var("DATABASE_URL")
+            .or_else(|| var("NEON_DATABASE_URL"))
+            .ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        Ok(Config {
+            database: Self::database(&var, SecretString::from(url))?,
+            auth: Self::auth(&var)?,
+            cors_allowed_origins: list(
+                var("CORS_ALLOWED_ORIGINS")
+                    .as_deref()
+                    .unwrap_or("http://localhost:3000"),
+            ),
+        })
+    }
+
+    /// The database settings around a URL obtained elsewhere (e.g. from Secrets Manager).
+    pub fn database(
+        var: &impl Fn(&str) -> Option<String>,
+        url: SecretString,
+    ) -> Result<DatabaseConfig, ConfigError> {
+        // Validate the URL now so that a typo stops the cold start, not the first request.
+        crate::db::parse_url(url.expose_secret())?;
+        let pool_size = number(var, "DB_POOL_SIZE", 1)?;
+        if pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "DB_POOL_SIZE",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(DatabaseConfig {
+            url,
+            pool_size: pool_size as usize,
+            connect_timeout: millis(var, "DB_CONNECT_TIMEOUT_MS", 3_000)?,
+            pool_wait_timeout: millis(var, "DB_POOL_TIMEOUT_MS", 3_000)?,
+            statement_timeout: millis(var, "DB_STATEMENT_TIMEOUT_MS", 5_000)?,
+            ca_file: var("DATABASE_CA_FILE").map(PathBuf::from),
+        })
+    }
+
+    fn auth(var: &impl Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
+        let hs256_secret = match var("BETTER_AUTH_SECRET").or_else(|| var("JWT_SECRET")) {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(ConfigError::Invalid {
+                    name: "BETTER_AUTH_SECRET",
+                    reason: format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+                })
+            }
+            Some(secret) => Some(SecretString::from(secret)),
+            None => None,
+        };
+        let jwks = if let Some(url) = var("JWKS_URL") {
+            Some(JwksSource::Url(http_url("JWKS_URL", url)?))
+        } else if let Some(base) = var("BETTER_AUTH_URL") {
+            let base = http_url("BETTER_AUTH_URL", base)?;
+            Some(JwksSource::Url(format!(
+                "{}/api/auth/jwks",
+                base.trim_end_matches('/')
+            )))
+        } else {
+            var("JWT_JWKS").map(JwksSource::Inline)
+        };
+        if hs256_secret.is_none() && jwks.is_none() {
+            return Err(ConfigError::NoTokenVerifier);
+        }
+        Ok(AuthConfig {
+            hs256_secret,
+            jwks,
+            issuer: var("JWT_ISSUER").map(|v| list(&v)),
+            audience: var("JWT_AUDIENCE").map(|v| list(&v)),
+            leeway_seconds: number(var, "JWT_LEEWAY_SECONDS", 30)?,
+            jwks_refetch_cooldown: Duration::from_secs(number(
+                var,
+                "JWKS_REFETCH_COOLDOWN_SECONDS",
+                60,
+            )?),
+        })
+    }
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn number(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(value) => u64::from_str(value.trim()).map_err(|_| ConfigError::Invalid {
+            name,
+            reason: format!("expected a whole number, got {value:?}"),
+        }),
+    }
+}
+
+fn millis(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    match number(var, name, default)? {
+        0 => Err(ConfigError::Invalid {
+            name,
+            reason: "must be greater than 0".into(),
+        }),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+fn http_url(name: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.starts_with("https://") || value.starts_with("http://") {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            reason: "must start with https:// (or http:// for local development)".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_suit_a_lambda_instance() {
+        let config = load(&[
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ])
+        .unwrap();
+        assert_eq!(config.database.pool_size, 1);
+        assert_eq!(config.auth.leeway_seconds, 30);
+        assert_eq!(config.cors_allowed_origins, vec!["http://localhost:3000"]);
+        assert!(config.auth.jwks.is_none());
+    }
+
+    #[test]
+    fn neon_urls_are_accepted_verbatim() {
+        let url = "postgresql://alex:AbC123dEf@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/dbname?sslmode=require&channel_binding=require";
+        let config = load(&[("NEON_DATABASE_URL", url), ("JWT_SECRET", SECRET)]).unwrap();
+        assert_eq!(config.database.url.expose_secret(), url);
+    }
+
+    #[test]
+    fn better_auth_url_points_at_its_jwks_endpoint() {
+        let config = load(&[
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("BETTER_AUTH_URL", "https://app.example.com/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.auth.jwks,
+            Some(JwksSource::Url(
+                "https://app.example.com/api/auth/jwks".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_settings_name_the_variable_without_secrets() {
+        assert_eq!(
+            load(&[("BETTER_AUTH_SECRET", SECRET)]).unwrap_err(),
+            ConfigError::Missing("DATABASE_URL")
+        );
+        assert_eq!(
+            load(&[("DATABASE_URL", "postgres://localhost/db")]).unwrap_err(),
+            ConfigError::NoTokenVerifier
+        );
+        let short = load(&[
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("BETTER_AUTH_SECRET", "hunter2"),
+        ])
+        .unwrap_err();
+        assert!(short.to_string().contains("BETTER_AUTH_SECRET"));
+        assert!(!short.to_string().contains("hunter2"));
+        let bad_url = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://u:s3cr3t@localhost/db?sslmode=bogus",
+            ),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ])
+        .unwrap_err();
+        assert!(bad_url.to_string().contains("DATABASE_URL"));
+        assert!(!bad_url.to_string().contains("s3cr3t"));
+        let bad_pool = load(&[
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+            ("DB_POOL_SIZE", "many"),
+        ])
+        .unwrap_err();
+        assert!(bad_pool.to_string().contains("DB_POOL_SIZE"));
+    }
+}

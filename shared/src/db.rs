@@ -1,0 +1,314 @@
+//! The pooled Postgres client: TLS through rustls, and connect, pool-wait and statement
+//! timeouts that each end in a 503 rather than a hang.
+//!
+//! Every statement goes through [`Database::query`], which keeps no session state, so the
+//! functions work behind Neon's PgBouncer pooler in transaction mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{ConfigError, DatabaseConfig};
+use crate::error::ApiError;
+
+/// A pool of connections, created once per cold start.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    tls: MakeRustlsConnect,
+    statement_timeout: Duration,
+}
+
+/// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
+/// handles (certificates are always verified, SNI is always sent).
+const LIBPQ_TLS_ONLY_OPTIONS: &[&str] = &["sslsni", "sslcompression", "gssencmode", "sslcrl"];
+
+/// Parses a Postgres URL as libpq users write it (including Neon's
+/// `?sslmode=require&channel_binding=require`) into a tokio-postgres config.
+///
+/// `verify-ca` and `verify-full` become `require`: rustls always verifies the certificate
+/// chain and host name, which is what they ask for.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: "DATABASE_URL",
+        reason,
+    };
+    let (normalized, _) = normalize_url(url);
+    tokio_postgres::Config::from_str(&normalized)
+        .map_err(|err| invalid(format!("not a usable Postgres URL ({err})")))
+}
+
+/// Returns the URL tokio-postgres can parse and the `sslrootcert` it named, if any.
+fn normalize_url(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" if value == "verify-full" || value == "verify-ca" => {
+                kept.push("sslmode=require".to_owned());
+            }
+            "sslrootcert" => {
+                if value != "system" {
+                    root_cert = Some(
+                        percent_encoding::percent_decode_str(value)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+            key if LIBPQ_TLS_ONLY_OPTIONS.contains(&key) => {}
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    if kept.is_empty() {
+        (base.to_owned(), root_cert)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root_cert)
+    }
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // Other rustls users in the process (the JWKS client) use the same provider.
+            let _ = rustls::crypto::CryptoProvider::install_default((*provider).clone());
+            provider
+        })
+        .clone()
+}
+
+/// Makes sure rustls has a process-wide crypto provider (ring).
+pub fn install_crypto_provider() {
+    crypto_provider();
+}
+
+/// The rustls client configuration: the public web PKI roots plus an optional extra CA.
+pub fn tls_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("cannot read CA file {}", path.display()))?;
+        for cert in certs {
+            let cert = cert.with_context(|| format!("bad PEM in CA file {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("unusable CA certificate in {}", path.display()))?;
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Opens one connection outside the pool (for the `migrate` command and tooling), with the
+/// same URL handling and TLS as the functions.
+pub async fn connect_once(
+    url: &str,
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let (url, url_ca) = normalize_url(url);
+    let mut pg = tokio_postgres::Config::from_str(&url)
+        .map_err(|_| anyhow!("DATABASE_URL is not a usable Postgres URL"))?;
+    pg.connect_timeout(connect_timeout);
+    let ca_file = ca_file
+        .map(Path::to_path_buf)
+        .or_else(|| url_ca.map(Into::into));
+    let tls = MakeRustlsConnect::new(tls_config(ca_file.as_deref())?);
+    let (client, connection) = pg
+        .connect(tls)
+        .await
+        .context("cannot connect to Postgres")?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+impl Database {
+    /// Builds the pool. No connection is opened until [`Database::warm_up`] or first use.
+    pub fn new(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let (url, url_ca) = normalize_url(config.url.expose_secret());
+        let mut pg = tokio_postgres::Config::from_str(&url)
+            .map_err(|_| anyhow!("DATABASE_URL is not a usable Postgres URL"))?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("todo-api");
+        }
+        let ca_file = config.ca_file.clone().or_else(|| url_ca.map(Into::into));
+        let tls = MakeRustlsConnect::new(tls_config(ca_file.as_deref())?);
+        let manager = Manager::from_config(
+            pg,
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.pool_wait_timeout))
+            // Creating a connection is bounded by the driver's connect timeout per attempt;
+            // this bounds the whole handshake (TLS, authentication) as well.
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .context("cannot build the connection pool")?;
+        Ok(Database {
+            pool,
+            tls,
+            statement_timeout: config.statement_timeout,
+        })
+    }
+
+    /// Opens the first connection during the cold start, so the first request does not pay
+    /// for it. A failure is only logged: requests will retry and answer 503 if it persists.
+    pub async fn warm_up(&self) {
+        if let Err(err) = self.pool.get().await {
+            tracing::warn!(error = %PoolFailure(&err), "database warm-up failed");
+        }
+    }
+
+    /// Runs one statement, typed so that it costs a single network round trip, and returns
+    /// its rows. Timeouts and lost connections become [`ApiError::Unavailable`].
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, ApiError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        match tokio::time::timeout(self.statement_timeout, client.query_typed(sql, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(err)) => Err(driver_error(err)),
+            Err(_elapsed) => {
+                // Stop the server-side work too, and never reuse a connection whose state is
+                // unknown.
+                let cancel = client.cancel_token();
+                let tls = self.tls.clone();
+                tokio::spawn(async move {
+                    let _ = cancel.cancel_query(tls).await;
+                });
+                drop(deadpool_postgres::Object::take(client));
+                Err(ApiError::Unavailable(anyhow!(
+                    "statement timed out after {:?}",
+                    self.statement_timeout
+                )))
+            }
+        }
+    }
+
+    /// Checks that the database answers, for `/health`.
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        self.query("SELECT 1", &[]).await.map(drop)
+    }
+}
+
+/// Formats a pool error without the connection string.
+struct PoolFailure<'a>(&'a PoolError);
+
+impl std::fmt::Display for PoolFailure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            PoolError::Timeout(kind) => write!(f, "pool timeout ({kind:?})"),
+            PoolError::Backend(err) => write!(f, "{err}"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+fn pool_error(err: PoolError) -> ApiError {
+    match err {
+        PoolError::Backend(err) => driver_error(err),
+        PoolError::Timeout(_) => ApiError::Unavailable(anyhow!("{}", PoolFailure(&err))),
+        other => ApiError::Internal(anyhow!("connection pool: {other}")),
+    }
+}
+
+/// Sorts driver errors into "try again later" (503) and bugs (500).
+fn driver_error(err: tokio_postgres::Error) -> ApiError {
+    let transient = match err.code() {
+        None => true, // I/O, closed connection, TLS or authentication handshake
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::QUERY_CANCELED,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::LOCK_NOT_AVAILABLE,
+                ]
+                .contains(code)
+        }
+    };
+    let err = anyhow::Error::new(err).context("database");
+    if transient {
+        ApiError::Unavailable(err)
+    } else {
+        ApiError::Internal(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_become_require_and_libpq_only_options_are_dropped() {
+        let (url, ca) = normalize_url(
+            "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&sslsni=1&channel_binding=require",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@h/db?sslmode=require&channel_binding=require"
+        );
+        assert_eq!(ca.as_deref(), Some("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn neon_urls_parse_with_channel_binding() {
+        let config = parse_url(
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&channel_binding=require",
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(
+            config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+    }
+
+    #[test]
+    fn the_tls_config_has_public_roots() {
+        assert!(tls_config(None).is_ok());
+        assert!(tls_config(Some(Path::new("/nonexistent/ca.pem"))).is_err());
+    }
+}

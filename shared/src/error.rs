@@ -1,0 +1,173 @@
+//! The one error type of the API and its mapping to HTTP responses.
+
+use http::{HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::http::{json_response, HttpResponse};
+use crate::validation::FieldError;
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
+/// Why a request carries no usable identity. The message is safe to show to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Not authenticated")]
+    Missing,
+    #[error("Invalid authorization header")]
+    Malformed,
+    #[error("Token has expired")]
+    Expired,
+    #[error("Token is not yet valid")]
+    NotYetValid,
+    #[error("Invalid token")]
+    Invalid,
+    #[error("Invalid token subject")]
+    InvalidSubject,
+}
+
+/// Everything a request can end in other than success.
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    #[error("unauthorized: {0}")]
+    Unauthorized(AuthError),
+    #[error("forbidden: path user id differs from the token's")]
+    Forbidden,
+    #[error("task not found")]
+    NotFound,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("dependency unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl std::fmt::Debug for ApiError {
+    /// Prints the whole cause chain, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        ApiError::Unauthorized(err)
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(err: FieldError) -> Self {
+        ApiError::Validation(vec![err])
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response the caller sees: never a driver message, SQL or a secret.
+    pub fn into_response(self) -> HttpResponse {
+        let status = self.status();
+        let mut response = match &self {
+            ApiError::Validation(errors) => json_response(status, &json!({ "detail": errors })),
+            _ => json_response(status, &json!({ "detail": self.detail() })),
+        };
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(AuthError::Missing) => {
+                headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    "www-authenticate",
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::Unauthorized(reason) => reason.to_string(),
+            ApiError::Forbidden => "Not authorized to access this user's tasks".into(),
+            ApiError::NotFound => "Task not found".into(),
+            ApiError::PayloadTooLarge => "Request body too large (limit 64 KiB)".into(),
+            ApiError::UnsupportedMediaType => {
+                "Unsupported media type: send the body as application/json".into()
+            }
+            ApiError::Validation(_) => "Validation error".into(),
+            ApiError::PreconditionFailed => {
+                "Precondition failed: the task has changed since it was read".into()
+            }
+            ApiError::Unavailable(_) => "Service temporarily unavailable, retry shortly".into(),
+            ApiError::Internal(_) => "Internal server error".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(response: &HttpResponse) -> String {
+        String::from_utf8(response.body().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn internal_errors_never_show_their_cause() {
+        let err = ApiError::Internal(anyhow::anyhow!("relation \"tasks\" does not exist"));
+        assert!(format!("{err:?}").contains("relation"));
+        let response = err.into_response();
+        assert_eq!(response.status(), 500);
+        assert_eq!(body(&response), r#"{"detail":"Internal server error"}"#);
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let response = ApiError::Unavailable(anyhow::anyhow!("connect timeout")).into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "2");
+        assert!(!body(&response).contains("timeout"));
+    }
+
+    #[test]
+    fn unauthorized_carries_a_bearer_challenge() {
+        let missing = ApiError::from(AuthError::Missing).into_response();
+        assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+        let expired = ApiError::from(AuthError::Expired).into_response();
+        assert_eq!(
+            expired.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(body(&expired), r#"{"detail":"Token has expired"}"#);
+    }
+}

@@ -1,0 +1,62 @@
+//! The todo API's library: everything the Lambda functions under `functions/` share.
+//!
+//! A request flows `handlers` → `auth` (who is calling) → `owner` (may they touch this
+//! path) → `http` / `task` / `listing` (is the request well-formed) → `repo` (one SQL
+//! statement through the pooled `db`) → a response built by `http`, with failures mapped
+//! by `error`. `config` is read once per cold start into an [`AppState`]; `routes` is the
+//! single route table that the infrastructure is checked against.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod listing;
+pub mod owner;
+pub mod repo;
+pub mod routes;
+pub mod task;
+pub mod telemetry;
+pub mod validation;
+
+use auth::TokenVerifier;
+use config::Config;
+use db::Database;
+use http::Cors;
+use repo::TaskRepo;
+
+/// What a warm instance keeps between requests; built once per cold start.
+pub struct AppState {
+    pub verifier: TokenVerifier,
+    pub tasks: TaskRepo,
+    pub cors: Cors,
+}
+
+impl AppState {
+    /// Builds the state from a configuration without touching the network.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(AppState {
+            verifier: TokenVerifier::new(&config.auth)?,
+            tasks: TaskRepo::new(Database::new(&config.database)?),
+            cors: Cors::new(config.cors_allowed_origins.clone()),
+        })
+    }
+
+    /// The cold start of a function: reads the environment, builds the state and opens the
+    /// first database connection so the first request does not wait for it.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let config = Config::from_env()?;
+        let state = Self::new(&config)?;
+        state.tasks.database().warm_up().await;
+        Ok(state)
+    }
+}
+
+/// What every function's `main` does first: JSON logging, then the state.
+pub async fn cold_start() -> anyhow::Result<AppState> {
+    telemetry::init();
+    AppState::from_env().await.inspect_err(|err| {
+        tracing::error!(error = format!("{err:#}"), "cold start failed");
+    })
+}

@@ -1,0 +1,158 @@
+//! The single route table. The SAM template, the `cargo lambda watch` router, the OpenAPI
+//! document and the local server are all checked against it.
+
+use std::collections::HashMap;
+
+/// One operation of the API; each is one Lambda function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    ListTasks,
+    CreateTask,
+    GetTask,
+    UpdateTask,
+    DeleteTask,
+    CompleteTask,
+    Health,
+}
+
+/// Where an operation lives and what it can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub operation: Operation,
+    pub method: &'static str,
+    /// API Gateway syntax: `{name}` marks a path parameter.
+    pub path: &'static str,
+    /// The Lambda function (and binary, and crate under `functions/`).
+    pub function: &'static str,
+    /// Every status code the route can answer besides 500.
+    pub statuses: &'static [u16],
+}
+
+pub const ROUTES: [Route; 7] = [
+    Route {
+        operation: Operation::ListTasks,
+        method: "GET",
+        path: "/api/{user_id}/tasks",
+        function: "list-tasks",
+        statuses: &[200, 401, 403, 422, 503],
+    },
+    Route {
+        operation: Operation::CreateTask,
+        method: "POST",
+        path: "/api/{user_id}/tasks",
+        function: "create-task",
+        statuses: &[201, 401, 403, 413, 415, 422, 503],
+    },
+    Route {
+        operation: Operation::GetTask,
+        method: "GET",
+        path: "/api/{user_id}/tasks/{id}",
+        function: "get-task",
+        statuses: &[200, 401, 403, 404, 422, 503],
+    },
+    Route {
+        operation: Operation::UpdateTask,
+        method: "PUT",
+        path: "/api/{user_id}/tasks/{id}",
+        function: "update-task",
+        statuses: &[200, 401, 403, 404, 413, 415, 422, 503],
+    },
+    Route {
+        operation: Operation::DeleteTask,
+        method: "DELETE",
+        path: "/api/{user_id}/tasks/{id}",
+        function: "delete-task",
+        statuses: &[204, 401, 403, 404, 422, 503],
+    },
+    Route {
+        operation: Operation::CompleteTask,
+        method: "PATCH",
+        path: "/api/{user_id}/tasks/{id}/complete",
+        function: "complete-task",
+        statuses: &[200, 401, 403, 404, 413, 415, 422, 503],
+    },
+    Route {
+        operation: Operation::Health,
+        method: "GET",
+        path: "/health",
+        function: "health",
+        statuses: &[200, 503],
+    },
+];
+
+impl Operation {
+    pub fn route(self) -> &'static Route {
+        ROUTES
+            .iter()
+            .find(|r| r.operation == self)
+            .expect("every operation has a route")
+    }
+}
+
+impl Route {
+    /// Matches a concrete path against this route's template and returns the parameters.
+    pub fn match_path(&self, path: &str) -> Option<HashMap<String, String>> {
+        let mut params = HashMap::new();
+        let mut template = self.path.split('/');
+        let mut actual = path.split('/');
+        loop {
+            match (template.next(), actual.next()) {
+                (None, None) => return Some(params),
+                (Some(t), Some(a)) => {
+                    if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                        if a.is_empty() {
+                            return None;
+                        }
+                        params.insert(name.to_owned(), a.to_owned());
+                    } else if t != a {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Finds the route for a method and path: `Ok` with the parameters, `Err(true)` when the
+/// path exists under another method (405), `Err(false)` when it does not exist (404).
+pub fn resolve(
+    method: &str,
+    path: &str,
+) -> Result<(&'static Route, HashMap<String, String>), bool> {
+    let mut path_exists = false;
+    for route in &ROUTES {
+        if let Some(params) = route.match_path(path) {
+            if route.method.eq_ignore_ascii_case(method) {
+                return Ok((route, params));
+            }
+            path_exists = true;
+        }
+    }
+    Err(path_exists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_their_operation() {
+        let (route, params) = resolve("PATCH", "/api/u1/tasks/abc/complete").unwrap();
+        assert_eq!(route.operation, Operation::CompleteTask);
+        assert_eq!(params["user_id"], "u1");
+        assert_eq!(params["id"], "abc");
+        assert_eq!(resolve("GET", "/health").unwrap().0.function, "health");
+        assert!(resolve("POST", "/health").unwrap_err());
+        assert!(!resolve("GET", "/api/u1/nope").unwrap_err());
+        assert!(!resolve("GET", "/api//tasks").unwrap_err());
+    }
+
+    #[test]
+    fn each_function_appears_once() {
+        let mut functions: Vec<_> = ROUTES.iter().map(|r| r.function).collect();
+        functions.sort_unstable();
+        functions.dedup();
+        assert_eq!(functions.len(), ROUTES.len());
+    }
+}

@@ -1,0 +1,157 @@
+//! A throwaway PostgreSQL cluster for one test run.
+//!
+//! It lives in a temporary directory, listens on a free port on 127.0.0.1 only, and is
+//! stopped and deleted by a watchdog once the test process exits. As root, where `initdb`
+//! refuses to run, the server runs as the `postgres` user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`.
+pub fn postgres_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server binaries found under /usr/lib/postgresql; \
+             run scripts/test (it installs them) or set DATABASE_URL or PG_BIN"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a server binary, as `postgres` when we are root.
+pub fn pg_command(bin: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Cluster {
+    /// Creates and starts a cluster; it is removed when this process exits.
+    pub fn start() -> Cluster {
+        let bin = postgres_bin_dir();
+        let dir = std::env::temp_dir().join(format!(
+            "todo-api-pg-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        if is_root() {
+            run(
+                Command::new("chown").arg("postgres:postgres").arg(&dir),
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        run(
+            pg_command(&bin.join("initdb")).arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]),
+            "initdb",
+        );
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            dir.display()
+        );
+        run(
+            pg_command(&bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        );
+        let cluster = Cluster { port, dir };
+        cluster.spawn_watchdog(&bin);
+        cluster
+    }
+
+    /// Stops and deletes the cluster once this process has exited.
+    fn spawn_watchdog(&self, bin: &Path) {
+        let stop = if is_root() {
+            "runuser -u postgres -- \"$PG_CTL\""
+        } else {
+            "\"$PG_CTL\""
+        };
+        let script = format!(
+            "while kill -0 \"$OWNER\" 2>/dev/null; do sleep 0.5; done; \
+             {stop} -D \"$DIR/data\" -m immediate stop; rm -rf \"$DIR\""
+        );
+        // `setsid --fork` detaches the watchdog and returns at once.
+        let status = Command::new("setsid")
+            .args(["--fork", "sh", "-c", &script])
+            .env("OWNER", std::process::id().to_string())
+            .env("DIR", &self.dir)
+            .env("PG_CTL", bin.join("pg_ctl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("cluster watchdog");
+        assert!(status.success(), "cannot start the cluster watchdog");
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}

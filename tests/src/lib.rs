@@ -1,0 +1,90 @@
+//! The test harness: a real Postgres (a throwaway cluster, or `DATABASE_URL`), the
+//! application state pointed at it, tokens, and API Gateway HTTP API (v2.0) events.
+
+pub mod cluster;
+pub mod events;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+pub use events::{ApiEvent, ApiResponse};
+
+/// A 32-byte-plus HS256 secret used by every test state.
+pub const TEST_SECRET: &str = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// The URL of a migrated database shared by the whole test run. Tests stay out of each
+/// other's way by using fresh user ids, which is also what the API isolates on.
+pub fn database_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| cluster::Cluster::start().url());
+        migrate(&url);
+        url
+    })
+}
+
+/// Applies the migrations on a runtime of its own, so that it does not depend on the
+/// runtime of whichever test got here first.
+fn migrate(url: &str) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut client =
+                    shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
+                        .await
+                        .expect("connect to the test database");
+                migrations::apply(&mut client).await.expect("migrate");
+            })
+    })
+    .join()
+    .expect("migration thread");
+}
+
+/// Settings for a test state; `extra` overrides or adds variables.
+pub fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = [
+        ("DATABASE_URL", database_url()),
+        ("BETTER_AUTH_SECRET", TEST_SECRET),
+        ("JWT_JWKS", include_str!("../fixtures/jwks.json")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        map.insert((*k).to_owned(), (*v).to_owned());
+    }
+    map.retain(|_, v| !v.is_empty());
+    map
+}
+
+/// The application state as a function builds it at cold start, from these settings.
+pub fn state_with(vars: HashMap<String, String>) -> shared::AppState {
+    let config = shared::config::Config::from_lookup(|name| vars.get(name).cloned())
+        .expect("valid test configuration");
+    shared::AppState::new(&config).expect("state")
+}
+
+/// The default test state: HS256 and an inline JWKS, against the test database.
+pub fn state() -> shared::AppState {
+    state_with(env(&[]))
+}
+
+/// A fresh user id in Better Auth's style (32 random alphanumerics).
+pub fn user_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A plain client on the test database, for arranging rows and checking them afterwards.
+pub async fn db() -> tokio_postgres::Client {
+    shared::db::connect_once(database_url(), None, std::time::Duration::from_secs(10))
+        .await
+        .expect("connect to the test database")
+}

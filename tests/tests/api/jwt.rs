@@ -1,0 +1,372 @@
+//! The token matrix: what is refused (401) and what is accepted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use tests::tokens::{self, claims, hs256, hs256_with, now, raw, signed};
+use tests::{env, state, state_with, user_id, ApiEvent, ApiResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn list_with(state: &shared::AppState, user: &str, token: &str) -> ApiResponse {
+    ApiEvent::get(&format!("/api/{user}/tasks"))
+        .bearer(token)
+        .send(state)
+        .await
+}
+
+#[track_caller]
+fn assert_401(response: &ApiResponse, case: &str) {
+    assert_eq!(response.status, 401, "{case}: {}", response.text());
+    assert!(
+        response
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer"),
+        "{case}"
+    );
+    assert!(response.detail().is_string(), "{case}");
+}
+
+fn jwks() -> Value {
+    serde_json::from_str(include_str!("../../fixtures/jwks.json")).unwrap()
+}
+
+#[tokio::test]
+async fn forged_expired_and_malformed_tokens_are_401() {
+    let state = state();
+    let user = user_id();
+    let valid = tokens::token(&user);
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let ed_x = jwks()["keys"][0]["x"].as_str().unwrap().to_owned();
+    let mut tampered: Vec<String> = valid.split('.').map(str::to_owned).collect();
+    tampered[1] = raw(&json!({}), &claims(&user_id()), b"")
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .into();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            raw(&json!({"alg": "none", "typ": "JWT"}), &claims(&user), b""),
+        ),
+        (
+            "alg none with signature",
+            raw(&json!({"alg": "none"}), &claims(&user), b"sig"),
+        ),
+        (
+            "HS256 signed with the JWKS public key (algorithm confusion)",
+            tokens::hs256_forged(
+                &json!({"alg": "HS256", "kid": "ed-1"}),
+                &claims(&user),
+                ed_x.as_bytes(),
+            ),
+        ),
+        (
+            "HS256 signed with the JWKS document",
+            tokens::hs256_forged(&header, &claims(&user), jwks().to_string().as_bytes()),
+        ),
+        (
+            "wrong secret",
+            hs256_with("another-secret-0123456789abcdefghijklmnop", &claims(&user)),
+        ),
+        ("tampered payload", tampered.join(".")),
+        (
+            "expired beyond the leeway",
+            hs256(&json!({"sub": user, "exp": now() - 31})),
+        ),
+        (
+            "future nbf",
+            hs256(&json!({"sub": user, "exp": now() + 600, "nbf": now() + 120})),
+        ),
+        (
+            "future iat",
+            hs256(&json!({"sub": user, "exp": now() + 600, "iat": now() + 120})),
+        ),
+        (
+            "exp as a string",
+            hs256(&json!({"sub": user, "exp": (now() + 600).to_string()})),
+        ),
+        (
+            "nbf as a string",
+            hs256(&json!({"sub": user, "exp": now() + 600, "nbf": "0"})),
+        ),
+        ("no exp", hs256(&json!({"sub": user}))),
+        (
+            "unknown kid",
+            signed(
+                Algorithm::EdDSA,
+                "ed25519-rotated",
+                Some("ed-2"),
+                &claims(&user),
+            ),
+        ),
+        (
+            "known kid, wrong key",
+            signed(
+                Algorithm::EdDSA,
+                "ed25519-rotated",
+                Some("ed-1"),
+                &claims(&user),
+            ),
+        ),
+        (
+            "kid of another algorithm",
+            signed(Algorithm::EdDSA, "ed25519", Some("rs-1"), &claims(&user)),
+        ),
+        ("empty sub", hs256(&json!({"sub": "", "exp": now() + 600}))),
+        (
+            "numeric sub",
+            hs256(&json!({"sub": 42, "exp": now() + 600})),
+        ),
+        ("no sub", hs256(&json!({"exp": now() + 600}))),
+        ("garbage", "not.a.token".into()),
+        ("two segments", "abc.def".into()),
+    ];
+    for (case, token) in cases {
+        assert_401(&list_with(&state, &user, &token).await, case);
+    }
+    let long = "a".repeat(256);
+    assert_401(
+        &list_with(
+            &state,
+            &long,
+            &hs256(&json!({"sub": long, "exp": now() + 600})),
+        )
+        .await,
+        "over-long sub",
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_non_bearer_header_is_401() {
+    let state = state();
+    let user = user_id();
+    let missing = ApiEvent::get(&format!("/api/{user}/tasks"))
+        .send(&state)
+        .await;
+    assert_401(&missing, "missing");
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(missing.text(), r#"{"detail":"Not authenticated"}"#);
+    let basic = ApiEvent::get(&format!("/api/{user}/tasks"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send(&state)
+        .await;
+    assert_401(&basic, "basic");
+}
+
+#[tokio::test]
+async fn valid_tokens_of_every_enabled_kind_are_accepted() {
+    let state = state();
+    let user = user_id();
+    let ok: Vec<(&str, String)> = vec![
+        ("HS256", tokens::token(&user)),
+        (
+            "EdDSA via JWKS",
+            signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user)),
+        ),
+        (
+            "ES256 via JWKS",
+            signed(Algorithm::ES256, "es256", Some("es-1"), &claims(&user)),
+        ),
+        (
+            "RS256 via JWKS",
+            signed(Algorithm::RS256, "rs256", Some("rs-1"), &claims(&user)),
+        ),
+        (
+            "HS256 with aud and iss while none is configured",
+            hs256(
+                &json!({"sub": user, "exp": now() + 600, "aud": "http://localhost:3000", "iss": "http://localhost:3000"}),
+            ),
+        ),
+        (
+            "expired within the leeway",
+            hs256(&json!({"sub": user, "exp": now() - 5})),
+        ),
+        (
+            "Better Auth cookie-cache token with user.id and no sub",
+            hs256(&json!({"user": {"id": user, "email": "a@example.com"}, "exp": now() + 600})),
+        ),
+    ];
+    for (case, token) in ok {
+        let response = list_with(&state, &user, &token).await;
+        assert_eq!(response.status, 200, "{case}: {}", response.text());
+    }
+    let lower = ApiEvent::get(&format!("/api/{user}/tasks"))
+        .header("authorization", &format!("bearer {}", tokens::token(&user)))
+        .send(&state)
+        .await;
+    lower.assert_status(200);
+    let longest = "é".repeat(255);
+    let response = list_with(
+        &state,
+        &longest,
+        &hs256(&json!({"sub": longest, "exp": now() + 600})),
+    )
+    .await;
+    response.assert_status(200);
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let state = state_with(env(&[
+        ("JWT_ISSUER", "https://auth.example.com"),
+        ("JWT_AUDIENCE", "https://api.example.com,other"),
+    ]));
+    let user = user_id();
+    let base = |extra: Value| {
+        let mut c = claims(&user);
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        hs256(&c)
+    };
+    let good =
+        base(json!({"iss": "https://auth.example.com", "aud": ["x", "https://api.example.com"]}));
+    list_with(&state, &user, &good).await.assert_status(200);
+    let good_str = base(json!({"iss": "https://auth.example.com", "aud": "other"}));
+    list_with(&state, &user, &good_str).await.assert_status(200);
+    for (case, token) in [
+        (
+            "wrong issuer",
+            base(json!({"iss": "https://evil.example", "aud": "other"})),
+        ),
+        (
+            "wrong audience",
+            base(json!({"iss": "https://auth.example.com", "aud": "nope"})),
+        ),
+        ("no issuer", base(json!({"aud": "other"}))),
+        (
+            "no audience",
+            base(json!({"iss": "https://auth.example.com"})),
+        ),
+    ] {
+        assert_401(&list_with(&state, &user, &token).await, case);
+    }
+}
+
+#[tokio::test]
+async fn only_configured_algorithms_are_accepted() {
+    let user = user_id();
+    let hs_only = state_with(env(&[("JWT_JWKS", "")]));
+    let eddsa = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    assert_401(
+        &list_with(&hs_only, &user, &eddsa).await,
+        "EdDSA without a JWKS",
+    );
+    let jwks_only = state_with(env(&[("BETTER_AUTH_SECRET", "")]));
+    assert_401(
+        &list_with(&jwks_only, &user, &tokens::token(&user)).await,
+        "HS256 without a secret",
+    );
+    list_with(&jwks_only, &user, &eddsa)
+        .await
+        .assert_status(200);
+}
+
+/// A JWKS endpoint on 127.0.0.1 that counts its requests.
+struct JwksServer {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    document: Arc<Mutex<String>>,
+}
+
+impl JwksServer {
+    async fn start(document: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/auth/jwks", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let document = Arc::new(Mutex::new(document.to_owned()));
+        let (h, d) = (hits.clone(), document.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = d.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        JwksServer {
+            url,
+            hits,
+            document,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_at_most_once_per_cooldown() {
+    let server = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &server.url)]));
+    let user = user_id();
+    let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    list_with(&state, &user, &known).await.assert_status(200);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "first use fetches");
+    list_with(&state, &user, &known).await.assert_status(200);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "keys are cached");
+    let rotated = signed(
+        Algorithm::EdDSA,
+        "ed25519-rotated",
+        Some("ed-2"),
+        &claims(&user),
+    );
+    *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
+    for _ in 0..10 {
+        assert_401(
+            &list_with(&state, &user, &rotated).await,
+            "unknown kid in cool-down",
+        );
+    }
+    assert_eq!(
+        server.hits.load(Ordering::SeqCst),
+        1,
+        "no refetch inside the cool-down, however many requests"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_picked_up_after_the_cooldown() {
+    let server = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let state = state_with(env(&[
+        ("JWT_JWKS", ""),
+        (
+            "BETTER_AUTH_URL",
+            server.url.trim_end_matches("/api/auth/jwks"),
+        ),
+        ("JWKS_REFETCH_COOLDOWN_SECONDS", "0"),
+    ]));
+    let user = user_id();
+    let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    list_with(&state, &user, &known).await.assert_status(200);
+    *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
+    let rotated = signed(
+        Algorithm::EdDSA,
+        "ed25519-rotated",
+        Some("ed-2"),
+        &claims(&user),
+    );
+    list_with(&state, &user, &rotated).await.assert_status(200);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_endpoint_is_503_not_401() {
+    let port = tests::cluster::free_port();
+    let url = format!("http://127.0.0.1:{port}/jwks");
+    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &url)]));
+    let user = user_id();
+    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    let response = list_with(&state, &user, &token).await;
+    response.assert_status(503);
+    assert!(response.header("retry-after").is_some());
+    // HS256 tokens still work while the JWKS endpoint is down.
+    list_with(&state, &user, &tokens::token(&user))
+        .await
+        .assert_status(200);
+}

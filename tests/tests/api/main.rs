@@ -1,0 +1,46 @@
+//! Integration tests: the contract, route by route, against a real Postgres.
+
+mod bola;
+mod crud;
+mod database;
+mod jwt;
+mod listing;
+mod status_matrix;
+mod validation;
+
+use serde_json::{json, Value};
+use tests::{ApiEvent, ApiResponse};
+
+pub fn tasks_path(user: &str) -> String {
+    format!("/api/{user}/tasks")
+}
+
+pub fn task_path(user: &str, id: &str) -> String {
+    format!("/api/{user}/tasks/{id}")
+}
+
+/// Creates a task for `user` through the API and returns it.
+pub async fn create(state: &shared::AppState, user: &str, body: Value) -> Value {
+    let response = ApiEvent::post(&tasks_path(user))
+        .as_user(user)
+        .json(&body)
+        .send(state)
+        .await;
+    response.assert_status(201);
+    response.json()
+}
+
+pub async fn create_titled(state: &shared::AppState, user: &str, title: &str) -> Value {
+    create(state, user, json!({ "title": title })).await
+}
+
+pub fn id_of(task: &Value) -> String {
+    task["id"].as_str().expect("task id").to_owned()
+}
+
+pub async fn get(state: &shared::AppState, user: &str, id: &str) -> ApiResponse {
+    ApiEvent::get(&task_path(user, id))
+        .as_user(user)
+        .send(state)
+        .await
+}
