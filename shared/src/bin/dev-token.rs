@@ -1,0 +1,53 @@
+//! `dev-token`: mints an HS256 token for local development, signed with the configured
+//! `BETTER_AUTH_SECRET`, so frontend developers can call the local API.
+//!
+//! Usage: `dev-token <user_id> [lifetime-seconds]` (default one hour).
+
+use std::process::ExitCode;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (Some(user_id), lifetime) = (args.next(), args.next()) else {
+        eprintln!("usage: dev-token <user_id> [lifetime-seconds]");
+        return ExitCode::from(2);
+    };
+    let Ok(lifetime) = lifetime.as_deref().unwrap_or("3600").parse::<i64>() else {
+        eprintln!("dev-token: the lifetime must be a whole number of seconds");
+        return ExitCode::from(2);
+    };
+    if shared::auth::UserId::parse(&user_id).is_none() {
+        eprintln!("dev-token: a user id is 1-255 characters without U+0000");
+        return ExitCode::from(2);
+    }
+    let secret = match std::env::var("BETTER_AUTH_SECRET").or_else(|_| std::env::var("JWT_SECRET")) {
+        Ok(secret) if secret.len() >= shared::config::MIN_SECRET_BYTES => {
+            secrecy::SecretString::from(secret)
+        }
+        _ => {
+            eprintln!(
+                "dev-token: BETTER_AUTH_SECRET must be set (at least {} bytes); scripts/dev writes one to .env",
+                shared::config::MIN_SECRET_BYTES
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({ "sub": user_id, "iat": now, "exp": now + lifetime });
+    match jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dev-token: cannot sign: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
