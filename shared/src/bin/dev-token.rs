@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         eprintln!("dev-token: a user id is 1-255 characters without U+0000");
         return ExitCode::from(2);
     }
-    let secret = match std::env::var("BETTER_AUTH_SECRET").or_else(|_| std::env::var("JWT_SECRET")) {
+    let secret = match std::env::var("BETTER_AUTH_SECRET").or_else(|_| std::env::var("JWT_SECRET"))
+    {
         Ok(secret) if secret.len() >= shared::config::MIN_SECRET_BYTES => {
             secrecy::SecretString::from(secret)
         }

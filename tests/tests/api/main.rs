@@ -5,6 +5,7 @@ mod crud;
 mod database;
 mod jwt;
 mod listing;
+mod routes_agree;
 mod status_matrix;
 mod validation;
 

@@ -1,0 +1,134 @@
+//! The route table in `shared/src/routes.rs` is the single source of truth: the
+//! `cargo lambda watch` router, the OpenAPI document and the contract must agree with it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shared::routes::ROUTES;
+
+type RouteSet = BTreeSet<(String, String, String)>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn route_table() -> RouteSet {
+    ROUTES
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_owned(),
+                r.path.to_owned(),
+                r.function.to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_watch_router_serves_every_route_with_its_function() {
+    let manifest: toml::Table = std::fs::read_to_string(repo().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let router = manifest["workspace"]["metadata"]["lambda"]["watch"]["router"]
+        .as_table()
+        .expect("[workspace.metadata.lambda.watch.router]");
+    let mut routes = RouteSet::new();
+    for (path, entries) in router {
+        for entry in entries.as_array().expect("an array of {method, function}") {
+            routes.insert((
+                entry["method"].as_str().unwrap().to_owned(),
+                path.clone(),
+                entry["function"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    assert_eq!(routes, route_table());
+}
+
+#[test]
+fn every_function_has_its_crate() {
+    for route in &ROUTES {
+        let manifest = repo()
+            .join("functions")
+            .join(route.function)
+            .join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|_| panic!("{} is missing", manifest.display()));
+        assert!(text.contains(&format!("name = \"{}\"", route.function)));
+    }
+}
+
+#[test]
+fn the_openapi_document_matches_paths_methods_and_statuses() {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("docs/openapi.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = RouteSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let method = method.to_uppercase();
+            let function = operation["x-lambda-function"].as_str().unwrap().to_owned();
+            let route = ROUTES
+                .iter()
+                .find(|r| r.method == method && r.path == path)
+                .unwrap_or_else(|| panic!("{method} {path} is documented but not routed"));
+            let mut statuses: BTreeSet<u16> = operation["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|code| code.parse().expect("numeric status codes only"))
+                .collect();
+            statuses.remove(&500);
+            assert_eq!(
+                statuses,
+                route.statuses.iter().copied().collect(),
+                "status codes of {method} {path}"
+            );
+            documented.insert((method, path.clone(), function));
+        }
+    }
+    assert_eq!(documented, route_table());
+}
+
+/// `../shared/CONTRACT.md` lives beside the repository (it is documentation we are given,
+/// not part of the repo). CI always has it; a local checkout without it skips this check
+/// and says so.
+#[test]
+fn the_contract_lists_the_same_routes() {
+    let contract = repo().join("../shared/CONTRACT.md");
+    let Ok(text) = std::fs::read_to_string(&contract) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing in CI",
+            contract.display()
+        );
+        eprintln!(
+            "note: {} not found; contract check skipped",
+            contract.display()
+        );
+        return;
+    };
+    let mut routes = RouteSet::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 {
+            continue;
+        }
+        let (method, path, function) = (cells[1], cells[2], cells[3]);
+        if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) && path.starts_with('`') {
+            routes.insert((
+                method.to_owned(),
+                path.trim_matches('`').to_owned(),
+                function.trim_matches('`').to_owned(),
+            ));
+        }
+    }
+    assert_eq!(routes, route_table());
+}
