@@ -28,19 +28,21 @@ postgres_bin_dir() {
     echo "$dir"
 }
 
-# A project-local Python virtualenv with the given PyPI packages.
+# A project-local Python virtualenv with the packages of a requirements file from scripts/.
+# Reinstalls only when that file changed.
 ensure_venv() {
+    local requirements="$ROOT/scripts/$1"
     if [ ! -x "$VENV/bin/python" ]; then
         log "creating $VENV"
         python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
     fi
-    local missing=()
-    for pkg in "$@"; do
-        "$VENV/bin/python" -m pip show -q "${pkg%%[=<>]*}" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]} into .venv"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${missing[@]}" >&2
+    local stamp="$VENV/.installed-$1"
+    local want
+    want=$(cat "$requirements" "$ROOT/scripts/requirements-dev.txt" | sha256sum | cut -c1-16)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing scripts/$1 into .venv"
+        (cd "$ROOT/scripts" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$1") >&2
+        echo "$want" > "$stamp"
     fi
     export PATH="$VENV/bin:$PATH"
 }

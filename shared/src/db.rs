@@ -26,7 +26,19 @@ pub struct Database {
     pool: Pool,
     tls: MakeRustlsConnect,
     statement_timeout: Duration,
+    /// Opens a request's transaction: role, statement timeout.
+    begin: String,
 }
+
+/// The role requests run as; created by the migrations, without BYPASSRLS.
+pub const APP_ROLE: &str = "todo_app";
+
+/// Sets the user id the row-level security policies compare with, for this transaction.
+const SET_USER: &str = "SELECT set_config('app.user_id', $1, true)";
+
+/// How much longer than the server-side statement timeout the client waits before it
+/// gives up on its own (the server normally cancels first and answers with an error).
+const CLIENT_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 
 /// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
 /// handles (certificates are always verified, SNI is always sent).
@@ -181,6 +193,10 @@ impl Database {
             pool,
             tls,
             statement_timeout: config.statement_timeout,
+            begin: format!(
+                "BEGIN; SET LOCAL ROLE {APP_ROLE}; SET LOCAL statement_timeout = {}",
+                config.statement_timeout.as_millis()
+            ),
         })
     }
 
@@ -192,15 +208,60 @@ impl Database {
         }
     }
 
-    /// Runs one statement, typed so that it costs a single network round trip, and returns
-    /// its rows. Timeouts and lost connections become [`ApiError::Unavailable`].
-    pub async fn query(
+    /// Runs one statement on behalf of `user_id`, in a transaction of its own that runs as
+    /// the `todo_app` role with `app.user_id` set, so that the row-level security policies
+    /// hold whatever the SQL says. The transaction's statements are pipelined: the whole
+    /// request costs one network round trip. Nothing outlives the transaction, so the
+    /// connection can be shared through Neon's pooler in transaction mode.
+    pub async fn query_as(
+        &self,
+        user_id: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, ApiError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let user: [(&(dyn ToSql + Sync), Type); 1] = [(&user_id, Type::TEXT)];
+        let outcome = tokio::time::timeout(self.client_timeout(), async {
+            let (begin, context, rows, commit) = tokio::join!(
+                client.batch_execute(&self.begin),
+                client.query_typed(SET_USER, &user),
+                client.query_typed(sql, params),
+                client.batch_execute("COMMIT"),
+            );
+            begin?;
+            context?;
+            let rows = rows?;
+            commit?;
+            Ok(rows)
+        })
+        .await;
+        self.finish(client, outcome)
+    }
+
+    /// Runs one statement outside any user's context: no role change, no transaction.
+    /// For `/health` and tooling; task data is only reached through [`Database::query_as`].
+    pub async fn query_unscoped(
         &self,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        match tokio::time::timeout(self.statement_timeout, client.query_typed(sql, params)).await {
+        let outcome =
+            tokio::time::timeout(self.client_timeout(), client.query_typed(sql, params)).await;
+        self.finish(client, outcome)
+    }
+
+    /// The client-side limit, a backstop to the server-side statement timeout.
+    fn client_timeout(&self) -> Duration {
+        self.statement_timeout + CLIENT_TIMEOUT_MARGIN
+    }
+
+    fn finish(
+        &self,
+        client: deadpool_postgres::Object,
+        outcome: Result<Result<Vec<Row>, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<Vec<Row>, ApiError> {
+        match outcome {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(err)) => Err(driver_error(err)),
             Err(_elapsed) => {
@@ -222,7 +283,7 @@ impl Database {
 
     /// Checks that the database answers, for `/health`.
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.query("SELECT 1", &[]).await.map(drop)
+        self.query_unscoped("SELECT 1", &[]).await.map(drop)
     }
 }
 

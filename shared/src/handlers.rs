@@ -1,6 +1,6 @@
 //! The request pipeline every function runs, and one entry point per operation.
 //!
-//! Order of checks: 401 → 403 → 413 / 415 / 422 → 404 → success.
+//! Order of checks: 401 → 403 → 413 / 415 / 422 → 404 → 412 → success.
 
 use std::time::Instant;
 
@@ -15,6 +15,8 @@ use crate::http::{
 };
 use crate::listing::ListQuery;
 use crate::owner::Owner;
+use crate::precondition::{etag, IdempotencyKey, IfMatch};
+use crate::repo::Created;
 use crate::routes::Operation;
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::AppState;
@@ -123,9 +125,24 @@ async fn dispatch(
             Ok(response)
         }
         Operation::CreateTask => {
-            let new_task = NewTask::from_body(json_object_body(req)?)?;
-            let task = tasks.create(&owner, &new_task).await?;
+            let body = json_object_body(req)?;
+            let (key, new_task) = both(
+                IdempotencyKey::from_headers(req.headers()).map_err(ApiError::from),
+                NewTask::from_body(body),
+            )?;
+            let (task, replayed) = match key {
+                None => (tasks.create(&owner, &new_task).await?, false),
+                Some(key) => match tasks.create_idempotent(&owner, &new_task, &key).await? {
+                    Created::New(task) => (task, false),
+                    Created::Replayed(task) => (task, true),
+                },
+            };
             let mut response = task_response(StatusCode::CREATED, &task);
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
             let location = format!("/api/{}/tasks/{}", encode_segment(owner.as_str()), task.id);
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
@@ -139,22 +156,29 @@ async fn dispatch(
         Operation::UpdateTask => {
             let body = json_object_body(req)?;
             let (id, changes) = both(task_id(operation, req), TaskChanges::from_body(body))?;
+            let versions = allowed_versions(req);
             Ok(task_response(
                 StatusCode::OK,
-                &tasks.update(&owner, id, &changes).await?,
+                &tasks
+                    .update(&owner, id, &changes, versions.as_deref())
+                    .await?,
             ))
         }
         Operation::DeleteTask => {
             let id = task_id(operation, req)?;
-            tasks.delete(&owner, id).await?;
+            let versions = allowed_versions(req);
+            tasks.delete(&owner, id, versions.as_deref()).await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Operation::CompleteTask => {
             let body = json_object_body(req)?;
             let (id, completion) = both(task_id(operation, req), Completion::from_body(body))?;
+            let versions = allowed_versions(req);
             Ok(task_response(
                 StatusCode::OK,
-                &tasks.complete(&owner, id, completion).await?,
+                &tasks
+                    .complete(&owner, id, completion, versions.as_deref())
+                    .await?,
             ))
         }
         Operation::Health => unreachable!("handled above"),
@@ -204,8 +228,18 @@ fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), 
     }
 }
 
+/// The versions `If-Match` allows a write to apply to; `None` without the header.
+fn allowed_versions(req: &Request) -> Option<Vec<i64>> {
+    IfMatch::allowed_versions(IfMatch::from_headers(req.headers()).as_ref())
+}
+
+/// A task as JSON, with its `ETag`.
 fn task_response(status: StatusCode, task: &Task) -> HttpResponse {
-    json_response(status, task)
+    let mut response = json_response(status, task);
+    if let Ok(value) = HeaderValue::from_str(&etag(task)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 fn encode_segment(segment: &str) -> String {

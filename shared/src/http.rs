@@ -132,7 +132,8 @@ pub struct Cors {
 
 const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
-const CORS_EXPOSE_HEADERS: &str = "etag, link, location, x-request-id, x-total-count";
+const CORS_EXPOSE_HEADERS: &str =
+    "etag, idempotent-replayed, link, location, x-request-id, x-total-count";
 
 impl Cors {
     pub fn new(allowed_origins: Vec<String>) -> Self {

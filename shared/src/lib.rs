@@ -14,8 +14,10 @@ pub mod handlers;
 pub mod http;
 pub mod listing;
 pub mod owner;
+pub mod precondition;
 pub mod repo;
 pub mod routes;
+pub mod secrets;
 pub mod task;
 pub mod telemetry;
 pub mod validation;
@@ -46,7 +48,10 @@ impl AppState {
     /// The cold start of a function: reads the environment, builds the state and opens the
     /// first database connection so the first request does not wait for it.
     pub async fn from_env() -> anyhow::Result<Self> {
-        let config = Config::from_env()?;
+        let env = |name: &str| std::env::var(name).ok();
+        let from_secrets = secrets::resolve(env).await?;
+        let config =
+            Config::from_lookup(|name| from_secrets.get(name).cloned().or_else(|| env(name)))?;
         let state = Self::new(&config)?;
         state.tasks.database().warm_up().await;
         Ok(state)

@@ -9,7 +9,9 @@ use crate::db::Database;
 use crate::error::ApiError;
 use crate::listing::{ListQuery, SortField, SortOrder};
 use crate::owner::Owner;
+use crate::precondition::{create_fingerprint, IdempotencyKey};
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
+use crate::validation::{FieldError, Source};
 
 /// One page of a listing and the number of all matching tasks.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +100,87 @@ const COMPLETE: &str = concat!(
 
 const DELETE: &str = "DELETE FROM tasks WHERE id = $1 AND user_id = $2 RETURNING id";
 
+/// A write guarded by `If-Match`: `$1` id, `$2` owner, and the allowed versions in the
+/// last parameter. One statement tells apart "no such task" (`found` = 0) from "changed
+/// since" (`found` = 1, no row written); the version check sits in the writing statement,
+/// so of two racing writers with the same tag only one can win.
+macro_rules! guarded {
+    ($write:expr, $versions:literal) => {
+        concat!(
+            "WITH target AS (SELECT id FROM tasks WHERE id = $1 AND user_id = $2), ",
+            "written AS (",
+            $write,
+            " AND t.version = ANY(",
+            $versions,
+            "::bigint[]) RETURNING t.id, t.user_id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.version) ",
+            "SELECT (SELECT count(*) FROM target) AS found, w.* FROM (SELECT 1) AS one LEFT JOIN written w ON true"
+        )
+    };
+}
+
+const UPDATE_IF_MATCH: &str = guarded!(
+    concat!(
+        "UPDATE tasks t SET title = coalesce($3, t.title),",
+        " description = CASE WHEN $4 THEN $5 ELSE t.description END,",
+        " completed = coalesce($6, t.completed), ",
+        touch!(),
+        " FROM target WHERE t.id = target.id AND t.user_id = $2"
+    ),
+    "$7"
+);
+
+const COMPLETE_IF_MATCH: &str = guarded!(
+    concat!(
+        "UPDATE tasks t SET completed = coalesce($3, NOT t.completed), ",
+        touch!(),
+        " FROM target WHERE t.id = target.id AND t.user_id = $2"
+    ),
+    "$4"
+);
+
+const DELETE_IF_MATCH: &str = guarded!(
+    "DELETE FROM tasks t USING target WHERE t.id = target.id AND t.user_id = $2",
+    "$3"
+);
+
+/// Hours after which an `Idempotency-Key` stops counting.
+pub const IDEMPOTENCY_KEY_TTL_HOURS: i32 = 24;
+
+/// A create with an `Idempotency-Key`, in one statement: claim the key (or find who
+/// claimed it: `ON CONFLICT DO UPDATE` returns the existing row even when it was committed
+/// after this statement began), insert the task only when this request claimed it, and
+/// return either. An expired key is taken over. Up to 10 expired keys of anyone are
+/// removed on the way, so old keys are cleaned up without a separate job.
+const CREATE_IDEMPOTENT: &str = concat!(
+    "WITH claim AS (",
+    "INSERT INTO idempotency_keys AS k (user_id, key, request_hash, task_id) VALUES ($2, $6, $7, $1) ",
+    "ON CONFLICT (user_id, key) DO UPDATE SET ",
+    "request_hash = CASE WHEN k.created_at < now() - interval '24 hours' THEN EXCLUDED.request_hash ELSE k.request_hash END, ",
+    "task_id = CASE WHEN k.created_at < now() - interval '24 hours' THEN EXCLUDED.task_id ELSE k.task_id END, ",
+    "created_at = CASE WHEN k.created_at < now() - interval '24 hours' THEN now() ELSE k.created_at END ",
+    "RETURNING k.task_id, k.request_hash), ",
+    "purge AS (DELETE FROM idempotency_keys WHERE (user_id, key) IN (",
+    "SELECT user_id, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' ",
+    "AND NOT (user_id = $2 AND key = $6) LIMIT 10 FOR UPDATE SKIP LOCKED)), ",
+    "created AS (INSERT INTO tasks (id, user_id, title, description, completed) ",
+    "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 RETURNING ",
+    columns!(),
+    ") ",
+    "SELECT claim.task_id = $1 AS claimed, claim.request_hash = $7 AS same_request, t.* FROM claim ",
+    "LEFT JOIN LATERAL (SELECT * FROM created UNION ALL SELECT ",
+    columns!(),
+    " FROM tasks WHERE id = claim.task_id AND user_id = $2 AND claim.task_id <> $1) t ON true"
+);
+
+/// How a create with an `Idempotency-Key` ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// This request created the task.
+    New(Task),
+    /// An earlier request with the same key and body created it; nothing new was made.
+    Replayed(Task),
+}
+
 fn task_from_row(row: &Row, offset: usize) -> Result<Task, tokio_postgres::Error> {
     Ok(Task {
         id: row.try_get(offset)?,
@@ -120,6 +203,35 @@ fn one_task(rows: Vec<Row>) -> Result<Task, ApiError> {
     task_from_row(row, 0).map_err(decode_error)
 }
 
+fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
+    ApiError::Validation(vec![FieldError::new(
+        Source::Header,
+        "Idempotency-Key",
+        "idempotency_key_reused",
+        message,
+        serde_json::Value::from(key.as_str()),
+    )])
+}
+
+/// Reads the result of a [`guarded!`] statement.
+fn guarded_outcome(rows: Vec<Row>) -> Result<Task, ApiError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
+    let found: i64 = row.try_get(0).map_err(decode_error)?;
+    if found == 0 {
+        return Err(ApiError::NotFound);
+    }
+    if row
+        .try_get::<_, Option<Uuid>>(1)
+        .map_err(decode_error)?
+        .is_none()
+    {
+        return Err(ApiError::PreconditionFailed);
+    }
+    task_from_row(row, 1).map_err(decode_error)
+}
+
 impl TaskRepo {
     pub fn new(db: Database) -> Self {
         TaskRepo { db }
@@ -129,13 +241,14 @@ impl TaskRepo {
         &self.db
     }
 
+    /// Every statement runs in the owner's row-level security context.
     async fn run(
         &self,
-        _owner: &Owner,
+        owner: &Owner,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
-        self.db.query(sql, params).await
+        self.db.query_as(owner.as_str(), sql, params).await
     }
 
     pub async fn list(&self, owner: &Owner, query: &ListQuery) -> Result<TaskPage, ApiError> {
@@ -197,68 +310,143 @@ impl TaskRepo {
         one_task(rows)
     }
 
+    /// Applies a partial update; with `versions`, only to a task at one of them (412).
     pub async fn update(
         &self,
         owner: &Owner,
         id: TaskId,
         changes: &TaskChanges,
+        versions: Option<&[i64]>,
     ) -> Result<Task, ApiError> {
         let title = changes.title.as_ref().map(|t| t.as_str());
         let set_description = changes.description.is_some();
         let description = changes.description.as_ref().and_then(|d| d.as_deref());
-        let rows = self
-            .run(
-                owner,
-                UPDATE,
-                &[
-                    (&id.0, Type::UUID),
-                    (&owner.as_str(), Type::TEXT),
-                    (&title, Type::TEXT),
-                    (&set_description, Type::BOOL),
-                    (&description, Type::TEXT),
-                    (&changes.completed, Type::BOOL),
-                ],
-            )
-            .await?;
-        one_task(rows)
+        let owner_id = owner.as_str();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&id.0, Type::UUID),
+            (&owner_id, Type::TEXT),
+            (&title, Type::TEXT),
+            (&set_description, Type::BOOL),
+            (&description, Type::TEXT),
+            (&changes.completed, Type::BOOL),
+        ];
+        match versions {
+            None => one_task(self.run(owner, UPDATE, &params).await?),
+            Some(versions) => {
+                params.push((&versions, Type::INT8_ARRAY));
+                let rows = self.run(owner, UPDATE_IF_MATCH, &params).await?;
+                guarded_outcome(rows)
+            }
+        }
     }
 
+    /// Sets or toggles the flag; with `versions`, only at one of them (412).
     pub async fn complete(
         &self,
         owner: &Owner,
         id: TaskId,
         completion: Completion,
+        versions: Option<&[i64]>,
     ) -> Result<Task, ApiError> {
         let completed = match completion {
             Completion::Toggle => None,
             Completion::Set(value) => Some(value),
         };
-        let rows = self
-            .run(
-                owner,
-                COMPLETE,
-                &[
-                    (&id.0, Type::UUID),
-                    (&owner.as_str(), Type::TEXT),
-                    (&completed, Type::BOOL),
-                ],
-            )
-            .await?;
-        one_task(rows)
+        let owner_id = owner.as_str();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&id.0, Type::UUID),
+            (&owner_id, Type::TEXT),
+            (&completed, Type::BOOL),
+        ];
+        match versions {
+            None => one_task(self.run(owner, COMPLETE, &params).await?),
+            Some(versions) => {
+                params.push((&versions, Type::INT8_ARRAY));
+                let rows = self.run(owner, COMPLETE_IF_MATCH, &params).await?;
+                guarded_outcome(rows)
+            }
+        }
     }
 
-    pub async fn delete(&self, owner: &Owner, id: TaskId) -> Result<(), ApiError> {
-        let rows = self
-            .run(
-                owner,
-                DELETE,
-                &[(&id.0, Type::UUID), (&owner.as_str(), Type::TEXT)],
-            )
-            .await?;
-        if rows.is_empty() {
-            Err(ApiError::NotFound)
-        } else {
-            Ok(())
+    /// Deletes; with `versions`, only a task at one of them (412).
+    pub async fn delete(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        versions: Option<&[i64]>,
+    ) -> Result<(), ApiError> {
+        let owner_id = owner.as_str();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&id.0, Type::UUID), (&owner_id, Type::TEXT)];
+        match versions {
+            None => {
+                let rows = self.run(owner, DELETE, &params).await?;
+                if rows.is_empty() {
+                    Err(ApiError::NotFound)
+                } else {
+                    Ok(())
+                }
+            }
+            Some(versions) => {
+                params.push((&versions, Type::INT8_ARRAY));
+                let rows = self.run(owner, DELETE_IF_MATCH, &params).await?;
+                guarded_outcome(rows).map(drop)
+            }
         }
+    }
+
+    /// Creates a task once per `Idempotency-Key`: a retry with the same key and body gets
+    /// the task the first request created, from any instance; another body is a 422.
+    pub async fn create_idempotent(
+        &self,
+        owner: &Owner,
+        task: &NewTask,
+        key: &IdempotencyKey,
+    ) -> Result<Created, ApiError> {
+        let id = Uuid::now_v7();
+        let fingerprint = create_fingerprint(task);
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
+            (&id, Type::UUID),
+            (&owner.as_str(), Type::TEXT),
+            (&task.title.as_str(), Type::TEXT),
+            (&task.description.as_deref(), Type::TEXT),
+            (&task.completed, Type::BOOL),
+            (&key.as_str(), Type::TEXT),
+            (&fingerprint, Type::BYTEA),
+        ];
+        // A concurrent duplicate can find the key claimed by a transaction that committed
+        // after this statement's snapshot was taken, so that its task is not yet visible;
+        // the same statement again sees it. It is safe to repeat: the key decides.
+        for _ in 0..3 {
+            let rows = self.run(owner, CREATE_IDEMPOTENT, &params).await?;
+            let row = rows.first().ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))
+            })?;
+            let claimed: bool = row.try_get(0).map_err(decode_error)?;
+            let same_request: bool = row.try_get(1).map_err(decode_error)?;
+            if !same_request {
+                return Err(idempotency_key_reused(
+                    key,
+                    "Idempotency-Key was already used with a different request body",
+                ));
+            }
+            if row
+                .try_get::<_, Option<Uuid>>(2)
+                .map_err(decode_error)?
+                .is_some()
+            {
+                let task = task_from_row(row, 2).map_err(decode_error)?;
+                return Ok(if claimed {
+                    Created::New(task)
+                } else {
+                    Created::Replayed(task)
+                });
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(idempotency_key_reused(
+            key,
+            "Idempotency-Key belongs to a task that no longer exists",
+        ))
     }
 }

@@ -56,6 +56,15 @@ pub fn pg_command(bin: &Path) -> Command {
     }
 }
 
+fn chown_to_postgres(path: &Path) {
+    if is_root() {
+        run(
+            Command::new("chown").arg("postgres:postgres").arg(path),
+            "chown",
+        );
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -73,9 +82,23 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+/// How a cluster differs from the plain trust-everything default.
+#[derive(Default)]
+pub struct Options {
+    /// Server certificate and key (PEM): TLS on, and only TLS with a password over TCP.
+    pub tls: Option<(String, String)>,
+    /// Password of the `postgres` user (SCRAM-SHA-256 over TCP).
+    pub password: Option<String>,
+}
+
 impl Cluster {
     /// Creates and starts a cluster; it is removed when this process exits.
     pub fn start() -> Cluster {
+        Self::start_with(Options::default())
+    }
+
+    /// Like [`Cluster::start`], with TLS and/or password authentication.
+    pub fn start_with(options: Options) -> Cluster {
         let bin = postgres_bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "todo-api-pg-{}-{}",
@@ -90,10 +113,22 @@ impl Cluster {
             );
         }
         let data = dir.join("data");
+        let mut initdb = pg_command(&bin.join("initdb"));
+        match &options.password {
+            Some(password) => {
+                let pwfile = dir.join("pwfile");
+                std::fs::write(&pwfile, password).expect("password file");
+                chown_to_postgres(&pwfile);
+                initdb
+                    .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                    .arg(format!("--pwfile={}", pwfile.display()));
+            }
+            None => {
+                initdb.args(["-A", "trust"]);
+            }
+        }
         run(
-            pg_command(&bin.join("initdb")).arg("-D").arg(&data).args([
-                "-A",
-                "trust",
+            initdb.arg("-D").arg(&data).args([
                 "-U",
                 "postgres",
                 "-E",
@@ -104,11 +139,25 @@ impl Cluster {
             "initdb",
         );
         let port = free_port();
-        let options = format!(
+        let mut server_options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             dir.display()
         );
+        if let Some((cert, key)) = &options.tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("TLS file");
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("TLS file mode");
+                chown_to_postgres(&path);
+            }
+            server_options.push_str(" -c ssl=on");
+        }
+        let options = server_options;
         run(
             pg_command(&bin.join("pg_ctl"))
                 .arg("-D")

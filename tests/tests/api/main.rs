@@ -1,12 +1,14 @@
 //! Integration tests: the contract, route by route, against a real Postgres.
 
 mod bola;
+mod concurrency;
 mod crud;
 mod database;
 mod jwt;
 mod listing;
 mod routes_agree;
 mod status_matrix;
+mod tls;
 mod validation;
 
 use serde_json::{json, Value};

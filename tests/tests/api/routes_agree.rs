@@ -1,5 +1,6 @@
 //! The route table in `shared/src/routes.rs` is the single source of truth: the
-//! `cargo lambda watch` router, the OpenAPI document and the contract must agree with it.
+//! `cargo lambda watch` router, the SAM template, the OpenAPI document and the contract
+//! must agree with it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -130,5 +131,41 @@ fn the_contract_lists_the_same_routes() {
             ));
         }
     }
+    assert_eq!(routes, route_table());
+}
+
+#[test]
+fn the_sam_template_routes_every_route_to_its_function() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let text = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).expect("infra/template.yaml is YAML");
+    let resources = docs[0]["Resources"].as_hash().expect("Resources");
+    let mut routes = RouteSet::new();
+    let mut functions = 0;
+    for (_, resource) in resources {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        assert_eq!(
+            resource["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda")
+        );
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .expect("BuildProperties.Binary");
+        let events = resource["Properties"]["Events"].as_hash().expect("Events");
+        for (_, event) in events {
+            assert_eq!(event["Type"].as_str(), Some("HttpApi"));
+            let properties = &event["Properties"];
+            assert!(!matches!(properties["ApiId"], Yaml::BadValue), "ApiId");
+            routes.insert((
+                properties["Method"].as_str().unwrap().to_uppercase(),
+                properties["Path"].as_str().unwrap().to_owned(),
+                binary.to_owned(),
+            ));
+        }
+    }
+    assert_eq!(functions, ROUTES.len());
     assert_eq!(routes, route_table());
 }

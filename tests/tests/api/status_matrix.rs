@@ -56,6 +56,7 @@ async fn scenario(route: &Route, status: u16) -> ApiResponse {
             }
             event.send(&state).await
         }
+        412 => event.header("if-match", "\"999\"").send(&state).await,
         413 => {
             let big = json!({"title": "t", "padding": "x".repeat(70 * 1024)});
             event.json(&big).send(&state).await

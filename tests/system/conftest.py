@@ -1,0 +1,218 @@
+"""Shared fixtures for the system tests: free ports, a throwaway PostgreSQL cluster, HS256
+tokens, and a minimal Lambda Runtime API so that real function binaries can be invoked."""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = ROOT / "target" / "debug"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256_token(secret: str, sub: str, lifetime: int = 600) -> str:
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps({"sub": sub, "iat": now, "exp": now + lifetime}).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
+def api_event(method: str, path: str, token=None, body=None, path_parameters=None):
+    """An API Gateway HTTP API (payload v2.0) event."""
+    headers = {"host": "api.example.com"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    if body is not None:
+        headers["content-type"] = "application/json"
+    event = {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "api.example.com",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "system-test"},
+            "requestId": str(uuid.uuid4()),
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "time": "22/Nov/2026:03:14:15 +0000",
+            "timeEpoch": 1795317255000,
+        },
+        "isBase64Encoded": False,
+    }
+    if path_parameters:
+        event["pathParameters"] = path_parameters
+    if body is not None:
+        event["body"] = json.dumps(body)
+    return event
+
+
+def pg_bin():
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    assert versions, "PostgreSQL server binaries are missing (scripts/test installs them)"
+    return versions[-1].parent
+
+
+def as_postgres(args):
+    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + [str(a) for a in args]
+
+
+class Cluster:
+    """A throwaway cluster on 127.0.0.1, removed on stop()."""
+
+    def __init__(self, extra_conf=()):
+        self.dir = Path(tempfile.mkdtemp(prefix="todo-sys-pg-"))
+        self.dir.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        bin_dir = pg_bin()
+        self.pg_ctl = bin_dir / "pg_ctl"
+        subprocess.run(as_postgres([bin_dir / "initdb", "-D", self.dir / "data", "-A", "trust",
+                                    "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+                       check=True, capture_output=True)
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " + " ".join(extra_conf)
+        subprocess.run(as_postgres([self.pg_ctl, "-D", self.dir / "data", "-o", options, "-l",
+                                    self.dir / "server.log", "-w", "-t", "60", "start"]),
+                       check=True, capture_output=True)
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
+        subprocess.run([TARGET / "migrate"], env=dict(os.environ, DATABASE_URL=self.url),
+                       check=True, capture_output=True, timeout=60)
+
+    def stop(self):
+        subprocess.run(as_postgres([self.pg_ctl, "-D", self.dir / "data", "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+class RuntimeApi:
+    """The Lambda Runtime API (2018-06-01) as far as a function uses it: it hands out the
+    queued events on /invocation/next and records responses and errors."""
+
+    def __init__(self):
+        self.events = []
+        self.results = {}
+        self.init_error = None
+        self.first_next_at = None
+        self.cond = threading.Condition()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self):
+                length = int(self.headers.get("content-length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _reply(self, status, body=b"", headers=None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if not self.path.endswith("/runtime/invocation/next"):
+                    return self._reply(404)
+                with api.cond:
+                    if api.first_next_at is None:
+                        api.first_next_at = time.monotonic()
+                    api.cond.notify_all()
+                    while not api.events:
+                        if not api.cond.wait(timeout=30):
+                            return self._reply(500)
+                    request_id, event = api.events.pop(0)
+                self._reply(200, json.dumps(event).encode(), {
+                    "content-type": "application/json",
+                    "lambda-runtime-aws-request-id": request_id,
+                    "lambda-runtime-deadline-ms": str(int(time.time() * 1000) + 30000),
+                    "lambda-runtime-invoked-function-arn": "arn:aws:lambda:us-east-1:123456789012:function:test",
+                    "lambda-runtime-trace-id": "Root=1-00000000-000000000000000000000000",
+                })
+
+            def do_POST(self):
+                body = self._body()
+                parts = self.path.split("/")
+                with api.cond:
+                    if self.path.endswith("/runtime/init/error"):
+                        api.init_error = body
+                    elif len(parts) >= 6 and parts[-1] in ("response", "error"):
+                        api.results[parts[-2]] = (parts[-1], body)
+                    api.cond.notify_all()
+                self._reply(202, b"{}", {"content-type": "application/json"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def invoke(self, event, timeout=30):
+        request_id = str(uuid.uuid4())
+        with self.cond:
+            self.events.append((request_id, event))
+            self.cond.notify_all()
+            deadline = time.monotonic() + timeout
+            while request_id not in self.results:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.cond.wait(timeout=remaining):
+                    raise TimeoutError("no response from the function")
+            kind, body = self.results.pop(request_id)
+        assert kind == "response", body
+        return json.loads(body)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def lambda_env(runtime_api, function, **extra):
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_LAMBDA_RUNTIME_API": runtime_api.address,
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_REGION": "us-east-1",
+        "RUST_LOG": "info",
+    }
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env

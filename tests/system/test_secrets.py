@@ -1,0 +1,120 @@
+"""Secrets at cold start: a real function binary reads DATABASE_URL and BETTER_AUTH_SECRET
+from AWS Secrets Manager (moto's server on 127.0.0.1 stands in for AWS), and a missing or
+unreadable secret stops the start-up with a message that names it and never its value."""
+
+import subprocess
+import time
+import uuid
+
+import boto3
+import pytest
+
+from conftest import TARGET, RuntimeApi, api_event, free_port, hs256_token, lambda_env
+
+AUTH_SECRET = "secrets-manager-hs256-" + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def moto():
+    port = free_port()
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.list_secrets()
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+    yield endpoint, client
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def secrets(moto, cluster):
+    endpoint, client = moto
+    db = client.create_secret(Name=f"todo/db-{uuid.uuid4().hex}", SecretString=cluster.url)["ARN"]
+    auth = client.create_secret(Name=f"todo/auth-{uuid.uuid4().hex}", SecretString=AUTH_SECRET)["ARN"]
+    return endpoint, db, auth, cluster.url
+
+
+def aws(endpoint):
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def start(function, env):
+    return subprocess.Popen([str(TARGET / function)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_function_reads_both_secrets_at_cold_start(secrets):
+    endpoint, db_arn, auth_arn, _ = secrets
+    runtime = RuntimeApi()
+    proc = start("list-tasks", lambda_env(runtime, "list-tasks", DATABASE_URL_SECRET_ARN=db_arn,
+                                          BETTER_AUTH_SECRET_ARN=auth_arn, **aws(endpoint)))
+    try:
+        user = uuid.uuid4().hex
+        response = runtime.invoke(api_event("GET", f"/api/{user}/tasks",
+                                            token=hs256_token(AUTH_SECRET, user),
+                                            path_parameters={"user_id": user}))
+        assert response["statusCode"] == 200, response
+        assert response["body"] == "[]"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        runtime.close()
+    assert AUTH_SECRET not in out
+
+
+@pytest.mark.parametrize("which", ["DATABASE_URL_SECRET_ARN", "BETTER_AUTH_SECRET_ARN"])
+def test_a_missing_secret_stops_the_cold_start_naming_it(secrets, which):
+    endpoint, db_arn, auth_arn, db_url = secrets
+    arns = {"DATABASE_URL_SECRET_ARN": db_arn, "BETTER_AUTH_SECRET_ARN": auth_arn}
+    missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo/nope-AbCdEf"
+    arns[which] = missing
+    runtime = RuntimeApi()
+    proc = start("health", lambda_env(runtime, "health", **arns, **aws(endpoint)))
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        runtime.close()
+    assert proc.returncode != 0
+    assert which in out and missing in out, out
+    assert AUTH_SECRET not in out and db_url not in out
+
+
+def test_an_unreachable_secrets_manager_stops_the_cold_start(secrets):
+    _, db_arn, _, db_url = secrets
+    runtime = RuntimeApi()
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = start("health", lambda_env(runtime, "health", DATABASE_URL_SECRET_ARN=db_arn,
+                                      BETTER_AUTH_SECRET=AUTH_SECRET, **aws(dead)))
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        runtime.close()
+    assert proc.returncode != 0
+    assert "DATABASE_URL_SECRET_ARN" in out, out
+    assert AUTH_SECRET not in out
+
+
+def test_without_arns_the_sdk_is_never_called(cluster):
+    # The endpoint is dead: if the SDK were touched, start-up would fail.
+    runtime = RuntimeApi()
+    proc = start("health", lambda_env(runtime, "health", DATABASE_URL=cluster.url,
+                                      BETTER_AUTH_SECRET=AUTH_SECRET,
+                                      **aws(f"http://127.0.0.1:{free_port()}")))
+    try:
+        response = runtime.invoke(api_event("GET", "/health"))
+        assert response["statusCode"] == 200, response
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        runtime.close()

@@ -1,0 +1,371 @@
+//! Beyond the FastAPI version: ETags and If-Match (no lost updates), idempotent creates
+//! (safe retries), and row-level security (isolation enforced by Postgres itself).
+
+use serde_json::json;
+use shared::routes::Operation;
+use tests::{db, state, user_id, ApiEvent, ApiResponse};
+use tokio_postgres::types::Type;
+
+use crate::{create_titled, id_of, task_path, tasks_path};
+
+async fn put_if_match(
+    state: &shared::AppState,
+    user: &str,
+    id: &str,
+    tag: &str,
+    title: &str,
+) -> ApiResponse {
+    ApiEvent::put(&task_path(user, id))
+        .as_user(user)
+        .header("if-match", tag)
+        .json(&json!({ "title": title }))
+        .send(state)
+        .await
+}
+
+#[tokio::test]
+async fn the_etag_changes_on_every_write() {
+    let state = state();
+    let user = user_id();
+    let created = ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .json(&json!({"title": "v1"}))
+        .send(&state)
+        .await;
+    let id = id_of(&created.json());
+    let mut tags = vec![created.header("etag").unwrap().to_owned()];
+    let updated = put_if_match(&state, &user, &id, &tags[0], "v2").await;
+    updated.assert_status(200);
+    tags.push(updated.header("etag").unwrap().to_owned());
+    let completed = ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
+        .as_user(&user)
+        .send(&state)
+        .await;
+    tags.push(completed.header("etag").unwrap().to_owned());
+    let fetched = crate::get(&state, &user, &id).await;
+    assert_eq!(fetched.header("etag"), Some(tags[2].as_str()));
+    let mut unique = tags.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{tags:?}");
+    assert!(tags.iter().all(|t| t.starts_with('"') && t.ends_with('"')));
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_412_and_changes_nothing() {
+    let state = state();
+    let user = user_id();
+    let task = create_titled(&state, &user, "original").await;
+    let id = id_of(&task);
+    let first = put_if_match(&state, &user, &id, "\"1\"", "first").await;
+    first.assert_status(200);
+    let before = crate::get(&state, &user, &id).await.json();
+
+    let stale = put_if_match(&state, &user, &id, "\"1\"", "second").await;
+    stale.assert_status(412);
+    assert!(stale.detail().is_string());
+    let complete = ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
+        .as_user(&user)
+        .header("if-match", "\"1\"")
+        .send(&state)
+        .await;
+    complete.assert_status(412);
+    ApiEvent::delete(&task_path(&user, &id))
+        .as_user(&user)
+        .header("if-match", "W/\"2\"")
+        .send(&state)
+        .await
+        .assert_status(412);
+    assert_eq!(
+        crate::get(&state, &user, &id).await.json(),
+        before,
+        "unchanged"
+    );
+
+    // A missing task is 404 before any precondition is looked at.
+    put_if_match(
+        &state,
+        &user,
+        &uuid::Uuid::new_v4().to_string(),
+        "\"1\"",
+        "x",
+    )
+    .await
+    .assert_status(404);
+    // Any current tag in a list, or *, lets the write through.
+    put_if_match(&state, &user, &id, "\"7\", \"2\"", "third")
+        .await
+        .assert_status(200);
+    ApiEvent::delete(&task_path(&user, &id))
+        .as_user(&user)
+        .header("if-match", "*")
+        .send(&state)
+        .await
+        .assert_status(204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_racing_writers_with_the_same_tag_exactly_one_wins() {
+    let setup = state();
+    let user = user_id();
+    for round in 0..5 {
+        let id = id_of(&create_titled(&setup, &user, "contended").await);
+        // Separate states: separate connections, as separate Lambda instances would have.
+        let writers: Vec<_> = (0..6)
+            .map(|n| {
+                let (user, id) = (user.clone(), id.clone());
+                tokio::spawn(async move {
+                    let state = state();
+                    let response =
+                        put_if_match(&state, &user, &id, "\"1\"", &format!("writer {n}")).await;
+                    (n, response.status)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for writer in writers {
+            let (n, status) = writer.await.unwrap();
+            match status {
+                200 => winners.push(n),
+                412 => {}
+                other => panic!("round {round}: unexpected status {other}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let stored = crate::get(&setup, &user, &id).await;
+        assert_eq!(stored.json()["title"], format!("writer {}", winners[0]));
+        assert_eq!(stored.header("etag"), Some("\"2\""));
+    }
+}
+
+async fn post_with_key(
+    state: &shared::AppState,
+    user: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> ApiResponse {
+    ApiEvent::post(&tasks_path(user))
+        .as_user(user)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send(state)
+        .await
+}
+
+async fn task_count(user: &str) -> i64 {
+    db().await
+        .query_one("SELECT count(*) FROM tasks WHERE user_id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_retried_create_with_the_same_key_returns_the_original_task() {
+    let state = state();
+    let user = user_id();
+    let key = uuid::Uuid::new_v4().to_string();
+    let first = post_with_key(&state, &user, &key, json!({"title": "once"})).await;
+    first.assert_status(201);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    // Same fields, different formatting and ignored fields: the same request.
+    let retry = post_with_key(&state, &user, &key, json!({"title": " once ", "x": 1})).await;
+    retry.assert_status(201);
+    assert_eq!(retry.json(), first.json());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.header("location"), first.header("location"));
+    assert_eq!(task_count(&user).await, 1);
+
+    let other_body = post_with_key(&state, &user, &key, json!({"title": "twice"})).await;
+    other_body.assert_status(422);
+    assert_eq!(other_body.error_types(), ["idempotency_key_reused"]);
+    assert_eq!(
+        other_body.detail()[0]["loc"],
+        json!(["header", "Idempotency-Key"])
+    );
+    assert_eq!(task_count(&user).await, 1);
+
+    // Keys are per user.
+    let someone_else = user_id();
+    post_with_key(&state, &someone_else, &key, json!({"title": "once"}))
+        .await
+        .assert_status(201);
+    assert_eq!(task_count(&someone_else).await, 1);
+    // Without a key, every POST creates.
+    crate::create_titled(&state, &user, "once").await;
+    assert_eq!(task_count(&user).await, 2);
+}
+
+#[tokio::test]
+async fn bad_idempotency_keys_are_422() {
+    let state = state();
+    let user = user_id();
+    for key in ["", "has space", &"k".repeat(256)] {
+        let response = post_with_key(&state, &user, key, json!({"title": "t"})).await;
+        response.assert_status(422);
+        assert_eq!(
+            response.detail()[0]["loc"],
+            json!(["header", "Idempotency-Key"])
+        );
+    }
+    assert_eq!(task_count(&user).await, 0);
+}
+
+#[tokio::test]
+async fn keys_expire_after_24_hours_and_old_keys_are_cleaned_up() {
+    let state = state();
+    let user = user_id();
+    let key = "expiring-key";
+    let first = post_with_key(&state, &user, key, json!({"title": "day one"})).await;
+    let client = db().await;
+    client
+        .execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    let later = post_with_key(&state, &user, key, json!({"title": "day two"})).await;
+    later.assert_status(201);
+    assert_ne!(later.json()["id"], first.json()["id"]);
+    assert_eq!(later.header("idempotent-replayed"), None);
+
+    // Somebody else's expired keys disappear as keyed creates happen.
+    let idle = user_id();
+    for n in 0..5 {
+        client
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id, created_at)
+                 VALUES ($1, $2, '\\x00', gen_random_uuid(), now() - interval '30 hours')",
+                &[&idle, &format!("old-{n}")],
+            )
+            .await
+            .unwrap();
+    }
+    for n in 0..3 {
+        post_with_key(&state, &user, &format!("fresh-{n}"), json!({"title": "t"}))
+            .await
+            .assert_status(201);
+    }
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM idempotency_keys WHERE user_id = $1",
+            &[&idle],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_create_exactly_one_task() {
+    for _ in 0..3 {
+        let user = user_id();
+        let key = uuid::Uuid::new_v4().to_string();
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                let (user, key) = (user.clone(), key.clone());
+                tokio::spawn(async move {
+                    let state = state();
+                    post_with_key(&state, &user, &key, json!({"title": "only one"})).await
+                })
+            })
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for request in requests {
+            let response = request.await.unwrap();
+            response.assert_status(201);
+            ids.insert(id_of(&response.json()));
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(task_count(&user).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn row_level_security_holds_even_when_the_sql_names_another_owner() {
+    let state = state();
+    let (alice, bob) = (user_id(), user_id());
+    let bobs = create_titled(&state, &bob, "bob's").await;
+    let database = state.tasks.database();
+    // A buggy statement that asks for Bob's rows while running as Alice sees nothing...
+    let rows = database
+        .query_as(
+            &alice,
+            "SELECT id FROM tasks WHERE user_id = $1",
+            &[(&bob.as_str(), Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    let rows = database
+        .query_as(&alice, "SELECT id FROM tasks", &[])
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "alice has no tasks");
+    // ...changes nothing...
+    let changed = database
+        .query_as(
+            &alice,
+            "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
+            &[(&bob.as_str(), Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    assert!(changed.is_empty());
+    let deleted = database
+        .query_as(&alice, "DELETE FROM tasks RETURNING id", &[])
+        .await
+        .unwrap();
+    assert!(deleted.is_empty());
+    // ...and cannot write a row for him.
+    let forged = database
+        .query_as(
+            &alice,
+            "INSERT INTO tasks (id, user_id, title) VALUES (gen_random_uuid(), $1, 'forged')",
+            &[(&bob.as_str(), Type::TEXT)],
+        )
+        .await;
+    assert!(forged.is_err(), "the policy's WITH CHECK refuses it");
+    let stored = crate::get(&state, &bob, &id_of(&bobs)).await;
+    assert_eq!(stored.json(), bobs);
+    assert_eq!(task_count(&bob).await, 1);
+}
+
+#[tokio::test]
+async fn nothing_leaks_between_requests_on_a_shared_connection() {
+    // Pool size 1: every statement below uses the same connection.
+    let state = state();
+    let (alice, bob) = (user_id(), user_id());
+    create_titled(&state, &alice, "alice's").await;
+    create_titled(&state, &bob, "bob's").await;
+    let database = state.tasks.database();
+    let after = database
+        .query_unscoped(
+            "SELECT current_user::text, coalesce(current_setting('app.user_id', true), ''), \
+             (SELECT count(*) FROM tasks WHERE user_id = $1)",
+            &[(&alice.as_str(), Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    let row = &after[0];
+    assert_ne!(row.get::<_, String>(0), shared::db::APP_ROLE, "role reset");
+    assert_eq!(row.get::<_, String>(1), "", "user id reset");
+    // Alternating users on one connection each see only their own tasks.
+    for _ in 0..3 {
+        for (user, title) in [(&alice, "alice's"), (&bob, "bob's")] {
+            let listed = ApiEvent::get(&tasks_path(user))
+                .as_user(user)
+                .send_to(&state, Operation::ListTasks)
+                .await;
+            let titles: Vec<_> = listed
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["title"].clone())
+                .collect();
+            assert_eq!(titles, vec![json!(title)]);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! TLS to Postgres through rustls: a server whose certificate comes from a CA the test
+//! makes. Trusted (extra CA file) → the API works, with Neon's URL parameters verbatim;
+//! untrusted → it refuses to connect and answers 503.
+
+use std::sync::OnceLock;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use serde_json::json;
+use tests::cluster::{Cluster, Options};
+use tests::{env, state_with, user_id, ApiEvent};
+
+const PASSWORD: &str = "tls-test-password";
+
+struct TlsServer {
+    port: u16,
+    ca_file: std::path::PathBuf,
+    other_ca_file: std::path::PathBuf,
+}
+
+/// A self-signed CA: its certificate (PEM) and what signs with it.
+fn ca(name: &str) -> (String, rcgen::Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let pem = params.self_signed(&key).unwrap().pem();
+    (pem, rcgen::Issuer::new(params, key))
+}
+
+fn server() -> &'static TlsServer {
+    static SERVER: OnceLock<TlsServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (ca_pem, issuer) = ca("todo-api test CA");
+        let server_key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let server_cert = params.signed_by(&server_key, &issuer).unwrap();
+        let cluster = Cluster::start_with(Options {
+            tls: Some((server_cert.pem(), server_key.serialize_pem())),
+            password: Some(PASSWORD.into()),
+        });
+        let ca_file = cluster.dir.join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        let other_ca_file = cluster.dir.join("other-ca.pem");
+        std::fs::write(&other_ca_file, ca("some other CA").0).unwrap();
+        let url = format!(
+            "postgres://postgres:{PASSWORD}@localhost:{}/postgres?sslmode=require",
+            cluster.port
+        );
+        std::thread::spawn({
+            let ca_file = ca_file.clone();
+            move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut client = shared::db::connect_once(
+                            &url,
+                            Some(&ca_file),
+                            std::time::Duration::from_secs(10),
+                        )
+                        .await
+                        .unwrap();
+                        migrations::apply(&mut client).await.unwrap();
+                    })
+            }
+        })
+        .join()
+        .unwrap();
+        TlsServer {
+            port: cluster.port,
+            ca_file,
+            other_ca_file,
+        }
+    })
+}
+
+fn neon_style_url(port: u16) -> String {
+    format!(
+        "postgresql://postgres:{PASSWORD}@localhost:{port}/postgres?sslmode=require&channel_binding=require"
+    )
+}
+
+#[tokio::test]
+async fn a_trusted_ca_connects_over_tls_with_neon_parameters_verbatim() {
+    let server = server();
+    let url = neon_style_url(server.port);
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CA_FILE", server.ca_file.to_str().unwrap()),
+    ]));
+    ApiEvent::get("/health")
+        .send(&state)
+        .await
+        .assert_status(200);
+    let user = user_id();
+    ApiEvent::post(&format!("/api/{user}/tasks"))
+        .as_user(&user)
+        .json(&json!({"title": "over TLS"}))
+        .send(&state)
+        .await
+        .assert_status(201);
+
+    let client = shared::db::connect_once(
+        &url,
+        Some(&server.ca_file),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the connection is encrypted");
+    assert!(row.get::<_, String>(1).starts_with("TLSv1."));
+}
+
+#[tokio::test]
+async fn the_ca_can_also_come_from_sslrootcert_in_the_url() {
+    let server = server();
+    let url = format!(
+        "{}&sslrootcert={}",
+        neon_style_url(server.port),
+        server.ca_file.display()
+    );
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    ApiEvent::get("/health")
+        .send(&state)
+        .await
+        .assert_status(200);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused() {
+    let server = server();
+    let url = neon_style_url(server.port);
+    for ca_file in [None, Some(server.other_ca_file.to_str().unwrap())] {
+        let mut vars = vec![("DATABASE_URL", url.as_str())];
+        if let Some(file) = ca_file {
+            vars.push(("DATABASE_CA_FILE", file));
+        }
+        let state = state_with(env(&vars));
+        let response = ApiEvent::get("/health").send(&state).await;
+        response.assert_status(503);
+        assert!(
+            !response.text().contains("certificate"),
+            "no driver details: {}",
+            response.text()
+        );
+        let user = user_id();
+        ApiEvent::get(&format!("/api/{user}/tasks"))
+            .as_user(&user)
+            .send(&state)
+            .await
+            .assert_status(503);
+    }
+}
