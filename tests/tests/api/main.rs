@@ -6,6 +6,7 @@ mod crud;
 mod database;
 mod jwt;
 mod listing;
+mod round_trips;
 mod routes_agree;
 mod status_matrix;
 mod tls;

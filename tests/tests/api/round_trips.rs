@@ -1,0 +1,168 @@
+//! Each operation costs exactly one network round trip to Postgres on a warm connection:
+//! its statement, the row-level security context and the transaction around it are
+//! pipelined, and any ETag, count, `Link` or ownership work rides in the same statement.
+//!
+//! Counted on the wire: a TCP proxy between the API and Postgres counts "flights", the
+//! times the API starts sending after having received something (or for the first time).
+//! One request/response exchange is one flight however many messages it carries.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tests::{database_url, env, state_with, user_id, ApiEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{id_of, task_path, tasks_path};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    ToServer,
+    ToClient,
+}
+
+/// Counts client→server flights across all proxied connections.
+struct Proxy {
+    port: u16,
+    flights: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let flights = Arc::new(AtomicUsize::new(0));
+        let counter = flights.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                let last = Arc::new(Mutex::new(Direction::ToClient));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (last_up, counter_up) = (last.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        {
+                            let mut last = last_up.lock().unwrap();
+                            if *last == Direction::ToClient {
+                                counter_up.fetch_add(1, Ordering::SeqCst);
+                            }
+                            *last = Direction::ToServer;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        *last.lock().unwrap() = Direction::ToClient;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, flights }
+    }
+}
+
+/// Current-thread, as the functions run: the statements of a request are all queued before
+/// the connection task writes.
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_is_one_round_trip_on_a_warm_connection() {
+    let url = database_url();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let upstream = format!("127.0.0.1:{}", config.get_ports()[0]);
+    let proxy = Proxy::start(upstream).await;
+    let proxied = url.replacen(
+        &format!(":{}/", config.get_ports()[0]),
+        &format!(":{}/", proxy.port),
+        1,
+    );
+    let state = state_with(env(&[("DATABASE_URL", proxied.as_str())]));
+    let user = user_id();
+    // Warm the connection: connecting and authenticating take round trips of their own.
+    ApiEvent::get("/health")
+        .send(&state)
+        .await
+        .assert_status(200);
+    let seed = ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .json(&json!({"title": "seed"}))
+        .send(&state)
+        .await;
+    let id = id_of(&seed.json());
+    let tag = seed.header("etag").unwrap().to_owned();
+    for n in 0..25 {
+        ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .json(&json!({"title": format!("filler {n}")}))
+            .send(&state)
+            .await
+            .assert_status(201);
+    }
+
+    let complete = format!("{}/complete", task_path(&user, &id));
+    let cases: Vec<(&str, ApiEvent, u16)> = vec![
+        (
+            "list with count and Link",
+            ApiEvent::get(&tasks_path(&user)).query("limit=20&search=fill"),
+            200,
+        ),
+        ("get", ApiEvent::get(&task_path(&user, &id)), 200),
+        (
+            "create",
+            ApiEvent::post(&tasks_path(&user)).json(&json!({"title": "new"})),
+            201,
+        ),
+        (
+            "create with Idempotency-Key",
+            ApiEvent::post(&tasks_path(&user))
+                .header("idempotency-key", "round-trip-key")
+                .json(&json!({"title": "keyed"})),
+            201,
+        ),
+        (
+            "update",
+            ApiEvent::put(&task_path(&user, &id)).json(&json!({"title": "renamed"})),
+            200,
+        ),
+        (
+            "update with a stale If-Match",
+            ApiEvent::put(&task_path(&user, &id))
+                .header("if-match", &tag)
+                .json(&json!({"title": "stale"})),
+            412,
+        ),
+        ("toggle", ApiEvent::patch(&complete), 200),
+        (
+            "toggle with If-Match",
+            ApiEvent::patch(&complete).header("if-match", "*"),
+            200,
+        ),
+        (
+            "get a missing task",
+            ApiEvent::get(&task_path(&user, &uuid::Uuid::new_v4().to_string())),
+            404,
+        ),
+        ("delete", ApiEvent::delete(&task_path(&user, &id)), 204),
+    ];
+    for (name, event, status) in cases {
+        let event = event.as_user(&user);
+        let before = proxy.flights.load(Ordering::SeqCst);
+        event.send(&state).await.assert_status(status);
+        let after = proxy.flights.load(Ordering::SeqCst);
+        assert_eq!(after - before, 1, "{name}: {} round trips", after - before);
+    }
+}
