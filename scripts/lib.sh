@@ -46,3 +46,38 @@ ensure_venv() {
     fi
     export PATH="$VENV/bin:$PATH"
 }
+
+# Runs a PostgreSQL server binary, as the `postgres` user when we are root.
+pg_run() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts a throwaway cluster in a fresh temporary directory; sets THROWAWAY_DIR,
+# THROWAWAY_PGDATA and THROWAWAY_URL. Stop it with stop_throwaway_cluster.
+start_throwaway_cluster() {
+    local bin port
+    bin="$(postgres_bin_dir)"
+    THROWAWAY_PG_BIN="$bin"
+    port="$(free_port)"
+    THROWAWAY_DIR="$(mktemp -d /tmp/todo-throwaway-XXXXXX)"
+    chmod 755 "$THROWAWAY_DIR"
+    [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$THROWAWAY_DIR"
+    THROWAWAY_PGDATA="$THROWAWAY_DIR/data"
+    pg_run "$bin/initdb" -D "$THROWAWAY_PGDATA" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    pg_run "$bin/pg_ctl" -D "$THROWAWAY_PGDATA" -l "$THROWAWAY_DIR/server.log" -w -t 60 \
+        -o "-p $port -k $THROWAWAY_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 ${THROWAWAY_PG_OPTIONS:-}" start >/dev/null
+    THROWAWAY_PORT="$port"
+    THROWAWAY_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+}
+
+stop_throwaway_cluster() {
+    [ -n "${THROWAWAY_DIR:-}" ] || return 0
+    pg_run "$THROWAWAY_PG_BIN/pg_ctl" -D "$THROWAWAY_PGDATA" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$THROWAWAY_DIR"
+    THROWAWAY_DIR=""
+}

@@ -33,8 +33,19 @@ pub struct Database {
 /// The role requests run as; created by the migrations, without BYPASSRLS.
 pub const APP_ROLE: &str = "todo_app";
 
-/// Sets the user id the row-level security policies compare with, for this transaction.
-const SET_USER: &str = "SELECT set_config('app.user_id', $1, true)";
+/// `value` as a dollar-quoted SQL string literal, with a tag that does not occur in it.
+/// Dollar quoting has no escapes at all, so no setting (`standard_conforming_strings`) or
+/// character in the value can end the literal early. Used for the user id, so that the
+/// transaction's opening statements travel as one simple-query message.
+fn dollar_quoted(value: &str) -> String {
+    let mut tag = String::from("$u$");
+    // The literal ends at the first occurrence of the tag after the opening one, which
+    // must be the closing tag itself (also when the value's end and the tag overlap).
+    while format!("{value}{tag}").find(&tag) != Some(value.len()) {
+        tag.insert(tag.len() - 1, 'x');
+    }
+    format!("{tag}{value}{tag}")
+}
 
 /// How much longer than the server-side statement timeout the client waits before it
 /// gives up on its own (the server normally cancels first and answers with an error).
@@ -210,8 +221,9 @@ impl Database {
 
     /// Runs one statement on behalf of `user_id`, in a transaction of its own that runs as
     /// the `todo_app` role with `app.user_id` set, so that the row-level security policies
-    /// hold whatever the SQL says. The transaction's statements are pipelined: the whole
-    /// request costs one network round trip. Nothing outlives the transaction, so the
+    /// hold whatever the SQL says. The transaction is three pipelined messages (open and
+    /// set the context; the statement; commit): the whole request costs one network round
+    /// trip. Nothing outlives the transaction, so the
     /// connection can be shared through Neon's pooler in transaction mode.
     pub async fn query_as(
         &self,
@@ -220,16 +232,18 @@ impl Database {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        let user: [(&(dyn ToSql + Sync), Type); 1] = [(&user_id, Type::TEXT)];
+        let begin = format!(
+            "{}; SELECT set_config('app.user_id', {}, true)",
+            self.begin,
+            dollar_quoted(user_id)
+        );
         let outcome = tokio::time::timeout(self.client_timeout(), async {
-            let (begin, context, rows, commit) = tokio::join!(
-                client.batch_execute(&self.begin),
-                client.query_typed(SET_USER, &user),
+            let (begin, rows, commit) = tokio::join!(
+                client.batch_execute(&begin),
                 client.query_typed(sql, params),
                 client.batch_execute("COMMIT"),
             );
             begin?;
-            context?;
             let rows = rows?;
             commit?;
             Ok(rows)
@@ -365,6 +379,28 @@ mod tests {
             config.get_channel_binding(),
             tokio_postgres::config::ChannelBinding::Require
         );
+    }
+
+    #[test]
+    fn dollar_quoting_cannot_be_escaped() {
+        assert_eq!(dollar_quoted("alice"), "$u$alice$u$");
+        assert_eq!(dollar_quoted("it's"), "$u$it's$u$");
+        for value in [
+            "x$u$; DROP TABLE tasks; --",
+            "ab$u",
+            "$u",
+            "$",
+            "$ux$u$",
+            "",
+        ] {
+            let quoted = dollar_quoted(value);
+            let tag_len = quoted.len() - value.len();
+            let tag = &quoted[..tag_len / 2];
+            assert!(tag.starts_with('$') && tag.ends_with('$'));
+            // After the opening tag, the first occurrence of the tag is the closing one.
+            let rest = &quoted[tag.len()..];
+            assert_eq!(rest.find(tag), Some(value.len()), "{value:?} -> {quoted}");
+        }
     }
 
     #[test]

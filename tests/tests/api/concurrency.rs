@@ -369,3 +369,29 @@ async fn nothing_leaks_between_requests_on_a_shared_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn user_ids_with_quotes_and_dollars_reach_the_database_intact() {
+    let state = state();
+    for user in [
+        "it's",
+        "$u$; SELECT 1; --",
+        "ab$u",
+        "\\'; DROP TABLE tasks; --",
+    ] {
+        let path = format!(
+            "/api/{}/tasks",
+            percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let created = ApiEvent::post(&path)
+            .as_user(user)
+            .json(&json!({"title": "quoted"}))
+            .send(&state)
+            .await;
+        created.assert_status(201);
+        assert_eq!(created.json()["user_id"], user);
+        let listed = ApiEvent::get(&path).as_user(user).send(&state).await;
+        listed.assert_status(200);
+        assert_eq!(listed.json().as_array().unwrap().len(), 1, "{user}");
+    }
+}

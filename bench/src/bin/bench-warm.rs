@@ -1,0 +1,321 @@
+//! `bench-warm`: the warm cost of each operation, measured in process.
+//!
+//! For every operation, each round times three things back to back, so that they share the
+//! machine's noise: (1) the function's handler fed an API Gateway v2 event (JSON parsing,
+//! token check, validation, the pipelined transaction with the row-level security context,
+//! response), (2) the same handler with the RLS context switched off (the bare statement),
+//! and (3) the raw round trip of the same SQL statement issued directly with tokio-postgres.
+//!
+//! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bench::{event, percentile, token, us};
+use serde_json::json;
+use shared::config::Config;
+use shared::db::Database;
+use shared::handlers;
+use shared::listing::{SortField, SortOrder};
+use shared::repo::{self, TaskRepo};
+use shared::AppState;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+const SECRET: &str = "benchmark-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+const WARMUP: usize = 200;
+
+struct Samples {
+    handler: Vec<Duration>,
+    bare: Vec<Duration>,
+    raw: Vec<Duration>,
+}
+
+async fn time<F: Future>(f: F) -> Duration {
+    let started = Instant::now();
+    std::hint::black_box(f.await);
+    started.elapsed()
+}
+
+async fn invoke(state: &AppState, op: &str, event: &str) -> u16 {
+    let req = lambda_http::request::from_str(event).expect("event");
+    let response = match op {
+        "list" => handlers::list_tasks(state, req).await,
+        "get" => handlers::get_task(state, req).await,
+        "create" => handlers::create_task(state, req).await,
+        "update" => handlers::update_task(state, req).await,
+        "toggle" => handlers::complete_task(state, req).await,
+        "delete" => handlers::delete_task(state, req).await,
+        other => panic!("unknown operation {other}"),
+    }
+    .expect("handlers never fail");
+    response.status().as_u16()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse().expect("iterations"))
+        .unwrap_or(2000);
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(url.clone()),
+        "BETTER_AUTH_SECRET" => Some(SECRET.into()),
+        _ => None,
+    })?;
+    let state = AppState::new(&config)?;
+    let mut bare = AppState::new(&config)?;
+    bare.tasks = TaskRepo::without_rls_context_for_benchmarks(Database::new(&config.database)?);
+    let raw = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
+    state.tasks.database().warm_up().await;
+    bare.tasks.database().warm_up().await;
+
+    let rounds = WARMUP + iterations;
+    let user = Uuid::new_v4().simple().to_string();
+    let tok = token(SECRET, &user);
+    let tasks_path = format!("/api/{user}/tasks");
+    let params = |id: Option<&Uuid>| match id {
+        Some(id) => json!({"user_id": user, "id": id.to_string()}),
+        None => json!({"user_id": user}),
+    };
+
+    // The list user has exactly 20 tasks; writes go to other rows of the same user.
+    let list_user = Uuid::new_v4().simple().to_string();
+    for n in 0..20 {
+        raw.execute(
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, $3)",
+            &[&Uuid::now_v7(), &list_user, &format!("task {n}")],
+        )
+        .await?;
+    }
+    let target = Uuid::now_v7();
+    raw.execute(
+        "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'target')",
+        &[&target, &user],
+    )
+    .await?;
+    let mut doomed = Vec::new();
+    for _ in 0..3 * rounds {
+        let id = Uuid::now_v7();
+        raw.execute(
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'doomed')",
+            &[&id, &user],
+        )
+        .await?;
+        doomed.push(id);
+    }
+    let mut doomed = doomed.into_iter();
+
+    let list_tok = token(SECRET, &list_user);
+    let list_event = event(
+        "GET",
+        &format!("/api/{list_user}/tasks"),
+        "limit=20",
+        &list_tok,
+        None,
+        json!({"user_id": list_user}),
+    )
+    .to_string();
+    let task_path = format!("{tasks_path}/{target}");
+    let get_event = event("GET", &task_path, "", &tok, None, params(Some(&target))).to_string();
+    let create_body = json!({"title": "benchmark"});
+    let create_event = event(
+        "POST",
+        &tasks_path,
+        "",
+        &tok,
+        Some(&create_body),
+        params(None),
+    )
+    .to_string();
+    let update_body = json!({"title": "renamed"});
+    let update_event = event(
+        "PUT",
+        &task_path,
+        "",
+        &tok,
+        Some(&update_body),
+        params(Some(&target)),
+    )
+    .to_string();
+    let toggle_event = event(
+        "PATCH",
+        &format!("{task_path}/complete"),
+        "",
+        &tok,
+        None,
+        params(Some(&target)),
+    )
+    .to_string();
+
+    println!("warm cost per invocation, {iterations} rounds after {WARMUP} warm-up rounds");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>11} {:>8}",
+        "op", "fn p50", "fn p99", "raw p50", "raw p99", "p50 x", "p99 x", "noRLS p50", "RLS +%"
+    );
+    for op in ["list", "get", "create", "update", "toggle", "delete"] {
+        let mut s = Samples {
+            handler: Vec::with_capacity(rounds),
+            bare: Vec::with_capacity(rounds),
+            raw: Vec::with_capacity(rounds),
+        };
+        for round in 0..rounds {
+            let (handler, bare_time, raw_time) = match op {
+                "delete" => {
+                    let (a, b, c) = (
+                        doomed.next().unwrap(),
+                        doomed.next().unwrap(),
+                        doomed.next().unwrap(),
+                    );
+                    let ev = |id: &Uuid| {
+                        event(
+                            "DELETE",
+                            &format!("{tasks_path}/{id}"),
+                            "",
+                            &tok,
+                            None,
+                            params(Some(id)),
+                        )
+                        .to_string()
+                    };
+                    let (ea, eb) = (ev(&a), ev(&b));
+                    let h = time(invoke(&state, op, &ea)).await;
+                    let b2 = time(invoke(&bare, op, &eb)).await;
+                    let r = time(raw_sql(
+                        &raw,
+                        repo::DELETE,
+                        &[(&c, Type::UUID), (&user, Type::TEXT)],
+                    ))
+                    .await;
+                    (h, b2, r)
+                }
+                _ => {
+                    let ev = match op {
+                        "list" => &list_event,
+                        "get" => &get_event,
+                        "create" => &create_event,
+                        "update" => &update_event,
+                        _ => &toggle_event,
+                    };
+                    let h = time(invoke(&state, op, ev)).await;
+                    let b2 = time(invoke(&bare, op, ev)).await;
+                    let r = time(raw_statement(&raw, op, &user, &list_user, &target)).await;
+                    (h, b2, r)
+                }
+            };
+            if round >= WARMUP {
+                s.handler.push(handler);
+                s.bare.push(bare_time);
+                s.raw.push(raw_time);
+            }
+        }
+        let (h50, h99) = (
+            percentile(&mut s.handler, 50.0),
+            percentile(&mut s.handler, 99.0),
+        );
+        let (r50, r99) = (percentile(&mut s.raw, 50.0), percentile(&mut s.raw, 99.0));
+        let b50 = percentile(&mut s.bare, 50.0);
+        println!(
+            "{:<8} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>8.2} {:>8.2} {:>9.0}us {:>7.1}%",
+            op,
+            us(h50),
+            us(h99),
+            us(r50),
+            us(r99),
+            h50.as_secs_f64() / r50.as_secs_f64(),
+            h99.as_secs_f64() / r99.as_secs_f64(),
+            us(b50),
+            (h50.as_secs_f64() / b50.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+async fn raw_sql(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> usize {
+    client
+        .query_typed(sql, params)
+        .await
+        .expect("raw statement")
+        .len()
+}
+
+/// The statement the handler of `op` runs, with the same parameters.
+async fn raw_statement(
+    client: &tokio_postgres::Client,
+    op: &str,
+    user: &str,
+    list_user: &str,
+    target: &Uuid,
+) -> usize {
+    match op {
+        "list" => {
+            raw_sql(
+                client,
+                repo::list_statement(SortField::CreatedAt, SortOrder::Desc),
+                &[
+                    (&list_user, Type::TEXT),
+                    (&None::<bool>, Type::BOOL),
+                    (&None::<String>, Type::TEXT),
+                    (&20i64, Type::INT8),
+                    (&0i64, Type::INT8),
+                ],
+            )
+            .await
+        }
+        "get" => {
+            raw_sql(
+                client,
+                repo::SELECT_ONE,
+                &[(target, Type::UUID), (&user, Type::TEXT)],
+            )
+            .await
+        }
+        "create" => {
+            raw_sql(
+                client,
+                repo::INSERT,
+                &[
+                    (&Uuid::now_v7(), Type::UUID),
+                    (&user, Type::TEXT),
+                    (&"benchmark", Type::TEXT),
+                    (&None::<String>, Type::TEXT),
+                    (&false, Type::BOOL),
+                ],
+            )
+            .await
+        }
+        "update" => {
+            raw_sql(
+                client,
+                repo::UPDATE,
+                &[
+                    (target, Type::UUID),
+                    (&user, Type::TEXT),
+                    (&Some("renamed"), Type::TEXT),
+                    (&false, Type::BOOL),
+                    (&None::<String>, Type::TEXT),
+                    (&None::<bool>, Type::BOOL),
+                ],
+            )
+            .await
+        }
+        _ => {
+            raw_sql(
+                client,
+                repo::COMPLETE,
+                &[
+                    (target, Type::UUID),
+                    (&user, Type::TEXT),
+                    (&None::<bool>, Type::BOOL),
+                ],
+            )
+            .await
+        }
+    }
+}
