@@ -231,7 +231,36 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        self.attempt_as(user_id, sql, params)
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// [`Database::query_as`] for statements that are safe to run twice (reads, and writes
+    /// whose effect is the same when repeated): when the connection turns out to be closed
+    /// under the request, it runs once more on a fresh connection.
+    pub async fn query_as_retrying(
+        &self,
+        user_id: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, ApiError> {
+        match self.attempt_as(user_id, sql, params).await {
+            Err(Failure { closed: true, .. }) => self
+                .attempt_as(user_id, sql, params)
+                .await
+                .map_err(|failure| failure.error),
+            other => other.map_err(|failure| failure.error),
+        }
+    }
+
+    async fn attempt_as(
+        &self,
+        user_id: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Failure> {
+        let client = self.live_connection().await.map_err(Failure::from)?;
         let begin = format!(
             "{}; SELECT set_config('app.user_id', {}, true)",
             self.begin,
@@ -259,10 +288,32 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let client = self.live_connection().await?;
         let outcome =
             tokio::time::timeout(self.client_timeout(), client.query_typed(sql, params)).await;
         self.finish(client, outcome)
+            .map_err(|failure| failure.error)
+    }
+
+    /// A pooled connection that is still open. A connection the server closed while it sat
+    /// idle (a Lambda freeze and thaw, a Neon compute suspend, `pg_terminate_backend`) has
+    /// the server's goodbye waiting in its socket; yielding lets its connection task read
+    /// it, so the check below sees it closed and the request gets a fresh connection
+    /// instead of failing. Costs no round trip.
+    async fn live_connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        for _ in 0..=self.pool.status().max_size {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+            }
+            if !client.is_closed() {
+                return Ok(client);
+            }
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Err(ApiError::Unavailable(anyhow!(
+            "no live database connection"
+        )))
     }
 
     /// The client-side limit, a backstop to the server-side statement timeout.
@@ -274,10 +325,13 @@ impl Database {
         &self,
         client: deadpool_postgres::Object,
         outcome: Result<Result<Vec<Row>, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Vec<Row>, Failure> {
         match outcome {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(err)) => Err(driver_error(err)),
+            Ok(Err(err)) => Err(Failure {
+                closed: err.is_closed(),
+                error: driver_error(err),
+            }),
             Err(_elapsed) => {
                 // Stop the server-side work too, and never reuse a connection whose state is
                 // unknown.
@@ -287,10 +341,10 @@ impl Database {
                     let _ = cancel.cancel_query(tls).await;
                 });
                 drop(deadpool_postgres::Object::take(client));
-                Err(ApiError::Unavailable(anyhow!(
+                Err(Failure::from(ApiError::Unavailable(anyhow!(
                     "statement timed out after {:?}",
                     self.statement_timeout
-                )))
+                ))))
             }
         }
     }
@@ -298,6 +352,21 @@ impl Database {
     /// Checks that the database answers, for `/health`.
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.query_unscoped("SELECT 1", &[]).await.map(drop)
+    }
+}
+
+/// A failed attempt, and whether it failed because the connection was closed under it.
+struct Failure {
+    error: ApiError,
+    closed: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure {
+            error,
+            closed: false,
+        }
     }
 }
 

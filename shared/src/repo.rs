@@ -75,9 +75,12 @@ pub fn list_statement(sort: SortField, order: SortOrder) -> &'static str {
     }
 }
 
-/// Creates a task.
+/// Creates a task. The id is chosen before the first attempt, so if the connection dies
+/// after the insert committed and the statement is repeated, the repeat returns the row
+/// the first attempt wrote instead of creating a second task.
 pub const INSERT: &str = concat!(
-    "INSERT INTO tasks (id, user_id, title, description, completed) VALUES ($1, $2, $3, $4, $5) RETURNING ",
+    "INSERT INTO tasks (id, user_id, title, description, completed) VALUES ($1, $2, $3, $4, $5) ",
+    "ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING ",
     columns!()
 );
 
@@ -272,10 +275,26 @@ impl TaskRepo {
         }
     }
 
+    /// [`TaskRepo::run`] for statements that are safe to repeat if the connection dies
+    /// under them: reads, and creates (the task id is chosen before the first attempt, so
+    /// a repeat cannot make a second task; see [`TaskRepo::create`]).
+    async fn run_repeatable(
+        &self,
+        owner: &Owner,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, ApiError> {
+        if self.scoped {
+            self.db.query_as_retrying(owner.as_str(), sql, params).await
+        } else {
+            self.db.query_unscoped(sql, params).await
+        }
+    }
+
     pub async fn list(&self, owner: &Owner, query: &ListQuery) -> Result<TaskPage, ApiError> {
         let search = query.search_pattern();
         let rows = self
-            .run(
+            .run_repeatable(
                 owner,
                 list_statement(query.sort, query.order),
                 &[
@@ -305,7 +324,7 @@ impl TaskRepo {
     pub async fn create(&self, owner: &Owner, task: &NewTask) -> Result<Task, ApiError> {
         let id = Uuid::now_v7();
         let rows = self
-            .run(
+            .run_repeatable(
                 owner,
                 INSERT,
                 &[
@@ -322,7 +341,7 @@ impl TaskRepo {
 
     pub async fn get(&self, owner: &Owner, id: TaskId) -> Result<Task, ApiError> {
         let rows = self
-            .run(
+            .run_repeatable(
                 owner,
                 SELECT_ONE,
                 &[(&id.0, Type::UUID), (&owner.as_str(), Type::TEXT)],
@@ -439,7 +458,9 @@ impl TaskRepo {
         // after this statement's snapshot was taken, so that its task is not yet visible;
         // the same statement again sees it. It is safe to repeat: the key decides.
         for _ in 0..3 {
-            let rows = self.run(owner, CREATE_IDEMPOTENT, &params).await?;
+            let rows = self
+                .run_repeatable(owner, CREATE_IDEMPOTENT, &params)
+                .await?;
             let row = rows.first().ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))
             })?;

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
+    options: String,
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`.
@@ -167,7 +168,7 @@ impl Cluster {
                 .args(["-w", "-t", "60", "start"]),
             "pg_ctl start",
         );
-        let cluster = Cluster { port, dir };
+        let cluster = Cluster { port, dir, options };
         cluster.spawn_watchdog(&bin);
         cluster
     }
@@ -195,6 +196,30 @@ impl Cluster {
             .status()
             .expect("cluster watchdog");
         assert!(status.success(), "cannot start the cluster watchdog");
+    }
+
+    /// Stops the server (fast shutdown: open connections are closed), keeping the data.
+    pub fn stop(&self) {
+        run(
+            pg_command(&postgres_bin_dir().join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn restart(&self) {
+        run(
+            pg_command(&postgres_bin_dir().join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-o", &self.options, "-l"])
+                .arg(self.dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        );
     }
 
     pub fn url(&self) -> String {

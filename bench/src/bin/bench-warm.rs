@@ -7,6 +7,8 @@
 //! and (3) the raw round trip of the same SQL statement issued directly with tokio-postgres.
 //!
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
+//!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
+//!                                     for pgbench
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -55,6 +57,19 @@ async fn invoke(state: &AppState, op: &str, event: &str) -> u16 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("list-sql") {
+        let user = std::env::args()
+            .nth(2)
+            .context("usage: bench-warm list-sql <user>")?;
+        let sql = repo::list_statement(SortField::CreatedAt, SortOrder::Desc)
+            .replace("$1", &format!("'{}'", user.replace('\'', "''")))
+            .replace("$2", "NULL::boolean")
+            .replace("$3", "NULL::text")
+            .replace("$4", "20")
+            .replace("$5", "0");
+        println!("{sql};");
+        return Ok(());
+    }
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
     let iterations: usize = std::env::args()
         .nth(1)

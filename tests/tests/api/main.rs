@@ -4,6 +4,7 @@ mod bola;
 mod concurrency;
 mod crud;
 mod database;
+mod faults;
 mod jwt;
 mod listing;
 mod round_trips;

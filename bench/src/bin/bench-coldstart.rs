@@ -1,0 +1,378 @@
+//! `bench-coldstart`: cold start and memory of each function binary, under a minimal Lambda
+//! Runtime API emulator served here on 127.0.0.1 (the real 2018-06-01 protocol:
+//! `GET /runtime/invocation/next`, `POST /runtime/invocation/{id}/response`).
+//!
+//! For each function and run: exec → its first `next` request ("ready": the process has
+//! read its configuration, built its state and opened its database connection), and
+//! exec → the first response (the first request served). Then one longer run serves
+//! `RSS_INVOCATIONS` requests and reads the peak RSS (VmHWM) of the process.
+//!
+//! Usage: DATABASE_URL=… bench-coldstart <dir with the function binaries> [runs]
+//! With BENCH_SECRETS_ENDPOINT, BENCH_DATABASE_URL_SECRET_ARN and
+//! BENCH_AUTH_SECRET_ARN set (a Secrets Manager, e.g. moto on 127.0.0.1), it also measures
+//! `health` reading both settings from Secrets Manager instead of the environment.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bench::{event, ms, percentile, token};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const SECRET: &str = "benchmark-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+const RSS_INVOCATIONS: usize = 300;
+
+#[derive(Default)]
+struct Runtime {
+    queue: VecDeque<(String, String)>,
+    first_next: Option<Instant>,
+    responses: Vec<(Instant, u16)>,
+}
+
+struct Emulator {
+    state: Mutex<Runtime>,
+    changed: Notify,
+}
+
+impl Emulator {
+    fn reset(&self, events: impl IntoIterator<Item = String>) {
+        let mut state = self.state.lock().unwrap();
+        *state = Runtime::default();
+        for event in events {
+            state.queue.push_back((Uuid::new_v4().to_string(), event));
+        }
+    }
+
+    async fn wait_for_responses(&self, count: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.state.lock().unwrap().responses.len() >= count {
+                return Ok(());
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                anyhow::bail!("timed out waiting for {count} responses");
+            }
+            let _ = tokio::time::timeout(remaining, notified).await;
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        if req.method() == hyper::Method::GET && path.ends_with("/runtime/invocation/next") {
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let mut state = self.state.lock().unwrap();
+                    state.first_next.get_or_insert_with(Instant::now);
+                    if let Some((id, event)) = state.queue.pop_front() {
+                        let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
+                        return Response::builder()
+                            .header("content-type", "application/json")
+                            .header("lambda-runtime-aws-request-id", id)
+                            .header("lambda-runtime-deadline-ms", deadline.to_string())
+                            .header(
+                                "lambda-runtime-invoked-function-arn",
+                                "arn:aws:lambda:us-east-1:123456789012:function:bench",
+                            )
+                            .header(
+                                "lambda-runtime-trace-id",
+                                "Root=1-00000000-000000000000000000000000",
+                            )
+                            .body(Full::new(Bytes::from(event)))
+                            .unwrap();
+                    }
+                }
+                self.changed.notify_waiters();
+                notified.await;
+            }
+        }
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if path.ends_with("/response") {
+            let status = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["statusCode"].as_u64())
+                .unwrap_or(0) as u16;
+            self.state
+                .lock()
+                .unwrap()
+                .responses
+                .push((Instant::now(), status));
+            self.changed.notify_waiters();
+        } else if path.ends_with("/error") {
+            eprintln!(
+                "function reported an error: {}",
+                String::from_utf8_lossy(&body)
+            );
+            self.state
+                .lock()
+                .unwrap()
+                .responses
+                .push((Instant::now(), 0));
+            self.changed.notify_waiters();
+        }
+        Response::builder()
+            .status(202)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+}
+
+async fn serve(emulator: Arc<Emulator>) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let emulator = emulator.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let emulator = emulator.clone();
+                    async move { Ok::<_, Infallible>(emulator.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(address)
+}
+
+struct Function {
+    name: &'static str,
+    event: String,
+    env: Vec<(String, String)>,
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn spawn(
+    dir: &Path,
+    function: &Function,
+    runtime_api: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(dir.join(function.name));
+    cmd.env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", function.name)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "info")
+        .envs(function.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn()
+        .with_context(|| format!("cannot run {}", function.name))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: bench-coldstart <binaries dir> [runs]")?,
+    );
+    let runs: usize = args.next().map(|r| r.parse().expect("runs")).unwrap_or(20);
+
+    let user = Uuid::new_v4().simple().to_string();
+    let tok = token(SECRET, &user);
+    let client = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
+    let target = Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'cold')",
+            &[&target, &user],
+        )
+        .await?;
+    let tasks = format!("/api/{user}/tasks");
+    let one = format!("{tasks}/{target}");
+    let with_id = json!({"user_id": user, "id": target.to_string()});
+    let base_env = vec![
+        ("DATABASE_URL".to_owned(), url.clone()),
+        ("BETTER_AUTH_SECRET".to_owned(), SECRET.to_owned()),
+    ];
+    let mut functions = vec![
+        Function {
+            name: "list-tasks",
+            event: event("GET", &tasks, "", &tok, None, json!({"user_id": user})).to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "create-task",
+            event: event(
+                "POST",
+                &tasks,
+                "",
+                &tok,
+                Some(&json!({"title": "cold"})),
+                json!({"user_id": user}),
+            )
+            .to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "get-task",
+            event: event("GET", &one, "", &tok, None, with_id.clone()).to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "update-task",
+            event: event(
+                "PUT",
+                &one,
+                "",
+                &tok,
+                Some(&json!({"title": "warm"})),
+                with_id.clone(),
+            )
+            .to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "delete-task",
+            // A task that does not exist: the same statement, and the target survives.
+            event: event(
+                "DELETE",
+                &format!("{tasks}/{}", Uuid::nil()),
+                "",
+                &tok,
+                None,
+                json!({"user_id": user, "id": Uuid::nil().to_string()}),
+            )
+            .to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "complete-task",
+            event: event(
+                "PATCH",
+                &format!("{one}/complete"),
+                "",
+                &tok,
+                None,
+                with_id.clone(),
+            )
+            .to_string(),
+            env: base_env.clone(),
+        },
+        Function {
+            name: "health",
+            event: event("GET", "/health", "", &tok, None, json!({})).to_string(),
+            env: base_env.clone(),
+        },
+    ];
+    if let (Ok(endpoint), Ok(db_arn), Ok(auth_arn)) = (
+        std::env::var("BENCH_SECRETS_ENDPOINT"),
+        std::env::var("BENCH_DATABASE_URL_SECRET_ARN"),
+        std::env::var("BENCH_AUTH_SECRET_ARN"),
+    ) {
+        functions.push(Function {
+            name: "health",
+            event: event("GET", "/health", "", &tok, None, json!({})).to_string(),
+            env: vec![
+                ("DATABASE_URL_SECRET_ARN".into(), db_arn),
+                ("BETTER_AUTH_SECRET_ARN".into(), auth_arn),
+                ("AWS_ENDPOINT_URL".into(), endpoint),
+                ("AWS_ACCESS_KEY_ID".into(), "bench".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "bench".into()),
+            ],
+        });
+    }
+
+    let emulator = Arc::new(Emulator {
+        state: Mutex::new(Runtime::default()),
+        changed: Notify::new(),
+    });
+    let address = serve(emulator.clone()).await?;
+
+    println!("cold start, {runs} runs per function (medians; p90 in brackets)");
+    println!(
+        "{:<22} {:>16} {:>22} {:>14}",
+        "function", "exec→ready ms", "exec→first response ms", "peak RSS MiB"
+    );
+    for function in &functions {
+        let mut ready = Vec::new();
+        let mut first = Vec::new();
+        for _ in 0..runs {
+            emulator.reset([function.event.clone()]);
+            let started = Instant::now();
+            let mut child = spawn(&dir, function, &address).await?;
+            emulator
+                .wait_for_responses(1, Duration::from_secs(20))
+                .await
+                .with_context(|| format!("{} did not answer", function.name))?;
+            {
+                let state = emulator.state.lock().unwrap();
+                let (answered, status) = state.responses[0];
+                anyhow::ensure!(
+                    (200..500).contains(&status) && status != 0,
+                    "{} answered {status}",
+                    function.name
+                );
+                ready.push(state.first_next.unwrap() - started);
+                first.push(answered - started);
+            }
+            child.kill().await?;
+        }
+        // Peak memory while serving a stream of requests.
+        emulator.reset(std::iter::repeat_n(function.event.clone(), RSS_INVOCATIONS));
+        let mut child = spawn(&dir, function, &address).await?;
+        emulator
+            .wait_for_responses(RSS_INVOCATIONS, Duration::from_secs(120))
+            .await?;
+        let rss = child.id().and_then(peak_rss_kib).unwrap_or(0);
+        child.kill().await?;
+        let label = if function
+            .env
+            .iter()
+            .any(|(k, _)| k == "DATABASE_URL_SECRET_ARN")
+        {
+            format!("{} (secrets)", function.name)
+        } else {
+            function.name.to_owned()
+        };
+        println!(
+            "{:<22} {:>9.2} [{:>5.2}] {:>15.2} [{:>5.2}] {:>14.1}",
+            label,
+            ms(percentile(&mut ready, 50.0)),
+            ms(percentile(&mut ready, 90.0)),
+            ms(percentile(&mut first, 50.0)),
+            ms(percentile(&mut first, 90.0)),
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
