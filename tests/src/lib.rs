@@ -29,23 +29,40 @@ pub fn database_url() -> &'static str {
 
 /// Applies the migrations on a runtime of its own, so that it does not depend on the
 /// runtime of whichever test got here first.
-fn migrate(url: &str) {
+pub fn migrate_with(url: &str, ca_file: Option<&std::path::Path>) {
     let url = url.to_owned();
+    let ca_file = ca_file.map(std::path::Path::to_path_buf);
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
             .block_on(async {
-                let mut client =
-                    shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
-                        .await
-                        .expect("connect to the test database");
+                let mut client = shared::db::connect_once(
+                    &url,
+                    ca_file.as_deref(),
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .expect("connect to the test database");
                 migrations::apply(&mut client).await.expect("migrate");
             })
     })
     .join()
     .expect("migration thread");
+}
+
+fn migrate(url: &str) {
+    migrate_with(url, None);
+}
+
+/// How many tasks `user` has, read directly from the database.
+pub async fn task_count(user: &str) -> i64 {
+    db().await
+        .query_one("SELECT count(*) FROM tasks WHERE user_id = $1", &[&user])
+        .await
+        .expect("count")
+        .get(0)
 }
 
 /// Settings for a test state; `extra` overrides or adds variables.

@@ -16,6 +16,10 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import signal
+import urllib.error
+import urllib.request
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +36,17 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+MINTED_TOKENS = []
+
+
 def hs256_token(secret: str, sub: str, lifetime: int = 600) -> str:
     now = int(time.time())
     header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     payload = b64url(json.dumps({"sub": sub, "iat": now, "exp": now + lifetime}).encode())
     signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    return f"{header}.{payload}.{b64url(signature)}"
+    token = f"{header}.{payload}.{b64url(signature)}"
+    MINTED_TOKENS.append(token)
+    return token
 
 
 def api_event(method: str, path: str, token=None, body=None, path_parameters=None):
@@ -72,6 +81,25 @@ def api_event(method: str, path: str, token=None, body=None, path_parameters=Non
     if body is not None:
         event["body"] = json.dumps(body)
     return event
+
+
+def http(base, method, path, token=None, body=None, headers=None):
+    """One HTTP request: (status, headers, raw body); status 0 when no answer came."""
+    req = urllib.request.Request(base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+    except OSError:
+        return 0, {}, b""
 
 
 def pg_bin():
@@ -216,3 +244,49 @@ def lambda_env(runtime_api, function, **extra):
     }
     env.update({k: v for k, v in extra.items() if v is not None})
     return env
+
+
+SERVER_SECRET = "server-test-secret-" + uuid.uuid4().hex
+
+
+DB_PASSWORD = "db-password-" + uuid.uuid4().hex
+
+
+def assert_no_secrets(log: str, *secrets: str):
+    """No token, secret or password may appear in a log."""
+    for secret in [*secrets, *MINTED_TOKENS]:
+        assert secret not in log, "a secret or token leaked into the log"
+    for token in MINTED_TOKENS:
+        assert token.split(".")[2] not in log, "a token signature leaked into the log"
+
+
+@pytest.fixture(scope="session")
+def server(cluster):
+    port = free_port()
+    # The password is never asked for (trust authentication) but must never be logged.
+    url = cluster.url.replace("postgres@", f"postgres:{DB_PASSWORD}@")
+    env = dict(os.environ, DATABASE_URL=url, BETTER_AUTH_SECRET=SERVER_SECRET, PORT=str(port))
+    log_path = cluster.dir / "todo-server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(TARGET / "todo-server")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=5)
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("todo-server did not start:\n" + log_path.read_text())
+            time.sleep(0.2)
+    yield base, SERVER_SECRET
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-5000:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), "every log line is JSON"
+    assert_no_secrets(text, SERVER_SECRET, DB_PASSWORD)

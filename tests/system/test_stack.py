@@ -15,8 +15,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -77,6 +75,13 @@ class Stack:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
+            from conftest import assert_no_secrets
+            secret = re.search(r"^BETTER_AUTH_SECRET=(.+)$", (self.tmp / ".env").read_text(), re.M)
+            # The log of the whole stack (functions included) holds no secret or token,
+            # except the dev token that scripts/dev prints on purpose for the developer.
+            printed = re.search(r"export TOKEN=(\S+)", self.output())
+            log = self.output().replace(printed.group(1), "") if printed else self.output()
+            assert_no_secrets(log, secret.group(1))
             os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
@@ -90,31 +95,22 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def token(self, user):
+        from conftest import MINTED_TOKENS
         secret = re.search(r"^BETTER_AUTH_SECRET=(.+)$", (self.tmp / ".env").read_text(), re.M)
-        return subprocess.run(
+        token = subprocess.run(
             [str(ROOT / "target" / "debug" / "dev-token"), user, "600"],
             env=dict(os.environ, BETTER_AUTH_SECRET=secret.group(1)),
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
+        MINTED_TOKENS.append(token)
+        return token
 
     def request(self, method, path, token=None, body=None, headers=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
-        )
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        if body is not None:
-            req.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            req.add_header(name, value)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read()
+        from conftest import http
+        status, headers, raw = http(f"http://127.0.0.1:{self.port}", method, path, token, body, headers)
+        return status, dict(headers), raw
 
 
 @pytest.fixture(scope="module")

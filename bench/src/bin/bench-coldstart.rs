@@ -98,7 +98,6 @@ impl Emulator {
                             .unwrap();
                     }
                 }
-                self.changed.notify_waiters();
                 notified.await;
             }
         }
@@ -138,10 +137,24 @@ impl Emulator {
     }
 }
 
-async fn serve(emulator: Arc<Emulator>) -> anyhow::Result<String> {
+/// A fresh emulator on a port of its own for each process, so that a long-poll left over
+/// from a killed process can never take an event meant for the next one.
+async fn start_emulator(
+    events: impl IntoIterator<Item = String>,
+) -> anyhow::Result<(Arc<Emulator>, String, tokio::task::JoinHandle<()>)> {
+    let emulator = Arc::new(Emulator {
+        state: Mutex::new(Runtime::default()),
+        changed: Notify::new(),
+    });
+    emulator.reset(events);
+    let (address, server) = serve(emulator.clone()).await?;
+    Ok((emulator, address, server))
+}
+
+async fn serve(emulator: Arc<Emulator>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?.to_string();
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let emulator = emulator.clone();
             tokio::spawn(async move {
@@ -155,7 +168,7 @@ async fn serve(emulator: Arc<Emulator>) -> anyhow::Result<String> {
             });
         }
     });
-    Ok(address)
+    Ok((address, server))
 }
 
 struct Function {
@@ -312,12 +325,6 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let emulator = Arc::new(Emulator {
-        state: Mutex::new(Runtime::default()),
-        changed: Notify::new(),
-    });
-    let address = serve(emulator.clone()).await?;
-
     println!("cold start, {runs} runs per function (medians; p90 in brackets)");
     println!(
         "{:<22} {:>16} {:>22} {:>14}",
@@ -327,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
         let mut ready = Vec::new();
         let mut first = Vec::new();
         for _ in 0..runs {
-            emulator.reset([function.event.clone()]);
+            let (emulator, address, server) = start_emulator([function.event.clone()]).await?;
             let started = Instant::now();
             let mut child = spawn(&dir, function, &address).await?;
             emulator
@@ -346,15 +353,18 @@ async fn main() -> anyhow::Result<()> {
                 first.push(answered - started);
             }
             child.kill().await?;
+            server.abort();
         }
         // Peak memory while serving a stream of requests.
-        emulator.reset(std::iter::repeat_n(function.event.clone(), RSS_INVOCATIONS));
+        let (emulator, address, server) =
+            start_emulator(std::iter::repeat_n(function.event.clone(), RSS_INVOCATIONS)).await?;
         let mut child = spawn(&dir, function, &address).await?;
         emulator
             .wait_for_responses(RSS_INVOCATIONS, Duration::from_secs(120))
             .await?;
         let rss = child.id().and_then(peak_rss_kib).unwrap_or(0);
         child.kill().await?;
+        server.abort();
         let label = if function
             .env
             .iter()

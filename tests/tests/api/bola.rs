@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use shared::routes::{Operation, ROUTES};
-use tests::{db, state, user_id, ApiEvent};
+use tests::{db, state, task_count, user_id, ApiEvent};
 
 use crate::{create, id_of};
 
@@ -59,13 +59,7 @@ async fn another_users_path_is_403_on_every_route() {
         assert!(!response.text().contains("secret"));
     }
     assert_eq!(row_of(&bobs).await, before, "bob's task must be unchanged");
-    let count: i64 = db()
-        .await
-        .query_one("SELECT count(*) FROM tasks WHERE user_id = $1", &[&bob])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 1, "no task was created under bob");
+    assert_eq!(task_count(&bob).await, 1, "no task was created under bob");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use shared::routes::Operation;
-use tests::{db, state, user_id, ApiEvent, ApiResponse};
+use tests::{db, state, task_count, user_id, ApiEvent, ApiResponse};
 use tokio_postgres::types::Type;
 
 use crate::{create_titled, id_of, task_path, tasks_path};
@@ -149,14 +149,6 @@ async fn post_with_key(
         .json(&body)
         .send(state)
         .await
-}
-
-async fn task_count(user: &str) -> i64 {
-    db().await
-        .query_one("SELECT count(*) FROM tasks WHERE user_id = $1", &[&user])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]

@@ -19,22 +19,7 @@ fn cluster() -> &'static (Cluster, String) {
     CLUSTER.get_or_init(|| {
         let cluster = Cluster::start_with(Options::default());
         let url = cluster.url();
-        let migrate_url = url.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let mut client =
-                        shared::db::connect_once(&migrate_url, None, Duration::from_secs(10))
-                            .await
-                            .unwrap();
-                    migrations::apply(&mut client).await.unwrap();
-                })
-        })
-        .join()
-        .unwrap();
+        tests::migrate_with(&url, None);
         (cluster, url)
     })
 }
@@ -75,6 +60,19 @@ fn every_route(user: &str, id: &str) -> Vec<ApiEvent> {
             event
         })
         .collect()
+}
+
+/// Holds a row lock on the task until the returned transaction ends.
+async fn lock_row<'a>(
+    admin: &'a mut tokio_postgres::Client,
+    id: &str,
+) -> tokio_postgres::Transaction<'a> {
+    let lock = admin.transaction().await.unwrap();
+    let task_id: uuid::Uuid = id.parse().unwrap();
+    lock.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&task_id])
+        .await
+        .unwrap();
+    lock
 }
 
 #[track_caller]
@@ -175,11 +173,7 @@ async fn a_slow_database_is_503_within_the_statement_timeout() {
     let user = user_id();
     let id = id_of(&create_titled(&state, &user, "locked").await);
     let mut admin = admin().await;
-    let lock = admin.transaction().await.unwrap();
-    let task_id: uuid::Uuid = id.parse().unwrap();
-    lock.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&task_id])
-        .await
-        .unwrap();
+    let lock = lock_row(&mut admin, &id).await;
     let started = Instant::now();
     let response = ApiEvent::put(&task_path(&user, &id))
         .as_user(&user)
@@ -208,11 +202,7 @@ async fn an_exhausted_pool_is_503_within_the_pool_timeout() {
     let user = user_id();
     let id = id_of(&create_titled(&state, &user, "held").await);
     let mut admin = admin().await;
-    let lock = admin.transaction().await.unwrap();
-    let task_id: uuid::Uuid = id.parse().unwrap();
-    lock.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&task_id])
-        .await
-        .unwrap();
+    let lock = lock_row(&mut admin, &id).await;
     // The first request holds the only connection, waiting on the lock...
     let holder = tokio::spawn({
         let (state, user, id) = (state.clone(), user.clone(), id.clone());

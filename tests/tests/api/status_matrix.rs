@@ -86,6 +86,34 @@ async fn scenario(route: &Route, status: u16) -> ApiResponse {
     }
 }
 
+/// Error bodies never carry SQL, driver messages, stack traces or configuration.
+#[track_caller]
+pub fn assert_no_internals(body: &str) {
+    let lower = body.to_lowercase();
+    for marker in [
+        "select ",
+        "insert ",
+        "update tasks",
+        "delete from",
+        "sqlstate",
+        "db error",
+        "tokio",
+        "postgres",
+        "panicked",
+        "backtrace",
+        "src/",
+        ".rs:",
+        "127.0.0.1",
+        "connection refused",
+        "secret",
+    ] {
+        assert!(
+            !lower.contains(marker),
+            "error body shows {marker:?}: {body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_route_answers_every_status_it_documents() {
     for route in &ROUTES {
@@ -104,6 +132,7 @@ async fn every_route_answers_every_status_it_documents() {
             if status >= 400 {
                 let body = response.json();
                 assert!(body.get("detail").is_some(), "no detail: {body}");
+                assert_no_internals(&response.text());
             }
             match status {
                 401 => assert!(response

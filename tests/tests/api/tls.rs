@@ -46,27 +46,7 @@ fn server() -> &'static TlsServer {
             "postgres://postgres:{PASSWORD}@localhost:{}/postgres?sslmode=require",
             cluster.port
         );
-        std::thread::spawn({
-            let ca_file = ca_file.clone();
-            move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async {
-                        let mut client = shared::db::connect_once(
-                            &url,
-                            Some(&ca_file),
-                            std::time::Duration::from_secs(10),
-                        )
-                        .await
-                        .unwrap();
-                        migrations::apply(&mut client).await.unwrap();
-                    })
-            }
-        })
-        .join()
-        .unwrap();
+        tests::migrate_with(&url, Some(&ca_file));
         TlsServer {
             port: cluster.port,
             ca_file,

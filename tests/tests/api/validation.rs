@@ -1,7 +1,7 @@
 //! Request validation: FastAPI-shaped 422s, 413 and 415, and nothing half-written.
 
 use serde_json::{json, Value};
-use tests::{db, state, user_id, ApiEvent, ApiResponse};
+use tests::{db, state, task_count, user_id, ApiEvent, ApiResponse};
 
 use crate::{create_titled, id_of, task_path, tasks_path};
 
@@ -11,14 +11,6 @@ async fn post(state: &shared::AppState, user: &str, body: &Value) -> ApiResponse
         .json(body)
         .send(state)
         .await
-}
-
-async fn count(user: &str) -> i64 {
-    db().await
-        .query_one("SELECT count(*) FROM tasks WHERE user_id = $1", &[&user])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]
@@ -36,7 +28,7 @@ async fn titles_are_1_to_255_characters_after_trimming() {
     long.assert_status(422);
     assert_eq!(long.error_types(), ["string_too_long"]);
     assert_eq!(long.detail()[0]["ctx"], json!({"max_length": 255}));
-    assert_eq!(count(&user).await, 0, "nothing was written");
+    assert_eq!(task_count(&user).await, 0, "nothing was written");
 
     let emoji = "😀".repeat(255);
     let created = post(&state, &user, &json!({"title": emoji})).await;
@@ -100,7 +92,7 @@ async fn nul_characters_are_422_never_500() {
         .send(&state)
         .await
         .assert_status(422);
-    assert_eq!(count(&user).await, 1);
+    assert_eq!(task_count(&user).await, 1);
 }
 
 #[tokio::test]
@@ -155,7 +147,7 @@ async fn malformed_and_non_object_bodies_are_422() {
         .await;
     empty.assert_status(422);
     assert_eq!(empty.error_types(), ["missing"]);
-    assert_eq!(count(&user).await, 0);
+    assert_eq!(task_count(&user).await, 0);
 }
 
 #[tokio::test]
@@ -195,7 +187,7 @@ async fn media_type_and_size_are_enforced() {
         .send(&state)
         .await
         .assert_status(201);
-    assert_eq!(count(&user).await, 3);
+    assert_eq!(task_count(&user).await, 3);
 }
 
 #[tokio::test]
