@@ -106,8 +106,8 @@ async fn serve(state: &AppState, req: http::Request<Incoming>) -> Response<Full<
     };
     let (route, params) = match resolved {
         Ok(found) => found,
-        Err(true) => return into_hyper(not_routed(StatusCode::METHOD_NOT_ALLOWED)),
-        Err(false) => return into_hyper(not_routed(StatusCode::NOT_FOUND)),
+        Err(true) => return into_hyper(not_routed(StatusCode::METHOD_NOT_ALLOWED, &path)),
+        Err(false) => return into_hyper(not_routed(StatusCode::NOT_FOUND, &path)),
     };
     let (parts, body) = req.into_parts();
     // Read at most one byte past the limit, so an oversized body is refused (413) without
@@ -125,13 +125,30 @@ async fn serve(state: &AppState, req: http::Request<Incoming>) -> Response<Full<
     into_hyper(handlers::handle(state, route.operation, request).await)
 }
 
-fn not_routed(status: StatusCode) -> HttpResponse {
+/// 404 for an unknown path; 405 with `Allow` for a known path and another method.
+fn not_routed(status: StatusCode, path: &str) -> HttpResponse {
     let detail = if status == StatusCode::NOT_FOUND {
         "Not Found"
     } else {
         "Method Not Allowed"
     };
-    json_response(status, &json!({ "detail": detail }))
+    let mut response = json_response(status, &json!({ "detail": detail }));
+    let headers = response.headers_mut();
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        let mut allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|route| route.match_path(path).is_some())
+            .map(|route| route.method)
+            .collect();
+        allowed.push("OPTIONS");
+        if let Ok(value) = http::HeaderValue::from_str(&allowed.join(", ")) {
+            headers.insert(http::header::ALLOW, value);
+        }
+    }
+    if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-request-id", value);
+    }
+    response
 }
 
 fn into_hyper(response: HttpResponse) -> Response<Full<Bytes>> {

@@ -35,8 +35,11 @@ def test_unknown_routes_and_methods(server):
     server, _ = server
     status, _, body = call(server, "GET", "/nope")
     assert status == 404 and body["detail"]
-    status, _, body = call(server, "POST", "/health")
+    status, headers, body = call(server, "POST", "/health")
     assert status == 405 and body["detail"]
+    assert headers["Allow"] == "GET, OPTIONS" and headers["X-Request-Id"]
+    status, headers, _ = call(server, "TRACE", "/api/u/tasks/x")
+    assert status == 405 and headers["Allow"] == "GET, PUT, DELETE, OPTIONS"
 
 
 def test_oversized_bodies_are_413_without_reading_them_whole(server):
