@@ -200,6 +200,16 @@ impl ApiResponse {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The titles of a listing, in order.
+    pub fn titles(&self) -> Vec<String> {
+        self.json()
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|t| t["title"].as_str().expect("a title").to_owned())
+            .collect()
+    }
+
     /// The `detail` of an error body.
     pub fn detail(&self) -> Value {
         self.json()["detail"].clone()

@@ -87,14 +87,7 @@ async fn another_users_task_id_under_ones_own_path_is_404() {
         .as_user(&alice)
         .send(&state)
         .await;
-    let titles: Vec<_> = listed
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["title"].clone())
-        .collect();
-    assert_eq!(titles, vec![json!("alice's")]);
+    assert_eq!(listed.titles(), ["alice's"]);
 }
 
 #[tokio::test]

@@ -350,14 +350,7 @@ async fn nothing_leaks_between_requests_on_a_shared_connection() {
                 .as_user(user)
                 .send_to(&state, Operation::ListTasks)
                 .await;
-            let titles: Vec<_> = listed
-                .json()
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["title"].clone())
-                .collect();
-            assert_eq!(titles, vec![json!(title)]);
+            assert_eq!(listed.titles(), [title]);
         }
     }
 }

@@ -16,16 +16,6 @@ async fn list(state: &shared::AppState, user: &str, query: &str) -> ApiResponse 
     response
 }
 
-fn titles(response: &ApiResponse) -> Vec<String> {
-    response
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["title"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn status_and_completed_filter_the_same_way() {
     let state = state();
@@ -42,7 +32,7 @@ async fn status_and_completed_filter_the_same_way() {
     ] {
         let response = list(&state, &user, query).await;
         response.assert_status(200);
-        assert_eq!(titles(&response), expected, "{query}");
+        assert_eq!(response.titles(), expected, "{query}");
         assert_eq!(
             response.header("x-total-count").unwrap(),
             expected.len().to_string()
@@ -80,7 +70,7 @@ async fn search_is_case_insensitive_and_wildcards_are_literal() {
     ] {
         let response = list(&state, &user, &format!("search={search}&sort=title")).await;
         response.assert_status(200);
-        assert_eq!(titles(&response), expected, "search={search}");
+        assert_eq!(response.titles(), expected, "search={search}");
     }
 }
 
@@ -108,7 +98,7 @@ async fn both_sort_orders_work_for_every_field() {
         ("sort=updated_at&order=asc", vec!["a", "c", "b"]),
     ] {
         assert_eq!(
-            titles(&list(&state, &user, query).await),
+            list(&state, &user, query).await.titles(),
             expected,
             "{query}"
         );
