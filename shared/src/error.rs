@@ -45,6 +45,9 @@ pub enum ApiError {
     PreconditionFailed,
     #[error("dependency unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// `/health` when the database does not answer: a 503 in the health body's shape.
+    #[error("database unreachable")]
+    Unhealthy(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -84,7 +87,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +97,15 @@ impl ApiError {
         let status = self.status();
         let mut response = match &self {
             ApiError::Validation(errors) => json_response(status, &json!({ "detail": errors })),
+            ApiError::Unhealthy(_) => json_response(
+                status,
+                &json!({
+                    "detail": self.detail(),
+                    "status": "unhealthy",
+                    "timestamp": crate::http::utc_timestamp(),
+                    "database": "unreachable",
+                }),
+            ),
             _ => json_response(status, &json!({ "detail": self.detail() })),
         };
         let headers = response.headers_mut();
@@ -107,7 +119,7 @@ impl ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::Unhealthy(_) => {
                 headers.insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             _ => {}
@@ -129,6 +141,7 @@ impl ApiError {
                 "Precondition failed: the task has changed since it was read".into()
             }
             ApiError::Unavailable(_) => "Service temporarily unavailable, retry shortly".into(),
+            ApiError::Unhealthy(_) => "Database unavailable".into(),
             ApiError::Internal(_) => "Internal server error".into(),
         }
     }

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::error::{ApiError, AuthError};
 use crate::http::{
-    bearer_token, empty_response, json_object_body, json_response, request_id, Cors, HttpResponse,
+    bearer_token, empty_response, json_object_body, json_response, request_id, utc_timestamp, Cors,
+    HttpResponse,
 };
 use crate::listing::ListQuery;
 use crate::owner::Owner;
@@ -246,34 +247,12 @@ fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, PATH_SEGMENT).to_string()
 }
 
-fn utc_now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
-}
-
 async fn health_check(state: &AppState) -> Result<HttpResponse, ApiError> {
     match state.tasks.database().ping().await {
         Ok(()) => Ok(json_response(
             StatusCode::OK,
-            &json!({"status": "healthy", "timestamp": utc_now(), "database": "ok"}),
+            &json!({"status": "healthy", "timestamp": utc_timestamp(), "database": "ok"}),
         )),
-        Err(err) => {
-            tracing::warn!(error = ?err, "health check: database unreachable");
-            let mut response = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({
-                    "detail": "Database unavailable",
-                    "status": "unhealthy",
-                    "timestamp": utc_now(),
-                    "database": "unreachable",
-                }),
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(crate::error::RETRY_AFTER_SECONDS),
-            );
-            Ok(response)
-        }
+        Err(err) => Err(ApiError::Unhealthy(anyhow::anyhow!("{err:?}"))),
     }
 }

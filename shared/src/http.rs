@@ -31,6 +31,13 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Ht
     response
 }
 
+/// Now, in the API's timestamp format: RFC 3339, UTC, `Z`, microseconds.
+pub fn utc_timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
 /// A response without a body (204, preflight).
 pub fn empty_response(status: StatusCode) -> HttpResponse {
     let mut response = http::Response::new(Body::Empty);
@@ -163,7 +170,14 @@ impl Cors {
         let mut response = empty_response(StatusCode::NO_CONTENT);
         if let Some(origin) = self.allowed_origin(req.headers()) {
             let headers = response.headers_mut();
+            let specific = origin != "*";
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if specific {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static(CORS_ALLOW_METHODS),
@@ -171,10 +185,6 @@ impl Cors {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
                 HeaderValue::from_static(CORS_ALLOW_HEADERS),
-            );
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
             );
             headers.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -191,11 +201,15 @@ impl Cors {
     pub fn decorate(&self, request_headers: &HeaderMap, response: &mut HttpResponse) {
         let headers = response.headers_mut();
         if let Some(origin) = self.allowed_origin(request_headers) {
+            // Credentials are never allowed together with a wildcard origin (browsers
+            // refuse the pair); the template refuses `*` for the same reason.
+            if origin != "*" {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(CORS_EXPOSE_HEADERS),
@@ -236,6 +250,31 @@ mod tests {
             Err(AuthError::Malformed)
         );
         assert_eq!(bearer_token(&headers(&[])), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn cors_allows_credentials_only_for_a_named_origin() {
+        let request = headers(&[("origin", "http://localhost:3000")]);
+        let mut named = empty_response(StatusCode::OK);
+        Cors::new(vec!["http://localhost:3000".into()]).decorate(&request, &mut named);
+        assert_eq!(
+            named.headers()["access-control-allow-origin"],
+            "http://localhost:3000"
+        );
+        assert_eq!(named.headers()["access-control-allow-credentials"], "true");
+        let mut wildcard = empty_response(StatusCode::OK);
+        Cors::new(vec!["*".into()]).decorate(&request, &mut wildcard);
+        assert_eq!(wildcard.headers()["access-control-allow-origin"], "*");
+        assert!(wildcard
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none());
+        let mut foreign = empty_response(StatusCode::OK);
+        Cors::new(vec!["https://app.example.com".into()]).decorate(&request, &mut foreign);
+        assert!(foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
     }
 
     #[test]
