@@ -346,7 +346,7 @@ impl Remote {
             .error_for_status()
             .context("JWKS endpoint answered with an error")?;
         let body = response.bytes().await.context("JWKS body")?;
-        tracing::info!(url = %self.url, "fetched JWKS");
+        tracing::debug!(url = %self.url, "fetched JWKS");
         KeySet::parse(&body)
     }
 }
