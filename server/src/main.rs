@@ -19,10 +19,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::RequestExt;
 use serde_json::json;
-use shared::config::Config;
 use shared::http::{json_response, HttpResponse, MAX_BODY_BYTES};
 use shared::routes::{resolve, ROUTES};
-use shared::{handlers, secrets, telemetry, AppState};
+use shared::{handlers, telemetry, AppState};
 use tokio::net::TcpListener;
 
 const DEFAULT_POOL_SIZE: &str = "16";
@@ -30,17 +29,13 @@ const DEFAULT_POOL_SIZE: &str = "16";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let state = Arc::new(
+        AppState::from_env_with_defaults(|name| {
+            (name == "DB_POOL_SIZE").then(|| DEFAULT_POOL_SIZE.into())
+        })
+        .await?,
+    );
     let env = |name: &str| std::env::var(name).ok();
-    let from_secrets = secrets::resolve(env).await?;
-    let config = Config::from_lookup(|name| {
-        from_secrets
-            .get(name)
-            .cloned()
-            .or_else(|| env(name))
-            .or_else(|| (name == "DB_POOL_SIZE").then(|| DEFAULT_POOL_SIZE.into()))
-    })?;
-    let state = Arc::new(AppState::new(&config)?);
-    state.tasks.database().warm_up().await;
 
     let host = env("HOST").unwrap_or_else(|| "127.0.0.1".into());
     let port = env("PORT").unwrap_or_else(|| "8080".into());

@@ -223,8 +223,8 @@ impl Database {
     /// the `todo_app` role with `app.user_id` set, so that the row-level security policies
     /// hold whatever the SQL says. The transaction is three pipelined messages (open and
     /// set the context; the statement; commit): the whole request costs one network round
-    /// trip. Nothing outlives the transaction, so the
-    /// connection can be shared through Neon's pooler in transaction mode.
+    /// trip. Nothing outlives the transaction, so the connection can be shared through
+    /// Neon's pooler in transaction mode.
     pub async fn query_as(
         &self,
         user_id: &str,

@@ -48,10 +48,23 @@ impl AppState {
     /// The cold start of a function: reads the environment, builds the state and opens the
     /// first database connection so the first request does not wait for it.
     pub async fn from_env() -> anyhow::Result<Self> {
+        Self::from_env_with_defaults(|_| None).await
+    }
+
+    /// Like [`AppState::from_env`], with `default` supplying settings that neither Secrets
+    /// Manager nor the environment gives (the one-process server's larger pool).
+    pub async fn from_env_with_defaults(
+        default: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
         let from_secrets = secrets::resolve(env).await?;
-        let config =
-            Config::from_lookup(|name| from_secrets.get(name).cloned().or_else(|| env(name)))?;
+        let config = Config::from_lookup(|name| {
+            from_secrets
+                .get(name)
+                .cloned()
+                .or_else(|| env(name))
+                .or_else(|| default(name))
+        })?;
         let state = Self::new(&config)?;
         state.tasks.database().warm_up().await;
         Ok(state)

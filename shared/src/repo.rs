@@ -110,7 +110,10 @@ pub const COMPLETE: &str = concat!(
 );
 
 /// Deletes one task of one owner.
-pub const DELETE: &str = "DELETE FROM tasks WHERE id = $1 AND user_id = $2 RETURNING id";
+pub const DELETE: &str = concat!(
+    "DELETE FROM tasks WHERE id = $1 AND user_id = $2 RETURNING ",
+    columns!()
+);
 
 /// A write guarded by `If-Match`: `$1` id, `$2` owner, and the allowed versions in the
 /// last parameter. One statement tells apart "no such task" (`found` = 0) from "changed
@@ -275,6 +278,23 @@ impl TaskRepo {
         }
     }
 
+    /// Runs a write that returns the task: `plain` without `If-Match`; with it, the
+    /// [`guarded!`] form, given the allowed versions as its last parameter (404 vs 412).
+    async fn write(
+        &self,
+        owner: &Owner,
+        (plain, guarded): (&str, &str),
+        params: &[(&(dyn ToSql + Sync), Type)],
+        versions: Option<&[i64]>,
+    ) -> Result<Task, ApiError> {
+        let Some(versions) = versions else {
+            return one_task(self.run(owner, plain, params).await?);
+        };
+        let mut guarded_params = params.to_vec();
+        guarded_params.push((&versions, Type::INT8_ARRAY));
+        guarded_outcome(self.run(owner, guarded, &guarded_params).await?)
+    }
+
     /// [`TaskRepo::run`] for statements that are safe to repeat if the connection dies
     /// under them: reads, and creates (the task id is chosen before the first attempt, so
     /// a repeat cannot make a second task; see [`TaskRepo::create`]).
@@ -362,7 +382,7 @@ impl TaskRepo {
         let set_description = changes.description.is_some();
         let description = changes.description.as_ref().and_then(|d| d.as_deref());
         let owner_id = owner.as_str();
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        let params: [(&(dyn ToSql + Sync), Type); _] = [
             (&id.0, Type::UUID),
             (&owner_id, Type::TEXT),
             (&title, Type::TEXT),
@@ -370,14 +390,8 @@ impl TaskRepo {
             (&description, Type::TEXT),
             (&changes.completed, Type::BOOL),
         ];
-        match versions {
-            None => one_task(self.run(owner, UPDATE, &params).await?),
-            Some(versions) => {
-                params.push((&versions, Type::INT8_ARRAY));
-                let rows = self.run(owner, UPDATE_IF_MATCH, &params).await?;
-                guarded_outcome(rows)
-            }
-        }
+        self.write(owner, (UPDATE, UPDATE_IF_MATCH), &params, versions)
+            .await
     }
 
     /// Sets or toggles the flag; with `versions`, only at one of them (412).
@@ -393,19 +407,13 @@ impl TaskRepo {
             Completion::Set(value) => Some(value),
         };
         let owner_id = owner.as_str();
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        let params: [(&(dyn ToSql + Sync), Type); _] = [
             (&id.0, Type::UUID),
             (&owner_id, Type::TEXT),
             (&completed, Type::BOOL),
         ];
-        match versions {
-            None => one_task(self.run(owner, COMPLETE, &params).await?),
-            Some(versions) => {
-                params.push((&versions, Type::INT8_ARRAY));
-                let rows = self.run(owner, COMPLETE_IF_MATCH, &params).await?;
-                guarded_outcome(rows)
-            }
-        }
+        self.write(owner, (COMPLETE, COMPLETE_IF_MATCH), &params, versions)
+            .await
     }
 
     /// Deletes; with `versions`, only a task at one of them (412).
@@ -416,23 +424,11 @@ impl TaskRepo {
         versions: Option<&[i64]>,
     ) -> Result<(), ApiError> {
         let owner_id = owner.as_str();
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-            vec![(&id.0, Type::UUID), (&owner_id, Type::TEXT)];
-        match versions {
-            None => {
-                let rows = self.run(owner, DELETE, &params).await?;
-                if rows.is_empty() {
-                    Err(ApiError::NotFound)
-                } else {
-                    Ok(())
-                }
-            }
-            Some(versions) => {
-                params.push((&versions, Type::INT8_ARRAY));
-                let rows = self.run(owner, DELETE_IF_MATCH, &params).await?;
-                guarded_outcome(rows).map(drop)
-            }
-        }
+        let params: [(&(dyn ToSql + Sync), Type); _] =
+            [(&id.0, Type::UUID), (&owner_id, Type::TEXT)];
+        self.write(owner, (DELETE, DELETE_IF_MATCH), &params, versions)
+            .await
+            .map(drop)
     }
 
     /// Creates a task once per `Idempotency-Key`: a retry with the same key and body gets
