@@ -28,6 +28,17 @@ postgres_bin_dir() {
     echo "$dir"
 }
 
+# PgBouncer, the pooler Neon runs in front of Postgres, for the tests of that topology.
+ensure_pgbouncer() {
+    if [ ! -x /usr/sbin/pgbouncer ]; then
+        log "installing PgBouncer (apt)"
+        as_root apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq pgbouncer >&2
+    fi
+    # Debian's package starts a system-wide pooler on 6432; the tests start their own.
+    as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+}
+
 # A project-local Python virtualenv with the packages of a requirements file from scripts/.
 # Reinstalls only when that file changed.
 ensure_venv() {

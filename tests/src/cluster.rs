@@ -41,7 +41,7 @@ pub fn postgres_bin_dir() -> PathBuf {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -57,7 +57,7 @@ pub fn pg_command(bin: &Path) -> Command {
     }
 }
 
-fn chown_to_postgres(path: &Path) {
+pub(crate) fn chown_to_postgres(path: &Path) {
     if is_root() {
         run(
             Command::new("chown").arg("postgres:postgres").arg(path),
@@ -66,14 +66,31 @@ fn chown_to_postgres(path: &Path) {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on, below the ephemeral range (32768–60999):
+/// a port handed out by the kernel (`bind(0)`) is an ephemeral one, which a client socket
+/// can take before the server that was meant to have it binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Different processes start at different places; one process never hands out a port twice.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(COUNT)) as u16 + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}..{}", FIRST + COUNT)
 }
 
-fn run(cmd: &mut Command, what: &str) {
+pub(crate) fn run(cmd: &mut Command, what: &str) {
     let output = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),

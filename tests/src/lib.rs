@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod pgbouncer;
 pub mod tokens;
 
 use std::collections::HashMap;

@@ -1,0 +1,185 @@
+//! A throwaway PgBouncer in front of a throwaway cluster: the production topology, where
+//! the functions reach Neon through its pooler in transaction mode.
+//!
+//! Debian's `pgbouncer` (1.18 here; Neon runs ≥ 1.21) is started as a daemon with a
+//! configuration of its own in a temporary directory, listens on 127.0.0.1 only, trusts
+//! the `postgres` user and is killed by a watchdog once the test process exits. As root,
+//! where it refuses to run, it runs as the `postgres` user.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{chown_to_postgres, free_port, is_root, run, Cluster};
+
+/// How the pooler is set up.
+pub struct PoolerOptions {
+    /// `pool_mode`: `transaction` as Neon runs it, or `session`.
+    pub pool_mode: &'static str,
+    /// Server connections per database and user (`default_pool_size`).
+    pub pool_size: u32,
+    /// Client connections accepted in all (`max_client_conn`).
+    pub max_client_conn: u32,
+}
+
+impl Default for PoolerOptions {
+    fn default() -> Self {
+        PoolerOptions {
+            pool_mode: "transaction",
+            pool_size: 4,
+            max_client_conn: 500,
+        }
+    }
+}
+
+pub struct PgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+/// The `pgbouncer` binary: `PGBOUNCER` when set, else Debian's.
+fn binary() -> PathBuf {
+    std::env::var_os("PGBOUNCER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/pgbouncer"))
+}
+
+impl PgBouncer {
+    /// Starts a pooler in front of `cluster` and waits until it accepts connections.
+    pub fn start(cluster: &Cluster, options: PoolerOptions) -> PgBouncer {
+        assert!(
+            binary().exists(),
+            "no pgbouncer at {} (scripts/test installs it: apt-get install pgbouncer)",
+            binary().display()
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "todo-api-pgbouncer-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("pgbouncer directory");
+        chown_to_postgres(&dir);
+        let port = free_port();
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(&userlist, "\"postgres\" \"\"\n").expect("userlist");
+        let config = format!(
+            "[databases]\n\
+             * = host=127.0.0.1 port={pg_port}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {userlist}\n\
+             pool_mode = {mode}\n\
+             default_pool_size = {pool_size}\n\
+             max_client_conn = {max_client_conn}\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             server_reset_query =\n\
+             logfile = {log}\n\
+             pidfile = {pid}\n",
+            pg_port = cluster.port,
+            userlist = userlist.display(),
+            mode = options.pool_mode,
+            pool_size = options.pool_size,
+            max_client_conn = options.max_client_conn,
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), config).expect("pgbouncer.ini");
+        for file in ["userlist.txt", "pgbouncer.ini"] {
+            chown_to_postgres(&dir.join(file));
+        }
+        let pooler = PgBouncer { port, dir };
+        pooler.launch();
+        pooler.spawn_watchdog();
+        pooler
+    }
+
+    fn launch(&self) {
+        let mut cmd = if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(binary());
+            cmd
+        } else {
+            Command::new(binary())
+        };
+        run(
+            cmd.arg("-d").arg(self.dir.join("pgbouncer.ini")),
+            "pgbouncer -d",
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not listen on {} within 20 s:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the pooler at once (SIGKILL: every client and server connection drops),
+    /// then starts it again on the same port.
+    pub fn restart(&self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Kills the pooler and waits until it is gone.
+    pub fn kill(&self) {
+        let Some(pid) = self.pid() else { return };
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("pgbouncer.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills the pooler and deletes its directory once this process has exited.
+    fn spawn_watchdog(&self) {
+        let script = "while kill -0 \"$OWNER\" 2>/dev/null; do sleep 0.5; done; \
+                      kill -9 \"$(cat \"$DIR/pgbouncer.pid\" 2>/dev/null)\" 2>/dev/null; \
+                      rm -rf \"$DIR\"";
+        let status = Command::new("setsid")
+            .args(["--fork", "sh", "-c", script])
+            .env("OWNER", std::process::id().to_string())
+            .env("DIR", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pgbouncer watchdog");
+        assert!(status.success(), "cannot start the pgbouncer watchdog");
+    }
+
+    /// The pooler's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The URL of database `postgres` through the pooler.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
