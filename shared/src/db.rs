@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -26,8 +26,6 @@ pub struct Database {
     pool: Pool,
     tls: MakeRustlsConnect,
     statement_timeout: Duration,
-    /// Opens a request's transaction: role, statement timeout.
-    begin: String,
 }
 
 /// The role requests run as; created by the migrations, without BYPASSRLS.
@@ -47,9 +45,20 @@ fn dollar_quoted(value: &str) -> String {
     format!("{tag}{value}{tag}")
 }
 
-/// How much longer than the server-side statement timeout the client waits before it
-/// gives up on its own (the server normally cancels first and answers with an error).
-const CLIENT_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+/// How long after a transaction's deadline the client still waits for the server's answer.
+/// The server enforces the deadline itself (see [`Database::query_as`]) and normally
+/// answers at the deadline; this covers the network and a clock difference between this
+/// machine and the database's.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long the client waits for the answer after sending a cancel request, before it
+/// gives up on the connection.
+const CANCEL_GRACE: Duration = Duration::from_millis(1000);
+
+/// The value the opening statements give `statement_timeout` when a transaction reaches
+/// the server after its deadline (queued in a pooler): Postgres refuses it, which aborts
+/// the transaction before the statement runs. Recognised in [`begin_error`].
+const DEADLINE_PASSED: &str = "deadline-passed";
 
 /// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
 /// handles (certificates are always verified, SNI is always sent).
@@ -171,6 +180,21 @@ pub async fn connect_once(
     Ok(client)
 }
 
+/// What a statement does to the data, which decides what a failure may tell the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A read: when the connection dies under it, it is run once more on a fresh one.
+    Read,
+    /// A write that cannot apply twice when repeated with the same parameters (a create
+    /// whose id, or key, was chosen before the first attempt). When the connection dies
+    /// under it, it is run once more on a fresh connection, which also settles whether
+    /// the first attempt was applied.
+    RepeatableWrite,
+    /// Any other write: one attempt. When the connection dies after the write was sent,
+    /// its outcome is unknown, and the caller is told so ([`ApiError::OutcomeUnknown`]).
+    Write,
+}
+
 impl Database {
     /// Builds the pool. No connection is opened until [`Database::warm_up`] or first use.
     pub fn new(config: &DatabaseConfig) -> anyhow::Result<Self> {
@@ -204,10 +228,6 @@ impl Database {
             pool,
             tls,
             statement_timeout: config.statement_timeout,
-            begin: format!(
-                "BEGIN; SET LOCAL ROLE {APP_ROLE}; SET LOCAL statement_timeout = {}",
-                config.statement_timeout.as_millis()
-            ),
         })
     }
 
@@ -221,36 +241,47 @@ impl Database {
 
     /// Runs one statement on behalf of `user_id`, in a transaction of its own that runs as
     /// the `todo_app` role with `app.user_id` set, so that the row-level security policies
-    /// hold whatever the SQL says. The transaction is three pipelined messages (open and
-    /// set the context; the statement; commit): the whole request costs one network round
-    /// trip. Nothing outlives the transaction, so the connection can be shared through
-    /// Neon's pooler in transaction mode.
+    /// hold whatever the SQL says. The transaction is three pipelined messages (open, set
+    /// the context and the deadline; the statement; commit): the whole request costs one
+    /// network round trip. Nothing outlives the transaction, so the connection can be
+    /// shared through Neon's pooler in transaction mode.
+    ///
+    /// **The answer is the outcome.** `Ok` means committed. An error means the statement
+    /// did not and will not take effect, except [`ApiError::OutcomeUnknown`], which says
+    /// that the connection was lost after the write was sent and the database's answer
+    /// with it. The transaction carries a deadline (now + the statement timeout, as a
+    /// wall-clock time) that the server enforces: one that reaches Postgres late (queued
+    /// in a pooler) is refused before the statement runs, and the statement's own
+    /// `statement_timeout` is the time left. So the server has decided by the deadline, and
+    /// the client waits for that decision instead of abandoning a connection whose
+    /// buffered `COMMIT` could still run.
     pub async fn query_as(
         &self,
+        effect: Effect,
         user_id: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
-        self.attempt_as(user_id, sql, params)
-            .await
-            .map_err(|failure| failure.error)
-    }
-
-    /// [`Database::query_as`] for statements that are safe to run twice (reads, and writes
-    /// whose effect is the same when repeated): when the connection turns out to be closed
-    /// under the request, it runs once more on a fresh connection.
-    pub async fn query_as_retrying(
-        &self,
-        user_id: &str,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, ApiError> {
-        match self.attempt_as(user_id, sql, params).await {
-            Err(Failure { closed: true, .. }) => self
-                .attempt_as(user_id, sql, params)
-                .await
-                .map_err(|failure| failure.error),
-            other => other.map_err(|failure| failure.error),
+        let first = match self.attempt_as(user_id, sql, params, None).await {
+            Ok(rows) => return Ok(rows),
+            Err(failure) => failure,
+        };
+        let read = effect == Effect::Read;
+        if !first.connection_lost || effect == Effect::Write {
+            return Err(first.into_error(read));
+        }
+        // The connection died under the request: once more on a fresh connection, within
+        // the first attempt's deadline.
+        match self.attempt_as(user_id, sql, params, first.deadline).await {
+            Ok(rows) => Ok(rows),
+            // Only a success settles an unknown first attempt: a repeat that failed says
+            // nothing about whether the first one committed.
+            Err(second) if first.unknown => Err(if read {
+                second.into_error(read)
+            } else {
+                first.into_error(read)
+            }),
+            Err(second) => Err(second.into_error(read)),
         }
     }
 
@@ -259,26 +290,79 @@ impl Database {
         user_id: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
+        deadline: Option<Instant>,
     ) -> Result<Vec<Row>, Failure> {
-        let client = self.live_connection().await.map_err(Failure::from)?;
+        let client = match deadline {
+            None => self.live_connection().await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.live_connection())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::Unavailable(anyhow!(
+                        "no database connection before the deadline"
+                    )))
+                }),
+        }
+        .map_err(Failure::not_sent)?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.statement_timeout);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let wall_deadline_ms = (SystemTime::now() + remaining)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         let begin = format!(
-            "{}; SELECT set_config('app.user_id', {}, true)",
-            self.begin,
-            dollar_quoted(user_id)
+            "BEGIN; SET LOCAL ROLE {APP_ROLE}; \
+             SELECT set_config('app.user_id', {user}, true), \
+             set_config('statement_timeout', (SELECT CASE WHEN left_ms > 0 THEN left_ms::text \
+             ELSE '{DEADLINE_PASSED}' END FROM (SELECT {wall_deadline_ms} \
+             - (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS left_ms) AS d), true)",
+            user = dollar_quoted(user_id),
         );
-        let outcome = tokio::time::timeout(self.client_timeout(), async {
-            let (begin, rows, commit) = tokio::join!(
-                client.batch_execute(&begin),
-                client.query_typed(sql, params),
-                client.batch_execute("COMMIT"),
-            );
-            begin?;
-            let rows = rows?;
-            commit?;
-            Ok(rows)
+        let answered = {
+            let pipeline = async {
+                tokio::join!(
+                    client.batch_execute(&begin),
+                    client.query_typed(sql, params),
+                    client.batch_execute("COMMIT"),
+                )
+            };
+            tokio::pin!(pipeline);
+            match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut pipeline).await
+            {
+                Ok(answer) => Some(answer),
+                Err(_) => {
+                    // The server should have decided by now. Ask it to stop whatever still
+                    // runs, and wait for its answer rather than dropping the connection,
+                    // which could leave a buffered COMMIT to run later.
+                    let cancel = client.cancel_token();
+                    let tls = self.tls.clone();
+                    tokio::spawn(async move {
+                        let _ = cancel.cancel_query(tls).await;
+                    });
+                    tokio::time::timeout(CANCEL_GRACE, &mut pipeline).await.ok()
+                }
+            }
+        };
+        let Some((begin, rows, commit)) = answered else {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(Failure {
+                error: anyhow!(
+                    "no answer from the database {:?} after the deadline and a cancel",
+                    DEADLINE_MARGIN + CANCEL_GRACE
+                ),
+                status: None,
+                unknown: true,
+                connection_lost: false,
+                deadline: None,
+            });
+        };
+        let outcome = transaction_outcome(begin, rows, commit);
+        if client.is_closed() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+        outcome.map_err(|mut failure| {
+            failure.deadline = Some(deadline);
+            failure
         })
-        .await;
-        self.finish(client, outcome)
     }
 
     /// Runs one statement outside any user's context: no role change, no transaction.
@@ -289,10 +373,16 @@ impl Database {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
         let client = self.live_connection().await?;
-        let outcome =
-            tokio::time::timeout(self.client_timeout(), client.query_typed(sql, params)).await;
-        self.finish(client, outcome)
-            .map_err(|failure| failure.error)
+        let limit = self.statement_timeout + DEADLINE_MARGIN;
+        match tokio::time::timeout(limit, client.query_typed(sql, params)).await {
+            Ok(result) => result.map_err(driver_error),
+            Err(_elapsed) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(ApiError::Unavailable(anyhow!(
+                    "statement timed out after {limit:?}"
+                )))
+            }
+        }
     }
 
     /// A pooled connection that is still open. A connection the server closed while it sat
@@ -316,58 +406,152 @@ impl Database {
         )))
     }
 
-    /// The client-side limit, a backstop to the server-side statement timeout.
-    fn client_timeout(&self) -> Duration {
-        self.statement_timeout + CLIENT_TIMEOUT_MARGIN
-    }
-
-    fn finish(
-        &self,
-        client: deadpool_postgres::Object,
-        outcome: Result<Result<Vec<Row>, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<Vec<Row>, Failure> {
-        match outcome {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(err)) => Err(Failure {
-                closed: err.is_closed(),
-                error: driver_error(err),
-            }),
-            Err(_elapsed) => {
-                // Stop the server-side work too, and never reuse a connection whose state is
-                // unknown.
-                let cancel = client.cancel_token();
-                let tls = self.tls.clone();
-                tokio::spawn(async move {
-                    let _ = cancel.cancel_query(tls).await;
-                });
-                drop(deadpool_postgres::Object::take(client));
-                Err(Failure::from(ApiError::Unavailable(anyhow!(
-                    "statement timed out after {:?}",
-                    self.statement_timeout
-                ))))
-            }
-        }
-    }
-
     /// Checks that the database answers, for `/health`.
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.query_unscoped("SELECT 1", &[]).await.map(drop)
     }
 }
 
-/// A failed attempt, and whether it failed because the connection was closed under it.
-struct Failure {
-    error: ApiError,
-    closed: bool,
+type Answer<T> = Result<T, tokio_postgres::Error>;
+
+/// What the three answers of a pipelined transaction (open, statement, commit) say about
+/// its outcome. Postgres answers in order and flushes the statement's result before it
+/// reads `COMMIT`, so:
+/// - statement and commit succeeded: committed;
+/// - the statement failed with an answer from the server (or the pooler): it wrote
+///   nothing, and the transaction cannot commit;
+/// - the statement succeeded and the commit failed: rolled back for an error of class 40
+///   or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a server
+///   that dies while committing may have committed);
+/// - no answer to the statement because the connection died: unknown, unless the opening
+///   statements had already failed in a way that shows the transaction was aborted or the
+///   server session gone.
+fn transaction_outcome(
+    begin: Answer<()>,
+    rows: Answer<Vec<Row>>,
+    commit: Answer<()>,
+) -> Result<Vec<Row>, Failure> {
+    match (begin, rows, commit) {
+        // A failed opening with a successful statement means the statement ran outside the
+        // transaction (autocommit): it is durable all the same.
+        (begin, Ok(rows), Ok(())) => {
+            if let Err(err) = begin {
+                tracing::warn!(error = %err, "statement ran outside its transaction");
+            }
+            Ok(rows)
+        }
+        (_, Ok(_), Err(err)) => {
+            let rolled_back = err
+                .code()
+                .is_some_and(|code| code.code().starts_with("40") || code.code().starts_with("23"));
+            Err(if rolled_back {
+                Failure::not_done(err)
+            } else {
+                Failure::unknown(err)
+            })
+        }
+        (Err(begin), Err(statement), _) if begin.as_db_error().is_some() => {
+            let session_gone = statement.as_db_error().is_none();
+            if session_gone && begin.code() == Some(&SqlState::QUERY_CANCELED) {
+                // Cancelled before BEGIN took effect, perhaps: the statement may have run
+                // on its own.
+                Err(Failure::unknown(statement))
+            } else {
+                Err(begin_error(begin))
+            }
+        }
+        (_, Err(statement), _) if statement.as_db_error().is_some() => {
+            Err(Failure::not_done(statement))
+        }
+        (_, Err(statement), _) => Err(Failure::unknown(statement)),
+    }
 }
 
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Self {
+/// The failure of the opening statements; nothing of the transaction took effect.
+fn begin_error(err: tokio_postgres::Error) -> Failure {
+    let deadline_passed = err.code() == Some(&SqlState::INVALID_PARAMETER_VALUE)
+        && err
+            .as_db_error()
+            .is_some_and(|db| db.message().contains(DEADLINE_PASSED));
+    if deadline_passed {
         Failure {
-            error,
-            closed: false,
+            error: anyhow!("the transaction reached the database after its deadline"),
+            status: Some(ApiError::Unavailable(anyhow!("deadline passed"))),
+            unknown: false,
+            connection_lost: false,
+            deadline: None,
+        }
+    } else {
+        Failure::not_done(err)
+    }
+}
+
+/// A failed attempt: what went wrong, whether the write may have taken effect all the
+/// same, and whether the connection was lost under it (a reason to try a fresh one).
+struct Failure {
+    error: anyhow::Error,
+    /// The error to answer with when the outcome is known; `None` for an unknown outcome.
+    status: Option<ApiError>,
+    unknown: bool,
+    connection_lost: bool,
+    /// The attempt's deadline, which a repeat keeps.
+    deadline: Option<Instant>,
+}
+
+impl Failure {
+    /// Nothing was sent: the pool, the connection or the deadline failed first.
+    fn not_sent(error: ApiError) -> Self {
+        Failure {
+            error: anyhow!("not sent"),
+            status: Some(error),
+            unknown: false,
+            connection_lost: false,
+            deadline: None,
         }
     }
+
+    /// The database answered with an error: nothing took effect.
+    fn not_done(err: tokio_postgres::Error) -> Self {
+        let connection_lost = err.is_closed() || err.code().is_some_and(is_connection_class);
+        Failure {
+            error: anyhow!("database answered with an error"),
+            status: Some(driver_error(err)),
+            unknown: false,
+            connection_lost,
+            deadline: None,
+        }
+    }
+
+    /// The connection was lost after the write was sent: it may or may not have committed.
+    fn unknown(err: tokio_postgres::Error) -> Self {
+        Failure {
+            connection_lost: true,
+            unknown: true,
+            status: None,
+            error: anyhow::Error::new(err).context("database connection lost mid-transaction"),
+            deadline: None,
+        }
+    }
+
+    fn into_error(self, read: bool) -> ApiError {
+        match self.status {
+            Some(status) => status,
+            // For a read, an unknown outcome is only a failed read.
+            None if read => ApiError::Unavailable(self.error),
+            None => ApiError::OutcomeUnknown(self.error),
+        }
+    }
+}
+
+/// Server shutdown, crash, or a connection-level failure reported by a pooler.
+fn is_connection_class(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
 }
 
 /// Formats a pool error without the connection string.

@@ -43,6 +43,10 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("precondition failed")]
     PreconditionFailed,
+    /// The write may or may not have been applied: the database connection was lost after
+    /// the write was sent, with its answer. Never used for a write known not to have run.
+    #[error("write outcome unknown")]
+    OutcomeUnknown(#[source] anyhow::Error),
     #[error("dependency unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// `/health` when the database does not answer: a 503 in the health body's shape.
@@ -87,6 +91,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +145,10 @@ impl ApiError {
             ApiError::PreconditionFailed => {
                 "Precondition failed: the task has changed since it was read".into()
             }
+            ApiError::OutcomeUnknown(_) => "The database connection was lost before this write \
+                 was confirmed: it may or may not have been applied. Read the task to check; \
+                 retry a create with the same Idempotency-Key"
+                .into(),
             ApiError::Unavailable(_) => "Service temporarily unavailable, retry shortly".into(),
             ApiError::Unhealthy(_) => "Database unavailable".into(),
             ApiError::Internal(_) => "Internal server error".into(),
@@ -170,6 +179,15 @@ mod tests {
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["retry-after"], "2");
         assert!(!body(&response).contains("timeout"));
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_a_504_that_says_so() {
+        let response =
+            ApiError::OutcomeUnknown(anyhow::anyhow!("connection reset")).into_response();
+        assert_eq!(response.status(), 504);
+        assert!(body(&response).contains("may or may not have been applied"));
+        assert!(!body(&response).contains("reset"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::Database;
+use crate::db::{Database, Effect};
 use crate::error::ApiError;
 use crate::listing::{ListQuery, SortField, SortOrder};
 use crate::owner::Owner;
@@ -117,15 +117,17 @@ pub const DELETE: &str = concat!(
 
 /// A write guarded by `If-Match`: `$1` id, `$2` owner, and the allowed versions in the
 /// last parameter. One statement tells apart "no such task" (`found` = 0) from "changed
-/// since" (`found` = 1, no row written); the version check sits in the writing statement,
-/// so of two racing writers with the same tag only one can win.
+/// since" (`found` = 1, no row written). `target` locks the row first (`FOR UPDATE`), so it
+/// sees the row as the last committed write left it: a task deleted by a racing request
+/// is not found (404), and the version compared is the one the write then applies to, so
+/// of two racing writers with the same tag only one can win.
 macro_rules! guarded {
     ($write:expr, $versions:literal) => {
         concat!(
-            "WITH target AS (SELECT id FROM tasks WHERE id = $1 AND user_id = $2), ",
+            "WITH target AS (SELECT id, version AS locked_version FROM tasks WHERE id = $1 AND user_id = $2 FOR UPDATE), ",
             "written AS (",
             $write,
-            " AND t.version = ANY(",
+            " AND target.locked_version = ANY(",
             $versions,
             "::bigint[]) RETURNING t.id, t.user_id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.version) ",
             "SELECT (SELECT count(*) FROM target) AS found, w.* FROM (SELECT 1) AS one LEFT JOIN written w ON true"
@@ -164,7 +166,10 @@ pub const IDEMPOTENCY_KEY_TTL_HOURS: i32 = 24;
 /// A create with an `Idempotency-Key`, in one statement: claim the key (or find who
 /// claimed it: `ON CONFLICT DO UPDATE` returns the existing row even when it was committed
 /// after this statement began), insert the task only when this request claimed it, and
-/// return either. An expired key is taken over. Up to 10 expired keys of anyone are
+/// return either. The insert tolerates its own id existing: when a repeat after a lost
+/// connection finds the key claimed by its own first attempt (same id), that attempt
+/// committed, and its task is returned (from the snapshot, or by the next repeat when it
+/// committed after this statement began). An expired key is taken over. Up to 10 expired keys of anyone are
 /// removed on the way, so old keys are cleaned up without a separate job.
 const CREATE_IDEMPOTENT: &str = concat!(
     "WITH claim AS (",
@@ -178,13 +183,13 @@ const CREATE_IDEMPOTENT: &str = concat!(
     "SELECT user_id, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' ",
     "AND NOT (user_id = $2 AND key = $6) LIMIT 10 FOR UPDATE SKIP LOCKED)), ",
     "created AS (INSERT INTO tasks (id, user_id, title, description, completed) ",
-    "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 RETURNING ",
+    "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 ON CONFLICT (id) DO NOTHING RETURNING ",
     columns!(),
     ") ",
     "SELECT claim.task_id = $1 AS claimed, claim.request_hash = $7 AS same_request, t.* FROM claim ",
     "LEFT JOIN LATERAL (SELECT * FROM created UNION ALL SELECT ",
     columns!(),
-    " FROM tasks WHERE id = claim.task_id AND user_id = $2 AND claim.task_id <> $1) t ON true"
+    " FROM tasks WHERE id = claim.task_id AND user_id = $2) t ON true"
 );
 
 /// How a create with an `Idempotency-Key` ended.
@@ -267,12 +272,13 @@ impl TaskRepo {
     /// Every statement runs in the owner's row-level security context.
     async fn run(
         &self,
+        effect: Effect,
         owner: &Owner,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, ApiError> {
         if self.scoped {
-            self.db.query_as(owner.as_str(), sql, params).await
+            self.db.query_as(effect, owner.as_str(), sql, params).await
         } else {
             self.db.query_unscoped(sql, params).await
         }
@@ -288,33 +294,21 @@ impl TaskRepo {
         versions: Option<&[i64]>,
     ) -> Result<Task, ApiError> {
         let Some(versions) = versions else {
-            return one_task(self.run(owner, plain, params).await?);
+            return one_task(self.run(Effect::Write, owner, plain, params).await?);
         };
         let mut guarded_params = params.to_vec();
         guarded_params.push((&versions, Type::INT8_ARRAY));
-        guarded_outcome(self.run(owner, guarded, &guarded_params).await?)
-    }
-
-    /// [`TaskRepo::run`] for statements that are safe to repeat if the connection dies
-    /// under them: reads, and creates (the task id is chosen before the first attempt, so
-    /// a repeat cannot make a second task; see [`TaskRepo::create`]).
-    async fn run_repeatable(
-        &self,
-        owner: &Owner,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, ApiError> {
-        if self.scoped {
-            self.db.query_as_retrying(owner.as_str(), sql, params).await
-        } else {
-            self.db.query_unscoped(sql, params).await
-        }
+        guarded_outcome(
+            self.run(Effect::Write, owner, guarded, &guarded_params)
+                .await?,
+        )
     }
 
     pub async fn list(&self, owner: &Owner, query: &ListQuery) -> Result<TaskPage, ApiError> {
         let search = query.search_pattern();
         let rows = self
-            .run_repeatable(
+            .run(
+                Effect::Read,
                 owner,
                 list_statement(query.sort, query.order),
                 &[
@@ -344,7 +338,10 @@ impl TaskRepo {
     pub async fn create(&self, owner: &Owner, task: &NewTask) -> Result<Task, ApiError> {
         let id = Uuid::now_v7();
         let rows = self
-            .run_repeatable(
+            .run(
+                // The id is chosen before the first attempt, so a repeat returns the row
+                // the first attempt wrote instead of creating a second task.
+                Effect::RepeatableWrite,
                 owner,
                 INSERT,
                 &[
@@ -361,7 +358,8 @@ impl TaskRepo {
 
     pub async fn get(&self, owner: &Owner, id: TaskId) -> Result<Task, ApiError> {
         let rows = self
-            .run_repeatable(
+            .run(
+                Effect::Read,
                 owner,
                 SELECT_ONE,
                 &[(&id.0, Type::UUID), (&owner.as_str(), Type::TEXT)],
@@ -455,7 +453,7 @@ impl TaskRepo {
         // the same statement again sees it. It is safe to repeat: the key decides.
         for _ in 0..3 {
             let rows = self
-                .run_repeatable(owner, CREATE_IDEMPOTENT, &params)
+                .run(Effect::RepeatableWrite, owner, CREATE_IDEMPOTENT, &params)
                 .await?;
             let row = rows.first().ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))

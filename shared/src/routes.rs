@@ -41,7 +41,7 @@ pub const ROUTES: [Route; 7] = [
         method: "POST",
         path: "/api/{user_id}/tasks",
         function: "create-task",
-        statuses: &[201, 401, 403, 413, 415, 422, 503],
+        statuses: &[201, 401, 403, 413, 415, 422, 503, 504],
     },
     Route {
         operation: Operation::GetTask,
@@ -55,21 +55,21 @@ pub const ROUTES: [Route; 7] = [
         method: "PUT",
         path: "/api/{user_id}/tasks/{id}",
         function: "update-task",
-        statuses: &[200, 401, 403, 404, 412, 413, 415, 422, 503],
+        statuses: &[200, 401, 403, 404, 412, 413, 415, 422, 503, 504],
     },
     Route {
         operation: Operation::DeleteTask,
         method: "DELETE",
         path: "/api/{user_id}/tasks/{id}",
         function: "delete-task",
-        statuses: &[204, 401, 403, 404, 412, 422, 503],
+        statuses: &[204, 401, 403, 404, 412, 422, 503, 504],
     },
     Route {
         operation: Operation::CompleteTask,
         method: "PATCH",
         path: "/api/{user_id}/tasks/{id}/complete",
         function: "complete-task",
-        statuses: &[200, 401, 403, 404, 412, 413, 415, 422, 503],
+        statuses: &[200, 401, 403, 404, 412, 413, 415, 422, 503, 504],
     },
     Route {
         operation: Operation::Health,

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod events;
 pub mod pgbouncer;
+pub mod proxy;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -105,4 +106,19 @@ pub async fn db() -> tokio_postgres::Client {
     shared::db::connect_once(database_url(), None, std::time::Duration::from_secs(10))
         .await
         .expect("connect to the test database")
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port` (a proxy in front of it),
+/// and the `host:port` it pointed at.
+pub fn through_port(url: &str, port: u16) -> (String, String) {
+    let config: tokio_postgres::Config = url.parse().expect("a Postgres URL");
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("not a TCP host: {other:?}"),
+    };
+    let upstream = format!("{host}:{}", config.get_ports()[0]);
+    (
+        url.replacen(&upstream, &format!("127.0.0.1:{port}"), 1),
+        upstream,
+    )
 }

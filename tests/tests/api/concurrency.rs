@@ -2,6 +2,7 @@
 //! (safe retries), and row-level security (isolation enforced by Postgres itself).
 
 use serde_json::json;
+use shared::db::Effect;
 use shared::routes::Operation;
 use tests::{db, state, task_count, user_id, ApiEvent, ApiResponse};
 use tokio_postgres::types::Type;
@@ -283,6 +284,7 @@ async fn row_level_security_holds_even_when_the_sql_names_another_owner() {
     // A buggy statement that asks for Bob's rows while running as Alice sees nothing...
     let rows = database
         .query_as(
+            Effect::Read,
             &alice,
             "SELECT id FROM tasks WHERE user_id = $1",
             &[(&bob.as_str(), Type::TEXT)],
@@ -291,13 +293,14 @@ async fn row_level_security_holds_even_when_the_sql_names_another_owner() {
         .unwrap();
     assert!(rows.is_empty());
     let rows = database
-        .query_as(&alice, "SELECT id FROM tasks", &[])
+        .query_as(Effect::Read, &alice, "SELECT id FROM tasks", &[])
         .await
         .unwrap();
     assert!(rows.is_empty(), "alice has no tasks");
     // ...changes nothing...
     let changed = database
         .query_as(
+            Effect::Write,
             &alice,
             "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
             &[(&bob.as_str(), Type::TEXT)],
@@ -306,13 +309,14 @@ async fn row_level_security_holds_even_when_the_sql_names_another_owner() {
         .unwrap();
     assert!(changed.is_empty());
     let deleted = database
-        .query_as(&alice, "DELETE FROM tasks RETURNING id", &[])
+        .query_as(Effect::Write, &alice, "DELETE FROM tasks RETURNING id", &[])
         .await
         .unwrap();
     assert!(deleted.is_empty());
     // ...and cannot write a row for him.
     let forged = database
         .query_as(
+            Effect::Write,
             &alice,
             "INSERT INTO tasks (id, user_id, title) VALUES (gen_random_uuid(), $1, 'forged')",
             &[(&bob.as_str(), Type::TEXT)],

@@ -7,6 +7,7 @@ mod database;
 mod faults;
 mod jwt;
 mod listing;
+mod outcomes;
 mod pooler;
 mod round_trips;
 mod routes_agree;

@@ -82,6 +82,11 @@ async fn scenario(route: &Route, status: u16) -> ApiResponse {
             Operation::Health => unreachable!("health has no 422"),
         },
         503 => event.send(&unreachable_state()).await,
+        504 => {
+            let (cutter, cut_state) = crate::outcomes::cutting_state().await;
+            cutter.cut_next(usize::MAX);
+            event.send(&cut_state).await
+        }
         other => panic!("no scenario for status {other} on {}", route.function),
     }
 }

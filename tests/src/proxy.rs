@@ -1,0 +1,96 @@
+//! A TCP proxy in front of Postgres that can lose the answer to a `COMMIT`: the commit
+//! reaches the server and takes effect, then the connection dies before the client hears
+//! of it. The one failure after which a client cannot know a write's outcome.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// ReadyForQuery with status "idle": the server's last word after a `COMMIT`.
+const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+/// A simple-query message carrying exactly `COMMIT`.
+const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+
+pub struct CommitCutter {
+    pub port: u16,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    /// Proxies 127.0.0.1:`port` (a free one) to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> CommitCutter {
+        let port = crate::cluster::free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let budget = cuts.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, budget.clone()));
+            }
+        });
+        CommitCutter { port, cuts }
+    }
+
+    /// The answers to the next `n` commits (on any connection) are lost.
+    pub fn cut_next(&self, n: usize) {
+        self.cuts.store(n, Ordering::SeqCst);
+    }
+
+    /// How many of the requested cuts are still to come.
+    pub fn cuts_left(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, cuts: Arc<AtomicUsize>) {
+    let cut = Arc::new(AtomicBool::new(false));
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let cut_up = cut.clone();
+    let upstream = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = client_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            if !cut_up.load(Ordering::SeqCst)
+                && chunk.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY)
+                && cuts
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                    .is_ok()
+            {
+                cut_up.store(true, Ordering::SeqCst);
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut swallowed = Vec::new();
+    while let Ok(n) = server_read.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if cut.load(Ordering::SeqCst) {
+            // Wait for the server to finish the commit, then hang up on the client
+            // without passing on a byte of the answer.
+            swallowed.extend_from_slice(&buf[..n]);
+            if swallowed.ends_with(READY_IDLE) {
+                break;
+            }
+            continue;
+        }
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    upstream.abort();
+    let _ = client_write.shutdown().await;
+}

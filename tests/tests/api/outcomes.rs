@@ -1,0 +1,102 @@
+//! A write's answer is its outcome: a write whose commit answer was lost is reported as
+//! unknown (504), never as "not done"; creates settle it by repeating; a guarded write
+//! that races a delete is a 404.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::proxy::CommitCutter;
+use tests::{database_url, env, state, state_with, task_count, user_id, ApiEvent};
+
+use crate::{create_titled, id_of, task_path, tasks_path};
+
+/// A state whose database connections go through a proxy that can lose commit answers.
+pub async fn cutting_state() -> (CommitCutter, shared::AppState) {
+    let (_, upstream) = tests::through_port(database_url(), 0);
+    let cutter = CommitCutter::start(upstream).await;
+    let (url, _) = tests::through_port(database_url(), cutter.port);
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "2"),
+    ]));
+    (cutter, state)
+}
+
+#[tokio::test]
+async fn a_write_whose_commit_answer_was_lost_is_a_504_and_it_did_happen() {
+    let (cutter, cut_state) = cutting_state().await;
+    let user = user_id();
+    let id = id_of(&create_titled(&state(), &user, "before").await);
+    cutter.cut_next(1);
+    let response = ApiEvent::put(&task_path(&user, &id))
+        .as_user(&user)
+        .json(&json!({"title": "after"}))
+        .send(&cut_state)
+        .await;
+    response.assert_status(504);
+    assert_eq!(cutter.cuts_left(), 0);
+    assert!(response.text().contains("may or may not"));
+    assert!(response.header("x-request-id").is_some());
+    // It was applied: a 503 here would have been a lie.
+    let stored = crate::get(&state(), &user, &id).await.json();
+    assert_eq!(stored["title"], "after");
+}
+
+#[tokio::test]
+async fn a_create_whose_commit_answer_was_lost_is_repeated_and_created_once() {
+    let (cutter, cut_state) = cutting_state().await;
+    let user = user_id();
+    for key in [None, Some("retry-key")] {
+        cutter.cut_next(1);
+        let mut event = ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .json(&json!({"title": "once"}));
+        if let Some(key) = key {
+            event = event.header("idempotency-key", key);
+        }
+        let response = event.send(&cut_state).await;
+        assert_eq!(cutter.cuts_left(), 0, "the first attempt's answer was lost");
+        // The repeat finds the first attempt's row (same id, same key): created, once.
+        response.assert_status(201);
+        assert!(response.header("idempotent-replayed").is_none());
+    }
+    assert_eq!(task_count(&user).await, 2);
+}
+
+/// Holds `DELETE` of the task in an open transaction, starts `event`, then commits the
+/// delete while the event's statement waits for the row.
+async fn race_with_delete(id: &str, event: ApiEvent) -> tests::ApiResponse {
+    let mut admin = tests::db().await;
+    let tx = admin.transaction().await.unwrap();
+    let task_id: uuid::Uuid = id.parse().unwrap();
+    tx.execute("DELETE FROM tasks WHERE id = $1", &[&task_id])
+        .await
+        .unwrap();
+    let state = state();
+    let racer = tokio::spawn(async move { event.send(&state).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!racer.is_finished(), "the write waits for the row lock");
+    tx.commit().await.unwrap();
+    racer.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_racing_a_delete_is_a_404_not_a_412() {
+    let user = user_id();
+    for method in ["PUT", "PATCH", "DELETE"] {
+        let task = create_titled(&state(), &user, "doomed").await;
+        let id = id_of(&task);
+        let path = match method {
+            "PATCH" => format!("{}/complete", task_path(&user, &id)),
+            _ => task_path(&user, &id),
+        };
+        let mut event = ApiEvent::new(method, &path)
+            .as_user(&user)
+            .header("if-match", "\"1\"");
+        if method == "PUT" {
+            event = event.json(&json!({"title": "too late"}));
+        }
+        race_with_delete(&id, event).await.assert_status(404);
+    }
+    assert_eq!(task_count(&user).await, 0);
+}
