@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod lambda;
 pub mod listing;
 pub mod owner;
 pub mod precondition;

@@ -107,6 +107,9 @@ pub struct Options {
     pub tls: Option<(String, String)>,
     /// Password of the `postgres` user (SCRAM-SHA-256 over TCP).
     pub password: Option<String>,
+    /// Commits survive a crash (`fsync`, `synchronous_commit`): for tests that crash the
+    /// server and then check what was acknowledged. Off by default, for speed.
+    pub durable: bool,
 }
 
 impl Cluster {
@@ -158,10 +161,13 @@ impl Cluster {
         );
         let port = free_port();
         let mut server_options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             dir.display()
         );
+        if !options.durable {
+            server_options
+                .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         if let Some((cert, key)) = &options.tls {
             for (name, pem) in [("server.crt", cert), ("server.key", key)] {
                 let path = data.join(name);
@@ -236,6 +242,20 @@ impl Cluster {
                 .arg(self.dir.join("server.log"))
                 .args(["-w", "-t", "60", "start"]),
             "pg_ctl start",
+        );
+    }
+
+    /// Crashes the server (immediate shutdown: no checkpoint, crash recovery at start) and
+    /// starts it again on the same port.
+    pub fn crash_restart(&self) {
+        run(
+            pg_command(&postgres_bin_dir().join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-o", &self.options, "-l"])
+                .arg(self.dir.join("server.log"))
+                .args(["-w", "-t", "60", "restart"]),
+            "pg_ctl restart -m immediate",
         );
     }
 

@@ -151,11 +151,21 @@ impl ApiEvent {
         self.send_to(state, route.operation).await
     }
 
-    /// Invokes one function's handler directly, as if API Gateway had routed to it.
+    /// Invokes one function as Lambda would: the event as JSON through the function's
+    /// adapter ([`shared::lambda::respond`]) into its handler, and the API Gateway
+    /// response it produced back into status, headers and body.
     pub async fn send_to(&self, state: &AppState, operation: Operation) -> ApiResponse {
-        use shared::handlers::*;
-        let req = self.request();
-        let response = match operation {
+        send_event(state, operation, self.to_json()).await
+    }
+}
+
+/// Feeds any event, well-formed or not, to one function as Lambda would.
+pub async fn send_event(state: &AppState, operation: Operation, event: Value) -> ApiResponse {
+    use shared::handlers::*;
+    let mut context = lambda_http::Context::default();
+    context.request_id = uuid::Uuid::new_v4().to_string();
+    let handler = |req| async move {
+        match operation {
             Operation::ListTasks => list_tasks(state, req).await,
             Operation::CreateTask => create_task(state, req).await,
             Operation::GetTask => get_task(state, req).await,
@@ -164,13 +174,14 @@ impl ApiEvent {
             Operation::CompleteTask => complete_task(state, req).await,
             Operation::Health => health(state, req).await,
         }
-        .expect("handlers never fail");
-        let (parts, body) = response.into_parts();
-        ApiResponse {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.to_vec(),
-        }
+    };
+    let response = shared::lambda::respond(&handler, event, context).await;
+    // The body is still the typed enum here; base64 is only how it travels as JSON.
+    let body = response.body.map(|b| b.to_vec()).unwrap_or_default();
+    ApiResponse {
+        status: u16::try_from(response.status_code).expect("a status code"),
+        headers: response.headers,
+        body,
     }
 }
 

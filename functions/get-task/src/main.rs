@@ -3,8 +3,5 @@
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     let state = &shared::cold_start().await?;
-    lambda_http::run(lambda_http::service_fn(|req| {
-        shared::handlers::get_task(state, req)
-    }))
-    .await
+    shared::lambda::run(|req| shared::handlers::get_task(state, req)).await
 }

@@ -5,6 +5,7 @@ mod concurrency;
 mod crud;
 mod database;
 mod faults;
+mod hostile_events;
 mod jwt;
 mod listing;
 mod outcomes;

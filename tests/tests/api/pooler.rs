@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use serde_json::json;
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Options};
 use tests::pgbouncer::{PgBouncer, PoolerOptions};
 use tests::{env, state_with, user_id, ApiEvent};
 
@@ -14,7 +14,11 @@ use crate::{create_titled, id_of, task_path, tasks_path};
 pub fn topology() -> &'static (Cluster, PgBouncer) {
     static TOPOLOGY: OnceLock<(Cluster, PgBouncer)> = OnceLock::new();
     TOPOLOGY.get_or_init(|| {
-        let cluster = Cluster::start();
+        // Durable: the fault test crashes it and then checks every acknowledged commit.
+        let cluster = Cluster::start_with(Options {
+            durable: true,
+            ..Options::default()
+        });
         // Migrations take a session-level lock: they run on the direct connection.
         tests::migrate_with(&cluster.url(), None);
         let pooler = PgBouncer::start(&cluster, PoolerOptions::default());
@@ -60,4 +64,364 @@ async fn every_operation_works_through_pgbouncer_in_transaction_mode() {
         .send(&state)
         .await
         .assert_status(200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults through the pooler: every answer must be the outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tests::ApiResponse;
+
+const USERS: usize = 24;
+const STATEMENT_TIMEOUT_MS: u64 = 1000;
+const CONNECT_TIMEOUT_MS: u64 = 1000;
+const POOL_TIMEOUT_MS: u64 = 1000;
+/// The README's bound on any request that reaches the database: pool wait + connect +
+/// statement timeout + 1.5 s (the deadline margin and the cancel's grace).
+const BOUND: Duration =
+    Duration::from_millis(POOL_TIMEOUT_MS + CONNECT_TIMEOUT_MS + STATEMENT_TIMEOUT_MS + 1500);
+
+/// What the model knows of a task.
+#[derive(Debug, Clone, PartialEq)]
+enum Known {
+    /// Acknowledged with this title and flag.
+    Is(String, bool),
+    /// Acknowledged deleted.
+    Gone,
+    /// A write to it was answered 504: either of two states (`None`: no row).
+    Either(Option<(String, bool)>, Option<(String, bool)>),
+}
+
+#[derive(Default)]
+struct Tally {
+    statuses: HashMap<u16, usize>,
+    writes: usize,
+    problems: Vec<String>,
+    slowest: Duration,
+}
+
+struct Model {
+    user: String,
+    tasks: HashMap<String, Known>,
+    /// Titles of plain creates answered 504: no row or one row with that title.
+    maybe_created: Vec<String>,
+}
+
+/// A small deterministic generator, so each user's run is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn observe(tally: &mut Tally, what: &str, response: &ApiResponse, elapsed: Duration) {
+    *tally.statuses.entry(response.status).or_default() += 1;
+    tally.writes += 1;
+    tally.slowest = tally.slowest.max(elapsed);
+    if elapsed > BOUND {
+        tally
+            .problems
+            .push(format!("{what} took {elapsed:?} > {BOUND:?}"));
+    }
+    match response.status {
+        200 | 201 | 204 | 504 => {}
+        503 if response.header("retry-after").is_some() => {}
+        status => tally
+            .problems
+            .push(format!("{what}: unexpected {status}: {}", response.text())),
+    }
+    if response.status >= 400 && response.header("x-request-id").is_none() {
+        tally.problems.push(format!("{what}: no X-Request-Id"));
+    }
+}
+
+async fn one_user(state: Arc<shared::AppState>, index: usize, until: Instant) -> (Model, Tally) {
+    let mut model = Model {
+        user: user_id(),
+        tasks: HashMap::new(),
+        maybe_created: Vec::new(),
+    };
+    let mut tally = Tally::default();
+    let mut rng =
+        Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let user = model.user.clone();
+    let mut n = 0;
+    while Instant::now() < until && n < 2000 {
+        n += 1;
+        let live: Vec<String> = model
+            .tasks
+            .iter()
+            .filter(|(_, k)| matches!(k, Known::Is(..)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let choice = if live.len() < 3 { 0 } else { rng.below(5) };
+        let started = Instant::now();
+        match choice {
+            0 | 1 => {
+                let title = format!("u{index}-c{n}");
+                let keyed = choice == 1;
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let mut event = ApiEvent::post(&tasks_path(&user))
+                        .as_user(&user)
+                        .json(&json!({ "title": title }));
+                    if keyed {
+                        event = event.header("idempotency-key", &format!("key-{n}"));
+                    }
+                    let sent = Instant::now();
+                    let response = event.send(&state).await;
+                    observe(&mut tally, "create", &response, sent.elapsed());
+                    match response.status {
+                        201 => {
+                            let id = id_of(&response.json());
+                            model.tasks.insert(id, Known::Is(title.clone(), false));
+                            break;
+                        }
+                        // A keyed create is the safe retry: same key until it is settled.
+                        503 | 504 if keyed && attempts < 20 && Instant::now() < until => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        504 => {
+                            model.maybe_created.push(title.clone());
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            _ => {
+                let id = live[rng.below(live.len() as u64) as usize].clone();
+                let Some(Known::Is(title, completed)) = model.tasks.get(&id).cloned() else {
+                    unreachable!()
+                };
+                let before = Some((title.clone(), completed));
+                let (event, after) = match choice {
+                    2 => {
+                        let renamed = format!("u{index}-r{n}");
+                        (
+                            ApiEvent::put(&task_path(&user, &id))
+                                .as_user(&user)
+                                .json(&json!({ "title": renamed })),
+                            Some((renamed, completed)),
+                        )
+                    }
+                    3 => (
+                        ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
+                            .as_user(&user),
+                        Some((title.clone(), !completed)),
+                    ),
+                    _ => (
+                        ApiEvent::delete(&task_path(&user, &id)).as_user(&user),
+                        None,
+                    ),
+                };
+                let response = event.send(&state).await;
+                observe(&mut tally, "write", &response, started.elapsed());
+                let next = match response.status {
+                    200 | 204 => match after {
+                        Some((title, completed)) => Known::Is(title, completed),
+                        None => Known::Gone,
+                    },
+                    504 => Known::Either(before, after),
+                    _ => Known::Is(title, completed),
+                };
+                model.tasks.insert(id, next);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (model, tally)
+}
+
+/// Connections of the API (through the pooler) and the pooler's own, for termination.
+async fn terminate_backends(admin: &tokio_postgres::Client) -> u64 {
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, i64>(0) as u64)
+        .unwrap_or(0)
+}
+
+async fn direct() -> tokio_postgres::Client {
+    shared::db::connect_once(&topology().0.url(), None, Duration::from_secs(10))
+        .await
+        .expect("direct connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
+    let (cluster, pooler) = topology();
+    let url = format!("{}&application_name=fault_run", pooler.url());
+    let state = Arc::new(state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "16"),
+        ("DB_STATEMENT_TIMEOUT_MS", &STATEMENT_TIMEOUT_MS.to_string()),
+        ("DB_CONNECT_TIMEOUT_MS", &CONNECT_TIMEOUT_MS.to_string()),
+        ("DB_POOL_TIMEOUT_MS", &POOL_TIMEOUT_MS.to_string()),
+    ])));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(13);
+    let users: Vec<_> = (0..USERS)
+        .map(|i| tokio::spawn(one_user(state.clone(), i, until)))
+        .collect();
+
+    // The faults, one after another while the users write.
+    let mut faults = Vec::new();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let mut admin = direct().await;
+        let lock = admin.transaction().await.unwrap();
+        lock.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.commit().await.unwrap();
+        faults.push("table locked 2.5 s (2.5 × the statement timeout)".to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let terminated = terminate_backends(&direct().await).await;
+    faults.push(format!("{terminated} backends terminated"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::task::spawn_blocking(|| topology().1.restart())
+        .await
+        .unwrap();
+    faults.push("PgBouncer killed (SIGKILL) and restarted".to_owned());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(|| topology().0.crash_restart())
+        .await
+        .unwrap();
+    faults.push("Postgres crashed and restarted (pg_ctl restart -m immediate)".to_owned());
+    // Then a lock while the pooler queues (few server connections, many clients).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let mut admin = direct().await;
+        let lock = admin.transaction().await.unwrap();
+        lock.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        lock.commit().await.unwrap();
+        faults.push("table locked 3 s again".to_owned());
+    }
+
+    let mut models = Vec::new();
+    let mut tally = Tally::default();
+    for user in users {
+        let (model, one) = user.await.unwrap();
+        for (status, count) in one.statuses {
+            *tally.statuses.entry(status).or_default() += count;
+        }
+        tally.writes += one.writes;
+        tally.problems.extend(one.problems);
+        tally.slowest = tally.slowest.max(one.slowest);
+        models.push(model);
+    }
+    // Anything still in flight on the server has decided by now.
+    tokio::time::sleep(Duration::from_millis(STATEMENT_TIMEOUT_MS + 2500)).await;
+
+    let admin = direct().await;
+    let mut rows_checked = 0;
+    let mut ambiguous = 0;
+    for model in &models {
+        let rows = admin
+            .query(
+                "SELECT id::text, title, completed FROM tasks WHERE user_id = $1",
+                &[&model.user],
+            )
+            .await
+            .unwrap();
+        let mut stored: HashMap<String, (String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        rows_checked += stored.len();
+        for (id, known) in &model.tasks {
+            let actual = stored.remove(id);
+            let fine = match known {
+                Known::Is(title, completed) => {
+                    actual.as_ref() == Some(&(title.clone(), *completed))
+                }
+                Known::Gone => actual.is_none(),
+                Known::Either(a, b) => {
+                    ambiguous += 1;
+                    actual == *a || actual == *b
+                }
+            };
+            if !fine {
+                tally.problems.push(format!(
+                    "task {id} of {}: expected {known:?}, stored {actual:?}",
+                    model.user
+                ));
+            }
+        }
+        // What is left must be a create answered 504, at most once each.
+        for title in &model.maybe_created {
+            ambiguous += 1;
+            let matching: Vec<String> = stored
+                .iter()
+                .filter(|(_, (t, _))| t == title)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if matching.len() > 1 {
+                tally
+                    .problems
+                    .push(format!("create {title} stored {} times", matching.len()));
+            }
+            for id in matching {
+                stored.remove(&id);
+            }
+        }
+        for (id, row) in stored {
+            tally.problems.push(format!(
+                "task {id} of {} was never acknowledged: {row:?}",
+                model.user
+            ));
+        }
+    }
+    let mut statuses: Vec<_> = tally.statuses.iter().collect();
+    statuses.sort();
+    eprintln!(
+        "fault run through PgBouncer (transaction mode, 4 server connections, {USERS} users, \
+         pool 16): {} writes in {:?}; faults: {}; answers by status: {statuses:?}; slowest \
+         {:?} (bound {BOUND:?}); afterwards {rows_checked} rows checked against the \
+         acknowledged state, {ambiguous} writes answered 504 accepted either way; \
+         problems: {}",
+        tally.writes,
+        started.elapsed(),
+        faults.join(", "),
+        tally.slowest,
+        tally.problems.len()
+    );
+    let _ = (cluster, pooler);
+    assert!(
+        tally.problems.is_empty(),
+        "{} problems, first ones:\n{}\npgbouncer log tail:\n{}",
+        tally.problems.len(),
+        tally.problems[..tally.problems.len().min(20)].join("\n"),
+        topology()
+            .1
+            .log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        tally.statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the faults should have produced 503s"
+    );
 }

@@ -37,6 +37,7 @@ fn server() -> &'static TlsServer {
         let cluster = Cluster::start_with(Options {
             tls: Some((server_cert.pem(), server_key.serialize_pem())),
             password: Some(PASSWORD.into()),
+            ..Options::default()
         });
         let ca_file = cluster.dir.join("ca.pem");
         std::fs::write(&ca_file, ca_pem).unwrap();

@@ -1,0 +1,130 @@
+//! No event can make a function panic: whatever API Gateway hands over (raw `<>"` and bad
+//! escapes in the query, odd paths, missing fields, bodies that are not base64 or not
+//! UTF-8), every function answers with JSON and an `X-Request-Id`, and keeps serving.
+
+use serde_json::{json, Value};
+use shared::routes::ROUTES;
+use tests::events::send_event;
+use tests::{state, user_id, ApiEvent};
+
+use crate::tasks_path;
+
+/// A well-formed event for `method path`, to be spoiled by the cases below.
+fn base(method: &str, path: &str) -> Value {
+    ApiEvent::new(method, path).to_json()
+}
+
+/// Events that cannot be a request: 400 from every function.
+fn unusable() -> Vec<(&'static str, Value)> {
+    let mut cases = vec![
+        ("not an object", json!(["GET", "/health"])),
+        ("null", Value::Null),
+        ("a string", json!("GET /health")),
+        ("empty object", json!({})),
+    ];
+    let mut no_context = base("GET", "/health");
+    no_context.as_object_mut().unwrap().remove("requestContext");
+    cases.push(("no requestContext", no_context));
+    let mut no_http = base("GET", "/health");
+    no_http["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("http");
+    cases.push(("no requestContext.http", no_http));
+    let mut bad_method = base("GET", "/health");
+    bad_method["requestContext"]["http"]["method"] = json!("G E T");
+    cases.push(("invalid method", bad_method));
+    let mut bad_base64 = base("POST", "/health");
+    bad_base64["body"] = json!("%%% not base64 %%%");
+    bad_base64["isBase64Encoded"] = json!(true);
+    cases.push(("invalid base64 body", bad_base64));
+    let mut numeric_body = base("POST", "/health");
+    numeric_body["body"] = json!(42);
+    cases.push(("a body that is not a string", numeric_body));
+    cases
+}
+
+/// Events a client can cause through API Gateway: the request they describe is answered
+/// (here without a token: 401 from every task function).
+fn odd(user: &str) -> Vec<(&'static str, Value)> {
+    let tasks = tasks_path(user);
+    let mut cases = Vec::new();
+    for (name, query) in [
+        ("raw < > in the query", "search=<a>"),
+        ("raw quote in the query", "search=\"x\""),
+        ("invalid escapes", "limit=%zz&search=%&x=%4"),
+        ("control and non-ASCII bytes", "search=\u{1}é\u{7f}"),
+    ] {
+        let mut event = base("GET", &tasks);
+        event["rawQueryString"] = json!(query);
+        cases.push((name, event));
+    }
+    for (name, path) in [
+        ("empty rawPath", ""),
+        ("spaces and brackets in rawPath", "/api/a b/<tasks>"),
+        ("dot segments", "/api/../../etc/passwd"),
+        ("a lone percent", "/api/%/tasks/%"),
+        ("no leading slash", "api/x/tasks"),
+    ] {
+        let mut event = base("GET", &tasks);
+        event["rawPath"] = json!(path);
+        cases.push((name, event));
+    }
+    let mut bad_headers = base("GET", &tasks);
+    bad_headers["headers"] =
+        json!({"bad name": "x", "host": "exa mple", "x-value": "a\nb", "x-num": 1});
+    cases.push(("unusable headers and host", bad_headers));
+    let mut non_utf8 = base("POST", &tasks);
+    non_utf8["headers"] = json!({"content-type": "application/json"});
+    non_utf8["body"] = json!("//79");
+    non_utf8["isBase64Encoded"] = json!(true);
+    cases.push(("a body that is not UTF-8", non_utf8));
+    cases
+}
+
+#[tokio::test]
+async fn every_function_answers_every_hostile_event_with_json_and_a_request_id() {
+    let state = state();
+    let user = user_id();
+    for route in &ROUTES {
+        for (name, event) in unusable() {
+            let response = send_event(&state, route.operation, event).await;
+            assert_eq!(
+                response.status,
+                400,
+                "{} / {name}: {}",
+                route.function,
+                response.text()
+            );
+            assert!(response.detail().is_string(), "{name}");
+            assert!(response.header("x-request-id").is_some(), "{name}");
+            crate::status_matrix::assert_no_internals(&response.text());
+        }
+        for (name, event) in odd(&user) {
+            let response = send_event(&state, route.operation, event).await;
+            let expected = if route.function == "health" { 200 } else { 401 };
+            assert_eq!(
+                response.status,
+                expected,
+                "{} / {name}: {}",
+                route.function,
+                response.text()
+            );
+            assert!(response.header("x-request-id").is_some(), "{name}");
+            response.json();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_raw_angle_bracket_in_the_query_is_searched_for_literally() {
+    let state = state();
+    let user = user_id();
+    crate::create_titled(&state, &user, "<a> tag").await;
+    crate::create_titled(&state, &user, "plain").await;
+    let mut event = ApiEvent::get(&tasks_path(&user)).as_user(&user).to_json();
+    event["rawQueryString"] = json!("search=<a>");
+    let response = send_event(&state, shared::routes::Operation::ListTasks, event).await;
+    response.assert_status(200);
+    assert_eq!(response.titles(), ["<a> tag"]);
+}
