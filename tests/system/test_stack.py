@@ -194,3 +194,35 @@ def test_cors_preflight_for_the_frontend(stack):
     assert lower["access-control-allow-origin"] == "http://localhost:3000"
     assert "POST" in lower["access-control-allow-methods"]
     assert "authorization" in lower["access-control-allow-headers"].lower()
+
+
+def test_cors_is_answered_as_api_gateway_would(stack):
+    """scripts/dev runs watch with --disable-cors: an origin missing from
+    CORS_ALLOWED_ORIGINS gets no CORS headers, on the preflight and on the request, and
+    preflights work on every routed path."""
+    user = uuid.uuid4().hex
+    token = stack.token(user)
+    for path, method in [("/health", "GET"), (f"/api/{user}/tasks", "POST"),
+                         (f"/api/{user}/tasks/{uuid.uuid4()}", "PUT"),
+                         (f"/api/{user}/tasks/{uuid.uuid4()}/complete", "PATCH")]:
+        status, headers, _ = stack.request("OPTIONS", path, headers={
+            "Origin": "http://localhost:3000", "Access-Control-Request-Method": method})
+        lower = {k.lower(): v for k, v in headers.items()}
+        assert status == 204, path
+        assert lower["access-control-allow-origin"] == "http://localhost:3000", path
+    evil = {"Origin": "http://evil.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"}
+    status, headers, _ = stack.request("OPTIONS", f"/api/{user}/tasks", headers=evil)
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert status == 204
+    assert not any(k.startswith("access-control-") for k in lower), lower
+    status, headers, _ = stack.request("GET", f"/api/{user}/tasks", token,
+                                       headers={"Origin": "http://evil.example"})
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert status == 200
+    assert not any(k.startswith("access-control-") for k in lower), lower
+    status, headers, _ = stack.request("GET", f"/api/{user}/tasks", token,
+                                       headers={"Origin": "http://localhost:3000"})
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["access-control-allow-origin"] == "http://localhost:3000"
+    assert "x-total-count" in lower["access-control-expose-headers"]
