@@ -157,7 +157,7 @@ export interface components {
             /** @description At most 1000 Unicode code points, no U+0000; `null` means no description. */
             description?: string | null;
             /** @default false */
-            completed: boolean;
+            completed?: boolean;
         };
         /**
          * @description Body of `PUT /api/{user_id}/tasks/{id}`: a partial update. At least one of `title`, `description`, `completed` must be present (otherwise 422 `value_error` at `loc: ["body"]`); unknown fields are ignored and do not count. A `null` `title` or `completed` counts as absent; `"description": null` clears the description.

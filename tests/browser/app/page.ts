@@ -7,7 +7,8 @@ import { addTask, authClient, todos } from "./example";
 
 type Step = { name: string; ok: boolean; error?: string; errorName?: string; status?: number };
 const steps: Step[] = [];
-const state = (window as unknown as { __e2e: { steps: Step[]; done: boolean } }).__e2e = { steps, done: false };
+const state: { steps: Step[]; done: boolean } = { steps, done: false };
+(window as unknown as { __e2e: typeof state }).__e2e = state;
 const log = document.getElementById("log")!;
 
 async function step(name: string, body: () => Promise<void>): Promise<boolean> {
