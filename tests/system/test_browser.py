@@ -134,3 +134,11 @@ def test_the_page_fails_in_the_browser_when_the_api_does_not_allow_its_origin(cl
     assert not create["ok"] and create["errorName"] == "TypeError" and create.get("status") is None, report
     assert len(report["steps"]) == 3, report
     assert any("blocked by CORS policy" in line for line in report["console"]), report["console"]
+
+
+def test_the_readme_example_is_the_one_the_browser_runs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Connect your frontend", 1)[1].split("\n## ", 1)[0]
+    example = (BROWSER / "app" / "example.ts").read_text()
+    assert f"```ts\n{example}```" in section, "README's example differs from tests/browser/app/example.ts"
+    assert len(example.strip().splitlines()) <= 15
