@@ -92,3 +92,35 @@ stop_throwaway_cluster() {
     rm -rf "$THROWAWAY_DIR"
     THROWAWAY_DIR=""
 }
+
+# Node.js and npm (the TypeScript client and the browser test), through apt when absent.
+ensure_node() {
+    if ! command -v npm >/dev/null; then
+        log "installing Node.js and npm (apt)"
+        as_root apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >&2
+    fi
+    command -v npm >/dev/null || die "no npm after installing"
+}
+
+# Debian's Chromium for the browser test (never a downloaded browser build).
+ensure_chromium() {
+    if [ ! -x /usr/bin/chromium ]; then
+        log "installing Chromium (apt)"
+        as_root apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >&2
+    fi
+    [ -x /usr/bin/chromium ] || die "no /usr/bin/chromium after installing"
+}
+
+# `npm ci` in a folder of the repo, skipped when its package-lock.json has not changed.
+npm_ci() {
+    local dir="$ROOT/$1" stamp want
+    stamp="$dir/node_modules/.installed-lock"
+    want=$(sha256sum "$dir/package-lock.json" | cut -c1-16)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "npm ci in $1"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+        echo "$want" > "$stamp"
+    fi
+}

@@ -29,6 +29,40 @@ fn route_table() -> RouteSet {
 
 #[test]
 fn the_watch_router_serves_every_route_with_its_function() {
+    let mut routes = RouteSet::new();
+    let mut preflights = Vec::new();
+    for route in watch_router() {
+        if route.0 == "OPTIONS" {
+            preflights.push(route);
+        } else {
+            routes.insert(route);
+        }
+    }
+    assert_eq!(routes, route_table());
+    // scripts/dev runs watch with --disable-cors, so every path needs one OPTIONS entry,
+    // sent to a function that serves that path (any function answers a preflight), as
+    // API Gateway answers preflights on every route in AWS.
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    let mut preflight_paths: Vec<&str> = preflights.iter().map(|r| r.1.as_str()).collect();
+    preflight_paths.sort_unstable();
+    assert_eq!(
+        preflight_paths,
+        paths.iter().copied().collect::<Vec<_>>(),
+        "exactly one OPTIONS entry per routed path"
+    );
+    for (_, path, function) in &preflights {
+        assert!(
+            ROUTES
+                .iter()
+                .any(|r| r.path == path && r.function == function),
+            "OPTIONS {path} goes to {function}, which does not serve {path}"
+        );
+    }
+}
+
+/// `(method, path, function)` of every `[workspace.metadata.lambda.watch.router]` entry,
+/// duplicates kept.
+fn watch_router() -> Vec<(String, String, String)> {
     let manifest: toml::Table = std::fs::read_to_string(repo().join("Cargo.toml"))
         .unwrap()
         .parse()
@@ -36,17 +70,28 @@ fn the_watch_router_serves_every_route_with_its_function() {
     let router = manifest["workspace"]["metadata"]["lambda"]["watch"]["router"]
         .as_table()
         .expect("[workspace.metadata.lambda.watch.router]");
-    let mut routes = RouteSet::new();
+    let mut routes = Vec::new();
     for (path, entries) in router {
         for entry in entries.as_array().expect("an array of {method, function}") {
-            routes.insert((
+            routes.push((
                 entry["method"].as_str().unwrap().to_owned(),
                 path.clone(),
                 entry["function"].as_str().unwrap().to_owned(),
             ));
         }
     }
-    assert_eq!(routes, route_table());
+    routes
+}
+
+#[test]
+fn scripts_dev_turns_off_the_permissive_cors_of_cargo_lambda_watch() {
+    let script = std::fs::read_to_string(repo().join("scripts/dev")).unwrap();
+    let watch = script
+        .lines()
+        .skip_while(|line| !line.contains("cargo lambda watch --"))
+        .take(2)
+        .collect::<String>();
+    assert!(watch.contains("--disable-cors"), "{watch}");
 }
 
 #[test]

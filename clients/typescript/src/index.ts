@@ -1,0 +1,233 @@
+/**
+ * A typed client for the todo API. Every type comes from `./schema.js`, which
+ * `npm run generate` produces from docs/openapi.json (never edit it by hand); the calls go
+ * through openapi-fetch, so a path, parameter or body that the document does not allow
+ * does not compile.
+ */
+import createClient from "openapi-fetch";
+import type { components, operations, paths } from "./schema.js";
+
+export type { components, operations, paths } from "./schema.js";
+
+/** A stored task, as the API returns it. */
+export type Task = components["schemas"]["Task"];
+/** The body of a create. */
+export type TaskCreate = components["schemas"]["TaskCreate"];
+/** The body of an update: any of `title`, `description`, `completed`. */
+export type TaskUpdate = components["schemas"]["TaskUpdate"];
+/** One item of a 422's `detail`, in FastAPI's shape. */
+export type ValidationErrorItem = components["schemas"]["ValidationErrorItem"];
+/** The query parameters of a list: filters, sort and page. */
+export type ListQuery = NonNullable<operations["listTasks"]["parameters"]["query"]>;
+
+/** A task together with its `ETag`; pass `etag` back to make a write conditional. */
+export type VersionedTask = Task & { etag: string };
+
+/** One page of a list. */
+export interface TaskPage {
+  tasks: Task[];
+  /** All tasks matching the filters (`X-Total-Count`). */
+  total: number;
+  /** The query of the next page, or `null` on the last page (from `Link: rel="next"`). */
+  next: ListQuery | null;
+}
+
+/** A token, or Better Auth's `authClient.token()` answer (`{ data: { token } }`). */
+export type TokenResult = string | null | undefined | { data?: { token?: string } | null };
+
+export interface TodoClientOptions {
+  /** The API's base URL, e.g. `https://abc.execute-api.us-east-1.amazonaws.com`. */
+  baseUrl: string;
+  /**
+   * Returns a JWT: Better Auth's `authClient.token` (jwt plugin) as it is, or any function
+   * returning a token. Called when no unexpired token is cached, and once more after a 401.
+   */
+  getToken: () => TokenResult | Promise<TokenResult>;
+  /** A `fetch` to use instead of the global one (tests, server-side rendering). */
+  fetch?: typeof globalThis.fetch;
+}
+
+/** Options of a conditional write. */
+export interface IfMatch {
+  /** The task's `etag`: the write fails with 412 and changes nothing if the task changed. */
+  etag?: string;
+}
+
+/** Any answer that is not a success: the status and FastAPI's `detail`. */
+export class ApiError extends Error {
+  readonly status: number;
+  /** A message, or the list of validation errors of a 422. */
+  readonly detail: string | ValidationErrorItem[];
+  readonly requestId: string | null;
+
+  constructor(status: number, detail: string | ValidationErrorItem[], requestId: string | null) {
+    super(`${status}: ${typeof detail === "string" ? detail : detail.map((e) => e.msg).join("; ")}`);
+    this.name = "ApiError";
+    this.status = status;
+    this.detail = detail;
+    this.requestId = requestId;
+  }
+}
+
+type Answer = { data?: unknown; error?: unknown; response: Response };
+
+/** Tokens are reused until 30 s before their `exp`. */
+const TOKEN_MARGIN_MS = 30_000;
+
+export function createTodoClient(options: TodoClientOptions) {
+  const api = createClient<paths>({
+    baseUrl: options.baseUrl.replace(/\/+$/, ""),
+    ...(options.fetch ? { fetch: options.fetch } : {}),
+  });
+  let cached: { token: string; expiresAt: number } | null = null;
+
+  async function token(fresh: boolean): Promise<string> {
+    if (!fresh && cached && Date.now() < cached.expiresAt) return cached.token;
+    const result = await options.getToken();
+    const value = typeof result === "string" ? result : (result?.data?.token ?? null);
+    if (!value) throw new ApiError(401, "getToken returned no token", null);
+    cached = { token: value, expiresAt: expiryOf(value) - TOKEN_MARGIN_MS };
+    return value;
+  }
+
+  /** Runs a request with a token; after a 401, once more with a fresh token. */
+  async function send<A extends Answer>(request: (headers: Record<string, string>) => Promise<A>) {
+    let answer = await request({ Authorization: `Bearer ${await token(false)}` });
+    if (answer.response.status === 401) {
+      answer = await request({ Authorization: `Bearer ${await token(true)}` });
+    }
+    if (!answer.response.ok) throw toApiError(answer);
+    return answer as A & { data: Exclude<A["data"], undefined> };
+  }
+
+  const user = (userId: string) => ({ user_id: userId });
+  const task = (userId: string, id: string) => ({ user_id: userId, id });
+  const ifMatch = (opts?: IfMatch) => (opts?.etag ? { "If-Match": opts.etag } : {});
+
+  return {
+    /** `GET /api/{user_id}/tasks`: one page of tasks, the total and the next page's query. */
+    async list(userId: string, query: ListQuery = {}): Promise<TaskPage> {
+      const { data, response } = await send((headers) =>
+        api.GET("/api/{user_id}/tasks", { params: { path: user(userId), query }, headers }),
+      );
+      return {
+        tasks: data,
+        total: Number(response.headers.get("x-total-count") ?? data.length),
+        next: nextPage(response.headers.get("link")),
+      };
+    },
+
+    /**
+     * `POST /api/{user_id}/tasks`, with an `Idempotency-Key` generated here (or given) and
+     * reused on the retry, so a retried create never creates a second task.
+     */
+    async create(
+      userId: string,
+      body: TaskCreate,
+      opts: { idempotencyKey?: string } = {},
+    ): Promise<VersionedTask> {
+      const key = opts.idempotencyKey ?? globalThis.crypto.randomUUID();
+      const { data, response } = await send((headers) =>
+        api.POST("/api/{user_id}/tasks", {
+          params: { path: user(userId), header: { "Idempotency-Key": key } },
+          body,
+          headers,
+        }),
+      );
+      return versioned(data, response);
+    },
+
+    /** `GET /api/{user_id}/tasks/{id}` */
+    async get(userId: string, id: string): Promise<VersionedTask> {
+      const { data, response } = await send((headers) =>
+        api.GET("/api/{user_id}/tasks/{id}", { params: { path: task(userId, id) }, headers }),
+      );
+      return versioned(data, response);
+    },
+
+    /** `PUT /api/{user_id}/tasks/{id}`: a partial update. */
+    async update(userId: string, id: string, changes: TaskUpdate, opts?: IfMatch): Promise<VersionedTask> {
+      const { data, response } = await send((headers) =>
+        api.PUT("/api/{user_id}/tasks/{id}", {
+          params: { path: task(userId, id), header: ifMatch(opts) },
+          body: changes,
+          headers,
+        }),
+      );
+      return versioned(data, response);
+    },
+
+    /** `PATCH /api/{user_id}/tasks/{id}/complete` without a body: flips `completed`. */
+    async toggle(userId: string, id: string, opts?: IfMatch): Promise<VersionedTask> {
+      const { data, response } = await send((headers) =>
+        api.PATCH("/api/{user_id}/tasks/{id}/complete", {
+          params: { path: task(userId, id), header: ifMatch(opts) },
+          headers,
+        }),
+      );
+      return versioned(data, response);
+    },
+
+    /** `PATCH /api/{user_id}/tasks/{id}/complete` with `{"completed": …}`. */
+    async setCompleted(userId: string, id: string, completed: boolean, opts?: IfMatch): Promise<VersionedTask> {
+      const { data, response } = await send((headers) =>
+        api.PATCH("/api/{user_id}/tasks/{id}/complete", {
+          params: { path: task(userId, id), header: ifMatch(opts) },
+          body: { completed },
+          headers,
+        }),
+      );
+      return versioned(data, response);
+    },
+
+    /** `DELETE /api/{user_id}/tasks/{id}` */
+    async remove(userId: string, id: string, opts?: IfMatch): Promise<void> {
+      await send((headers) =>
+        api.DELETE("/api/{user_id}/tasks/{id}", {
+          params: { path: task(userId, id), header: ifMatch(opts) },
+          headers,
+        }),
+      );
+    },
+  };
+}
+
+export type TodoClient = ReturnType<typeof createTodoClient>;
+
+function versioned(data: Task, response: Response): VersionedTask {
+  return { ...data, etag: response.headers.get("etag") ?? "" };
+}
+
+function toApiError({ error, response }: Answer): ApiError {
+  const detail =
+    error && typeof error === "object" && "detail" in error
+      ? (error.detail as string | ValidationErrorItem[])
+      : response.statusText || `HTTP ${response.status}`;
+  return new ApiError(response.status, detail, response.headers.get("x-request-id"));
+}
+
+/** The `exp` of a JWT in milliseconds; 0 (use once) when it cannot be read. */
+function expiryOf(jwt: string): number {
+  try {
+    const payload = jwt.split(".")[1] ?? "";
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
+    const exp = (JSON.parse(json) as { exp?: unknown }).exp;
+    return typeof exp === "number" ? exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The query of `Link: <…>; rel="next"`, or null. */
+function nextPage(link: string | null): ListQuery | null {
+  const match = link?.match(/<([^>]*)>\s*;\s*rel="?next"?/);
+  if (!match?.[1]) return null;
+  const params = new URL(match[1], "http://relative.invalid").searchParams;
+  const query: Record<string, string | number | boolean> = {};
+  for (const [name, value] of params) {
+    if (name in query) continue; // the API reads the first of repeated parameters
+    query[name] =
+      name === "limit" || name === "offset" ? Number(value) : name === "completed" ? value === "true" : value;
+  }
+  return query as ListQuery;
+}

@@ -1,0 +1,158 @@
+// The client against the real API (scripts/dev under cargo lambda watch). The system test
+// tests/system/test_typescript_client.py starts the API and runs this with TODO_API_URL,
+// BETTER_AUTH_SECRET and DEV_TOKEN (target/debug/dev-token) set.
+import { test, describe } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+
+import { ApiError, createTodoClient } from "../dist/index.js";
+
+const baseUrl = process.env.TODO_API_URL;
+const skip = baseUrl ? false : "TODO_API_URL is not set (tests/system/test_typescript_client.py sets it)";
+if (!baseUrl && process.env.CI) throw new Error("TODO_API_URL must be set in CI");
+
+function mint(userId, seconds = 600) {
+  return execFileSync(process.env.DEV_TOKEN, [userId, String(seconds)], {
+    env: { ...process.env },
+    encoding: "utf8",
+  }).trim();
+}
+
+/** A new user with a client whose getToken counts its calls. */
+function newUser(tokens) {
+  const userId = `ts-${randomUUID()}`;
+  const calls = { getToken: 0 };
+  const queue = tokens ? [...tokens(userId)] : null;
+  const client = createTodoClient({
+    baseUrl,
+    getToken: async () => {
+      calls.getToken += 1;
+      return queue ? queue.shift() : mint(userId);
+    },
+  });
+  return { userId, client, calls };
+}
+
+async function rejects(promise, status) {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof ApiError, `expected an ApiError, got ${err}`);
+    assert.equal(err.status, status, err.message);
+    return err;
+  }
+  assert.fail(`expected ${status}, the call succeeded`);
+}
+
+describe("the typed client against the API", { skip }, () => {
+  test("create, get, update, toggle, setCompleted, remove", async () => {
+    const { userId, client, calls } = newUser();
+    const created = await client.create(userId, { title: "  Buy milk ", description: "2 l" });
+    assert.equal(created.title, "Buy milk");
+    assert.equal(created.user_id, userId);
+    assert.match(created.etag, /^"\d+"$/);
+    const got = await client.get(userId, created.id);
+    assert.deepEqual(got, created);
+    const updated = await client.update(userId, created.id, { description: null }, { etag: got.etag });
+    assert.equal(updated.description, null);
+    assert.notEqual(updated.etag, got.etag);
+    const toggled = await client.toggle(userId, created.id, { etag: updated.etag });
+    assert.equal(toggled.completed, true);
+    const set = await client.setCompleted(userId, created.id, true);
+    assert.equal(set.completed, true);
+    await client.remove(userId, created.id, { etag: set.etag });
+    await rejects(client.get(userId, created.id), 404);
+    assert.equal(calls.getToken, 1, "one token serves every call until it expires");
+  });
+
+  test("a stale etag is a 412 and changes nothing", async () => {
+    const { userId, client } = newUser();
+    const task = await client.create(userId, { title: "original" });
+    await client.update(userId, task.id, { title: "changed elsewhere" });
+    for (const write of [
+      () => client.update(userId, task.id, { title: "lost update" }, { etag: task.etag }),
+      () => client.toggle(userId, task.id, { etag: task.etag }),
+      () => client.setCompleted(userId, task.id, true, { etag: task.etag }),
+      () => client.remove(userId, task.id, { etag: task.etag }),
+    ]) {
+      const err = await rejects(write(), 412);
+      assert.equal(typeof err.detail, "string");
+    }
+    const now = await client.get(userId, task.id);
+    assert.equal(now.title, "changed elsewhere");
+    assert.equal(now.completed, false);
+  });
+
+  test("list passes every query parameter and follows the next page", async () => {
+    const { userId, client } = newUser();
+    for (const title of ["alpha 1", "beta 2", "alpha 3", "gamma 4"]) {
+      await client.create(userId, { title, completed: title === "gamma 4" });
+    }
+    const first = await client.list(userId, { status: "all", sort: "title", order: "asc", limit: 3 });
+    assert.deepEqual(first.tasks.map((t) => t.title), ["alpha 1", "alpha 3", "beta 2"]);
+    assert.equal(first.total, 4);
+    assert.deepEqual(first.next, { status: "all", sort: "title", order: "asc", limit: 3, offset: 3 });
+    const second = await client.list(userId, first.next);
+    assert.deepEqual(second.tasks.map((t) => t.title), ["gamma 4"]);
+    assert.equal(second.next, null);
+    const pending = await client.list(userId, { status: "pending", search: "ALPHA", sort: "created_at", order: "desc" });
+    assert.deepEqual(pending.tasks.map((t) => t.title), ["alpha 3", "alpha 1"]);
+    assert.equal(pending.total, 2);
+    const done = await client.list(userId, { completed: true, offset: 0 });
+    assert.deepEqual(done.tasks.map((t) => t.title), ["gamma 4"]);
+    assert.deepEqual((await client.list(userId, { sort: "updated_at", limit: 1, offset: 3 })).tasks.length, 1);
+  });
+
+  test("errors carry the status and FastAPI's detail", async () => {
+    const { userId, client } = newUser();
+    const invalid = await rejects(client.create(userId, { title: "   " }), 422);
+    assert.ok(Array.isArray(invalid.detail));
+    assert.deepEqual(invalid.detail[0].loc, ["body", "title"]);
+    assert.ok(invalid.requestId);
+    const badQuery = await rejects(client.list(userId, { limit: 0 }), 422);
+    assert.deepEqual(badQuery.detail[0].loc, ["query", "limit"]);
+    const other = await rejects(client.list(`someone-else-${randomUUID()}`), 403);
+    assert.equal(typeof other.detail, "string");
+    const missing = await rejects(client.get(userId, randomUUID()), 404);
+    assert.equal(missing.detail, "Task not found");
+  });
+
+  test("a 401 is retried once with a fresh token", async () => {
+    const { userId, client, calls } = newUser((id) => [mint(id, -3600), mint(id)]);
+    const page = await client.list(userId);
+    assert.equal(page.total, 0);
+    assert.equal(calls.getToken, 2);
+
+    const refused = newUser(() => ["not-a-jwt", "still-not-a-jwt"]);
+    const err = await rejects(refused.client.list(refused.userId), 401);
+    assert.equal(typeof err.detail, "string");
+    assert.equal(refused.calls.getToken, 2, "exactly one retry");
+  });
+
+  test("getToken may be Better Auth's authClient.token() answer", async () => {
+    const { userId, client } = newUser((id) => [{ data: { token: mint(id) }, error: null }]);
+    assert.equal((await client.list(userId)).total, 0);
+  });
+
+  test("create sends one Idempotency-Key and reuses it on the retry", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const keys = [];
+    const tokens = [mint(userId, -3600), mint(userId)];
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => tokens.shift(),
+      fetch: (request) => {
+        keys.push(request.headers.get("idempotency-key"));
+        return fetch(request);
+      },
+    });
+    const task = await client.create(userId, { title: "once" });
+    assert.equal(keys.length, 2);
+    assert.ok(keys[0] && keys[0] === keys[1], "the retry reuses the key");
+    const again = await client.create(userId, { title: "once" }, { idempotencyKey: keys[0] });
+    assert.equal(again.id, task.id, "a replayed key returns the first task");
+    assert.equal((await client.list(userId)).total, 1);
+    await rejects(client.create(userId, { title: "another body" }, { idempotencyKey: keys[0] }), 422);
+  });
+});
