@@ -59,13 +59,21 @@ export class ApiError extends Error {
   /** A message, or the list of validation errors of a 422. */
   readonly detail: string | ValidationErrorItem[];
   readonly requestId: string | null;
+  /** From `Retry-After` on a 503, in milliseconds. */
+  readonly retryAfterMs: number | null;
 
-  constructor(status: number, detail: string | ValidationErrorItem[], requestId: string | null) {
+  constructor(
+    status: number,
+    detail: string | ValidationErrorItem[],
+    requestId: string | null,
+    retryAfterMs: number | null = null,
+  ) {
     super(`${status}: ${typeof detail === "string" ? detail : detail.map((e) => e.msg).join("; ")}`);
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
     this.requestId = requestId;
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -119,22 +127,34 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /**
      * `POST /api/{user_id}/tasks`, with an `Idempotency-Key` generated here (or given) and
-     * reused on the retry, so a retried create never creates a second task.
+     * reused on every retry, so a retried create never creates a second task. A 503 (not
+     * done) or 504 (outcome unknown) is retried with the same key up to `attempts` times
+     * in all, after `Retry-After` (or a second): the retry returns the task if the first
+     * attempt did create it.
      */
     async create(
       userId: string,
       body: TaskCreate,
-      opts: { idempotencyKey?: string } = {},
+      opts: { idempotencyKey?: string; attempts?: number } = {},
     ): Promise<VersionedTask> {
       const key = opts.idempotencyKey ?? globalThis.crypto.randomUUID();
-      const { data, response } = await send((headers) =>
-        api.POST("/api/{user_id}/tasks", {
-          params: { path: user(userId), header: { "Idempotency-Key": key } },
-          body,
-          headers,
-        }),
-      );
-      return versioned(data, response);
+      const attempts = Math.max(1, opts.attempts ?? 3);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const { data, response } = await send((headers) =>
+            api.POST("/api/{user_id}/tasks", {
+              params: { path: user(userId), header: { "Idempotency-Key": key } },
+              body,
+              headers,
+            }),
+          );
+          return versioned(data, response);
+        } catch (err) {
+          const retriable = err instanceof ApiError && (err.status === 503 || err.status === 504);
+          if (!retriable || attempt >= attempts) throw err;
+          await new Promise((resolve) => setTimeout(resolve, err.retryAfterMs ?? 1000));
+        }
+      }
     },
 
     /** `GET /api/{user_id}/tasks/{id}` */
@@ -203,7 +223,13 @@ function toApiError({ error, response }: Answer): ApiError {
     error && typeof error === "object" && "detail" in error
       ? (error.detail as string | ValidationErrorItem[])
       : response.statusText || `HTTP ${response.status}`;
-  return new ApiError(response.status, detail, response.headers.get("x-request-id"));
+  const retryAfter = Number(response.headers.get("retry-after"));
+  return new ApiError(
+    response.status,
+    detail,
+    response.headers.get("x-request-id"),
+    Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : null,
+  );
 }
 
 /** The `exp` of a JWT in milliseconds; 0 (use once) when it cannot be read. */

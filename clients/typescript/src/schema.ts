@@ -404,6 +404,21 @@ export interface components {
                 "application/json": components["schemas"]["HTTPError"];
             };
         };
+        /** @description The database connection was lost after the write was sent, with its answer: the write may or may not have been applied (the only error answer that does not mean "not done"). Read the task to check; retry a create with the same Idempotency-Key. */
+        OutcomeUnknown: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                /**
+                 * @example {
+                 *       "detail": "The database connection was lost before this write was confirmed: it may or may not have been applied. Read the task to check; retry a create with the same Idempotency-Key"
+                 *     }
+                 */
+                "application/json": components["schemas"]["HTTPError"];
+            };
+        };
     };
     parameters: {
         /** @description The caller's own user id (the token's `sub`); any other value is 403. Percent-encoded values are compared after decoding too. */
@@ -562,6 +577,7 @@ export interface operations {
             422: components["responses"]["ValidationFailed"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+            504: components["responses"]["OutcomeUnknown"];
         };
     };
     getTask: {
@@ -619,6 +635,7 @@ export interface operations {
             422: components["responses"]["ValidationFailed"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+            504: components["responses"]["OutcomeUnknown"];
         };
     };
     deleteTask: {
@@ -653,6 +670,7 @@ export interface operations {
             422: components["responses"]["ValidationFailed"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+            504: components["responses"]["OutcomeUnknown"];
         };
     };
     completeTask: {
@@ -687,6 +705,7 @@ export interface operations {
             422: components["responses"]["ValidationFailed"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
+            504: components["responses"]["OutcomeUnknown"];
         };
     };
     health: {

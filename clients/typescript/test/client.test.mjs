@@ -155,4 +155,30 @@ describe("the typed client against the API", { skip }, () => {
     assert.equal((await client.list(userId)).total, 1);
     await rejects(client.create(userId, { title: "another body" }, { idempotencyKey: keys[0] }), 422);
   });
+
+  test("a create answered 504 (outcome unknown) is retried with the same key and made once", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const keys = [];
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => mint(userId),
+      // The first create reaches the API and is applied; its answer is then lost, as when
+      // the database connection dies after COMMIT: the client sees a 504.
+      fetch: async (request) => {
+        keys.push(request.headers.get("idempotency-key"));
+        const response = await fetch(request);
+        if (keys.length > 1) return response;
+        assert.equal(response.status, 201);
+        return new Response(JSON.stringify({ detail: "may or may not have been applied" }), {
+          status: 504,
+          headers: { "content-type": "application/json", "retry-after": "0" },
+        });
+      },
+    });
+    const task = await client.create(userId, { title: "exactly once" });
+    assert.equal(keys.length, 2);
+    assert.equal(keys[0], keys[1], "the retry reuses the key");
+    assert.equal(task.title, "exactly once");
+    assert.equal((await client.list(userId)).total, 1);
+  });
 });
