@@ -49,6 +49,10 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     pub pool_wait_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Named prepared statements, cached per connection (`DB_PREPARED_STATEMENTS`); off,
+    /// every statement is sent unnamed and parsed anew, as PgBouncer before 1.21 needs in
+    /// transaction mode.
+    pub prepared_statements: bool,
     /// An extra CA certificate (PEM) trusted besides the public web PKI roots.
     pub ca_file: Option<PathBuf>,
 }
@@ -104,6 +108,7 @@ impl Config {
             connect_timeout: millis(var, "DB_CONNECT_TIMEOUT_MS", 3_000)?,
             pool_wait_timeout: millis(var, "DB_POOL_TIMEOUT_MS", 3_000)?,
             statement_timeout: millis(var, "DB_STATEMENT_TIMEOUT_MS", 5_000)?,
+            prepared_statements: flag(var, "DB_PREPARED_STATEMENTS", true)?,
             ca_file: var("DATABASE_CA_FILE").map(PathBuf::from),
         })
     }
@@ -167,6 +172,22 @@ fn number(
         Some(value) => u64::from_str(value.trim()).map_err(|_| ConfigError::Invalid {
             name,
             reason: format!("expected a whole number, got {value:?}"),
+        }),
+    }
+}
+
+fn flag(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "on" | "yes") => Ok(true),
+        Some("false" | "0" | "off" | "no") => Ok(false),
+        Some(_) => Err(ConfigError::Invalid {
+            name,
+            reason: "must be true or false".into(),
         }),
     }
 }

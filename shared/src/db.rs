@@ -26,24 +26,26 @@ pub struct Database {
     pool: Pool,
     tls: MakeRustlsConnect,
     statement_timeout: Duration,
+    prepared: bool,
 }
 
 /// The role requests run as; created by the migrations, without BYPASSRLS.
 pub const APP_ROLE: &str = "todo_app";
 
-/// `value` as a dollar-quoted SQL string literal, with a tag that does not occur in it.
-/// Dollar quoting has no escapes at all, so no setting (`standard_conforming_strings`) or
-/// character in the value can end the literal early. Used for the user id, so that the
-/// transaction's opening statements travel as one simple-query message.
-fn dollar_quoted(value: &str) -> String {
-    let mut tag = String::from("$u$");
-    // The literal ends at the first occurrence of the tag after the opening one, which
-    // must be the closing tag itself (also when the value's end and the tag overlap).
-    while format!("{value}{tag}").find(&tag) != Some(value.len()) {
-        tag.insert(tag.len() - 1, 'x');
-    }
-    format!("{tag}{value}{tag}")
-}
+/// Sets a request's context inside its transaction, in one statement: the role (without
+/// BYPASSRLS), the user the row-level security policies compare with, and the statement
+/// timeout that enforces the request's deadline. `$1` user id, `$2` the deadline in Unix
+/// milliseconds, `$3` the statement timeout in milliseconds (the most the statement may
+/// get, whatever the clocks say). A transaction that reaches the server after its deadline
+/// (queued in a pooler) sets an invalid timeout, which aborts it before the statement runs.
+pub const CONTEXT: &str = concat!(
+    "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', $1, true), ",
+    "set_config('statement_timeout', CASE WHEN left_ms > 0 THEN least(left_ms, $3)::text ",
+    "ELSE 'deadline-passed' END, true) ",
+    "FROM (SELECT $2 - (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS left_ms) AS d"
+);
+
+const CONTEXT_TYPES: [Type; 3] = [Type::TEXT, Type::INT8, Type::INT8];
 
 /// How long after a transaction's deadline the client still waits for the server's answer.
 /// The server enforces the deadline itself (see [`Database::query_as`]) and normally
@@ -55,9 +57,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// gives up on the connection.
 const CANCEL_GRACE: Duration = Duration::from_millis(1000);
 
-/// The value the opening statements give `statement_timeout` when a transaction reaches
-/// the server after its deadline (queued in a pooler): Postgres refuses it, which aborts
-/// the transaction before the statement runs. Recognised in [`begin_error`].
+/// The value [`CONTEXT`] gives `statement_timeout` when a transaction reaches the server
+/// after its deadline: Postgres refuses it. Recognised in [`begin_error`].
 const DEADLINE_PASSED: &str = "deadline-passed";
 
 /// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
@@ -228,14 +229,36 @@ impl Database {
             pool,
             tls,
             statement_timeout: config.statement_timeout,
+            prepared: config.prepared_statements,
         })
     }
 
-    /// Opens the first connection during the cold start, so the first request does not pay
-    /// for it. A failure is only logged: requests will retry and answer 503 if it persists.
-    pub async fn warm_up(&self) {
-        if let Err(err) = self.pool.get().await {
-            tracing::warn!(error = %PoolFailure(&err), "database warm-up failed");
+    /// Opens the first connection during the cold start and, with prepared statements,
+    /// prepares `statements` (and [`CONTEXT`]) on it in one pipelined round trip, so that
+    /// no request pays for either. A failure is only logged: requests will retry and answer
+    /// 503 if it persists.
+    pub async fn warm_up(&self, statements: &[(&str, &[Type])]) {
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(error = %PoolFailure(&err), "database warm-up failed");
+                return;
+            }
+        };
+        if !self.prepared {
+            return;
+        }
+        let context = (CONTEXT, &CONTEXT_TYPES[..]);
+        let prepares = std::iter::once(&context)
+            .chain(statements)
+            .map(|(sql, types)| client.prepare_typed_cached(sql, types));
+        let prepared = tokio::time::timeout(
+            self.statement_timeout,
+            futures_util::future::try_join_all(prepares),
+        )
+        .await;
+        if !matches!(prepared, Ok(Ok(_))) {
+            tracing::warn!("preparing statements at warm-up failed");
         }
     }
 
@@ -305,25 +328,62 @@ impl Database {
         .map_err(Failure::not_sent)?;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.statement_timeout);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let wall_deadline_ms = (SystemTime::now() + remaining)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let begin = format!(
-            "BEGIN; SET LOCAL ROLE {APP_ROLE}; \
-             SELECT set_config('app.user_id', {user}, true), \
-             set_config('statement_timeout', (SELECT CASE WHEN left_ms > 0 THEN left_ms::text \
-             ELSE '{DEADLINE_PASSED}' END FROM (SELECT {wall_deadline_ms} \
-             - (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS left_ms) AS d), true)",
-            user = dollar_quoted(user_id),
-        );
+        let wall_deadline_ms = i64::try_from(
+            (SystemTime::now() + remaining)
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        let budget_ms = i64::try_from(self.statement_timeout.as_millis()).unwrap_or(i64::MAX);
+        let context: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&user_id, Type::TEXT),
+            (&wall_deadline_ms, Type::INT8),
+            (&budget_ms, Type::INT8),
+        ];
+        // Named statements are prepared once per connection (the first request on a
+        // connection pays one round trip for it, unless `prepare` ran at cold start).
+        let statements = if self.prepared {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let prepared = tokio::time::timeout_at(deadline.into(), async {
+                tokio::try_join!(
+                    client.prepare_typed_cached(CONTEXT, &CONTEXT_TYPES),
+                    client.prepare_typed_cached(sql, &types),
+                )
+            })
+            .await
+            .map_err(|_| {
+                Failure::not_sent(ApiError::Unavailable(anyhow!(
+                    "preparing statements did not finish before the deadline"
+                )))
+            })?
+            .map_err(Failure::not_done)?;
+            Some(prepared)
+        } else {
+            None
+        };
         let answered = {
             let pipeline = async {
-                tokio::join!(
-                    client.batch_execute(&begin),
-                    client.query_typed(sql, params),
+                let ctx = async {
+                    match &statements {
+                        Some((ctx, _)) => client.query(ctx, &values(&context)).await,
+                        None => client.query_typed(CONTEXT, &context).await,
+                    }
+                };
+                let statement = async {
+                    match &statements {
+                        Some((_, statement)) => client.query(statement, &values(params)).await,
+                        None => client.query_typed(sql, params).await,
+                    }
+                };
+                let (begin, ctx, rows, commit) = tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    ctx,
+                    statement,
                     client.batch_execute("COMMIT"),
-                )
+                );
+                // The opening's first failure: BEGIN's, else the context's.
+                (begin.and(ctx.map(drop)), rows, commit)
             };
             tokio::pin!(pipeline);
             match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut pipeline).await
@@ -413,6 +473,11 @@ impl Database {
 }
 
 type Answer<T> = Result<T, tokio_postgres::Error>;
+
+/// The values of typed parameters, for a prepared statement (whose types are known).
+fn values<'a>(params: &'a [(&'a (dyn ToSql + Sync), Type)]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|(value, _)| *value).collect()
+}
 
 /// What the three answers of a pipelined transaction (open, statement, commit) say about
 /// its outcome. Postgres answers in order and flushes the statement's result before it
@@ -632,28 +697,6 @@ mod tests {
             config.get_channel_binding(),
             tokio_postgres::config::ChannelBinding::Require
         );
-    }
-
-    #[test]
-    fn dollar_quoting_cannot_be_escaped() {
-        assert_eq!(dollar_quoted("alice"), "$u$alice$u$");
-        assert_eq!(dollar_quoted("it's"), "$u$it's$u$");
-        for value in [
-            "x$u$; DROP TABLE tasks; --",
-            "ab$u",
-            "$u",
-            "$",
-            "$ux$u$",
-            "",
-        ] {
-            let quoted = dollar_quoted(value);
-            let tag_len = quoted.len() - value.len();
-            let tag = &quoted[..tag_len / 2];
-            assert!(tag.starts_with('$') && tag.ends_with('$'));
-            // After the opening tag, the first occurrence of the tag is the closing one.
-            let rest = &quoted[tag.len()..];
-            assert_eq!(rest.find(tag), Some(value.len()), "{value:?} -> {quoted}");
-        }
     }
 
     #[test]

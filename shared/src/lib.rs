@@ -67,7 +67,7 @@ impl AppState {
                 .or_else(|| default(name))
         })?;
         let state = Self::new(&config)?;
-        state.tasks.database().warm_up().await;
+        state.tasks.warm_up().await;
         Ok(state)
     }
 }

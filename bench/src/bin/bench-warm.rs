@@ -84,8 +84,8 @@ async fn main() -> anyhow::Result<()> {
     let mut bare = AppState::new(&config)?;
     bare.tasks = TaskRepo::without_rls_context_for_benchmarks(Database::new(&config.database)?);
     let raw = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
-    state.tasks.database().warm_up().await;
-    bare.tasks.database().warm_up().await;
+    state.tasks.warm_up().await;
+    bare.tasks.warm_up().await;
 
     let rounds = WARMUP + iterations;
     let user = Uuid::new_v4().simple().to_string();

@@ -81,6 +81,14 @@ impl Proxy {
 /// the connection task writes.
 #[tokio::test(flavor = "current_thread")]
 async fn every_operation_is_one_round_trip_on_a_warm_connection() {
+    // Prepared statements (the default), prepared at cold start; and unnamed statements,
+    // as behind PgBouncer before 1.21.
+    for prepared in ["true", "false"] {
+        one_round_trip_each(prepared).await;
+    }
+}
+
+async fn one_round_trip_each(prepared: &str) {
     let url = database_url();
     let config: tokio_postgres::Config = url.parse().unwrap();
     let upstream = format!("127.0.0.1:{}", config.get_ports()[0]);
@@ -90,13 +98,13 @@ async fn every_operation_is_one_round_trip_on_a_warm_connection() {
         &format!(":{}/", proxy.port),
         1,
     );
-    let state = state_with(env(&[("DATABASE_URL", proxied.as_str())]));
+    let state = state_with(env(&[
+        ("DATABASE_URL", proxied.as_str()),
+        ("DB_PREPARED_STATEMENTS", prepared),
+    ]));
     let user = user_id();
-    // Warm the connection: connecting and authenticating take round trips of their own.
-    ApiEvent::get("/health")
-        .send(&state)
-        .await
-        .assert_status(200);
+    // The cold start: connecting, authenticating and preparing take round trips of their own.
+    state.tasks.warm_up().await;
     let seed = ApiEvent::post(&tasks_path(&user))
         .as_user(&user)
         .json(&json!({"title": "seed"}))
@@ -163,6 +171,11 @@ async fn every_operation_is_one_round_trip_on_a_warm_connection() {
         let before = proxy.flights.load(Ordering::SeqCst);
         event.send(&state).await.assert_status(status);
         let after = proxy.flights.load(Ordering::SeqCst);
-        assert_eq!(after - before, 1, "{name}: {} round trips", after - before);
+        assert_eq!(
+            after - before,
+            1,
+            "{name} (prepared statements: {prepared}): {} round trips",
+            after - before
+        );
     }
 }
