@@ -1,10 +1,21 @@
 //! Versioned SQL migrations (`migrations/sql/V<n>__<name>.sql`), embedded in the binary
 //! and applied with refinery.
 //!
-//! Applying is idempotent, and safe from two places at once: a session-level advisory lock
-//! serialises concurrent runs, and refinery skips what is already applied.
+//! Applying is idempotent and safe from two places at once, whatever host it is given,
+//! Neon's `-pooler` (PgBouncer in transaction mode) included: everything — a
+//! transaction-scoped advisory lock (`pg_advisory_xact_lock`), reading the applied
+//! versions, every pending migration and its history row — runs in one transaction. A
+//! transaction stays on one server connection behind a pooler, and its lock ends with it,
+//! so no lock can outlive a run on a pooled connection. A concurrent run waits for the
+//! lock, then finds the versions applied and skips them. The cost: a migration cannot use
+//! statements that refuse to run in a transaction (`CREATE INDEX CONCURRENTLY`).
 
 use anyhow::Context as _;
+use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
+use refinery_core::Migration;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_postgres::SimpleQueryMessage;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -15,23 +26,78 @@ const MIGRATION_LOCK_KEY: i64 = 0x746f_646f;
 
 /// Applies every pending migration and returns the names of those it applied.
 pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+    let transaction = client
+        .transaction()
+        .await
+        .context("cannot start the migration transaction")?;
+    // Simple-protocol statements only: no prepared statement that a pooler could lose.
+    transaction
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+        ))
         .await
         .context("cannot take the migration lock")?;
-    let result = embedded::migrations::runner()
+    let mut locked = Locked(transaction);
+    let report = embedded::migrations::runner()
         .set_abort_divergent(true)
-        .run_async(client)
+        .run_async(&mut locked)
         .await
-        .context("migration failed");
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
-        .await;
-    let report = result?;
-    unlock.context("cannot release the migration lock")?;
+        .context("migration failed")?;
+    locked
+        .0
+        .commit()
+        .await
+        .context("cannot commit the migrations")?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
         .collect())
 }
+
+/// The migration transaction as refinery sees it: what refinery would run in transactions
+/// of its own runs in this one, which commits (and releases the lock) only at the end.
+struct Locked<'a>(tokio_postgres::Transaction<'a>);
+
+impl AsyncTransaction for Locked<'_> {
+    type Error = tokio_postgres::Error;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &'a mut self,
+        queries: T,
+    ) -> Result<usize, Self::Error> {
+        let mut count = 0;
+        for query in queries {
+            self.0.batch_execute(query).await?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for Locked<'_> {
+    async fn query<'a>(&'a mut self, query: &'a str) -> Result<Vec<Migration>, Self::Error> {
+        // refinery's history query selects version, name, applied_on, checksum.
+        let mut applied = Vec::new();
+        for message in self.0.simple_query(query).await? {
+            let SimpleQueryMessage::Row(row) = message else {
+                continue;
+            };
+            let field = |i: usize| row.get(i).unwrap_or_default();
+            applied.push(Migration::applied(
+                field(0)
+                    .parse()
+                    .expect("refinery_schema_history.version is an integer"),
+                field(1).to_owned(),
+                OffsetDateTime::parse(field(2), &Rfc3339)
+                    .expect("refinery_schema_history.applied_on is RFC 3339"),
+                field(3)
+                    .parse()
+                    .expect("refinery_schema_history.checksum is a u64"),
+            ));
+        }
+        Ok(applied)
+    }
+}
+
+impl AsyncMigrate for Locked<'_> {}

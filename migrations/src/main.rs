@@ -1,6 +1,6 @@
 //! `migrate`: applies the migrations to `DATABASE_URL` (or `NEON_DATABASE_URL`).
 //!
-//! On Neon, point it at the direct endpoint, not the `-pooler` one.
+//! Any Neon endpoint works, the `-pooler` one included: see the crate documentation.
 
 use std::time::Duration;
 

@@ -4,11 +4,13 @@
 //!
 //! Settings: those of the functions (see the README), plus `HOST` (default 127.0.0.1; use
 //! 0.0.0.0 in a container), `PORT` (default 8080), and `DB_POOL_SIZE`, which defaults to 16
-//! here because one process serves many requests at once.
+//! here because one process serves many requests at once; and the limits that keep slow or
+//! hostile clients from holding it (it faces the internet directly): see [`Limits`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -16,19 +18,81 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use lambda_http::RequestExt;
 use serde_json::json;
 use shared::http::{json_response, HttpResponse, MAX_BODY_BYTES};
 use shared::routes::{resolve, ROUTES};
 use shared::{handlers, telemetry, AppState};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 const DEFAULT_POOL_SIZE: &str = "16";
+/// File descriptors kept free for what is not a client connection: the listener, the
+/// database pool, the runtime, logs.
+const RESERVED_FDS: u64 = 64;
+/// How long to wait before accepting again after `accept` failed (e.g. no file descriptor
+/// left): long enough not to spin a core or flood the log, short enough to recover at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How much a client may hold. Each is a whole number setting read once at start-up.
+struct Limits {
+    /// `HTTP_HEADER_TIMEOUT_MS` (10 000): time to send a request's headers, counted from
+    /// when the server starts waiting for them (so also an idle keep-alive connection).
+    header_read_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_MS` (10 000): time to send a request's body once its headers
+    /// are in; later it is a 408 and the connection is closed.
+    body_read_timeout: Duration,
+    /// `MAX_CONNECTIONS` (1024, and never more than the open-file limit allows): client
+    /// connections served at once. Beyond it the server stops accepting and new
+    /// connections wait in the kernel's listen queue until one closes.
+    max_connections: usize,
+    /// `SHUTDOWN_TIMEOUT_MS` (8 000): after SIGTERM or Ctrl-C, how long in-flight requests
+    /// get to finish (below the 10 s that `docker stop` waits before SIGKILL).
+    shutdown_timeout: Duration,
+}
+
+impl Limits {
+    fn from_env() -> anyhow::Result<Self> {
+        let fd_cap = open_file_limit()
+            .map(|limit| limit.saturating_sub(RESERVED_FDS).max(1) as usize)
+            .unwrap_or(usize::MAX);
+        Ok(Limits {
+            header_read_timeout: Duration::from_millis(setting("HTTP_HEADER_TIMEOUT_MS", 10_000)?),
+            body_read_timeout: Duration::from_millis(setting("HTTP_BODY_TIMEOUT_MS", 10_000)?),
+            max_connections: (setting("MAX_CONNECTIONS", 1024)? as usize).min(fd_cap),
+            shutdown_timeout: Duration::from_millis(setting("SHUTDOWN_TIMEOUT_MS", 8_000)?),
+        })
+    }
+}
+
+/// A whole-number setting greater than 0; an invalid one names the variable.
+fn setting(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("{name} is invalid: expected a whole number greater than 0"),
+        },
+    }
+}
+
+/// The soft limit on open file descriptors, which bounds the connections we can hold.
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let limits = Arc::new(Limits::from_env()?);
     let state = Arc::new(
         AppState::from_env_with_defaults(|name| {
             (name == "DB_POOL_SIZE").then(|| DEFAULT_POOL_SIZE.into())
@@ -45,16 +109,28 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;
-    tracing::info!(%addr, "todo-server listening");
+    tracing::info!(%addr, max_connections = limits.max_connections, "todo-server listening");
 
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        // At the cap, wait for a connection to close before accepting another.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -62,15 +138,27 @@ async fn main() -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(serve(&state, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let limits = limits.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            let limits = limits.clone();
+            async move { Ok::<_, Infallible>(serve(&state, &limits, req).await) }
         });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    // Stop accepting (the listener closes), let in-flight requests finish and close idle
+    // connections, within a bound.
+    drop(listener);
+    tracing::info!(connections = graceful.count(), "todo-server stopping");
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight at the shutdown timeout were dropped");
     }
     tracing::info!("todo-server stopped");
     Ok(())
@@ -87,7 +175,11 @@ async fn shutdown_signal() {
 }
 
 /// Routes one request through the route table to the operation's handler.
-async fn serve(state: &AppState, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
+async fn serve(
+    state: &AppState,
+    limits: &Limits,
+    req: http::Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let resolved = if method == "OPTIONS" {
@@ -106,10 +198,21 @@ async fn serve(state: &AppState, req: http::Request<Incoming>) -> Response<Full<
     };
     let (parts, body) = req.into_parts();
     // Read at most one byte past the limit, so an oversized body is refused (413) without
-    // being buffered whole.
-    let bytes = match Limited::new(body, MAX_BODY_BYTES + 1).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::from(vec![0u8; MAX_BODY_BYTES + 1]),
+    // being buffered whole, and within a deadline, so a dripped body cannot hold a
+    // connection (the handler, and so authentication, comes after).
+    let read = Limited::new(body, MAX_BODY_BYTES + 1).collect();
+    let bytes = match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => Bytes::from(vec![0u8; MAX_BODY_BYTES + 1]),
+        Err(_) => {
+            tracing::info!(
+                method,
+                route = route.path,
+                status = 408,
+                "request body too slow"
+            );
+            return into_hyper(body_timeout());
+        }
     };
     let body = if bytes.is_empty() {
         lambda_http::Body::Empty
@@ -140,6 +243,23 @@ fn not_routed(status: StatusCode, path: &str) -> HttpResponse {
             headers.insert(http::header::ALLOW, value);
         }
     }
+    if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// 408 for a body that did not arrive in time; the connection is closed after it.
+fn body_timeout() -> HttpResponse {
+    let mut response = json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        &json!({ "detail": "Request body not received in time" }),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         headers.insert("x-request-id", value);
     }

@@ -274,8 +274,11 @@ impl KeyStore {
 
     fn remote(url: String, cooldown: Duration) -> Result<Self, ConfigError> {
         crate::db::install_crypto_provider();
+        // No redirects: a redirect could lead from https:// to http:// (config.rs allows
+        // http:// for loopback hosts only, and only as configured).
         let client = reqwest::Client::builder()
             .timeout(JWKS_FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| ConfigError::Invalid {
                 name: "JWKS_URL",
@@ -322,8 +325,18 @@ impl KeyStore {
                 _ => Err(AuthError::Invalid.into()),
             };
         }
-        let fetched = remote.fetch().await;
+        // A document without a usable key counts as a failed fetch: the keys that worked
+        // stay, so an endpoint that briefly serves `{"keys": []}` logs nobody out, and
+        // anyone can trigger a refetch with an unknown `kid`.
+        let fetched = remote.fetch().await.and_then(|keys| {
+            if keys.is_empty() {
+                Err(anyhow!("the JWKS has no usable EdDSA, ES256 or RS256 key"))
+            } else {
+                Ok(keys)
+            }
+        });
         *last_fetch = Some((Instant::now(), fetched.is_ok()));
+        // The cause goes into the request's one log line (a 503).
         let keys = fetched.map_err(ApiError::Unavailable)?;
         let key = keys.find(kid, alg);
         *self
@@ -342,9 +355,11 @@ impl Remote {
             .header("accept", "application/json")
             .send()
             .await
-            .context("JWKS request failed")?
-            .error_for_status()
-            .context("JWKS endpoint answered with an error")?;
+            .context("JWKS request failed")?;
+        // error_for_status passes redirects, which are not followed.
+        if !response.status().is_success() {
+            anyhow::bail!("JWKS endpoint answered {}", response.status());
+        }
         let body = response.bytes().await.context("JWKS body")?;
         tracing::debug!(url = %self.url, "fetched JWKS");
         KeySet::parse(&body)

@@ -206,14 +206,31 @@ fn millis(
     }
 }
 
+/// A JWKS (or Better Auth) URL: `https://`, or `http://` on a loopback host only
+/// (`localhost`, 127.0.0.0/8, `[::1]`), so that keys are never fetched in clear text over a
+/// network where someone could plant their own.
 fn http_url(name: &'static str, value: String) -> Result<String, ConfigError> {
-    if value.starts_with("https://") || value.starts_with("http://") {
-        Ok(value)
-    } else {
-        Err(ConfigError::Invalid {
-            name,
-            reason: "must start with https:// (or http:// for local development)".into(),
-        })
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    };
+    let url = reqwest::Url::parse(value.trim()).map_err(|_| invalid("is not a URL"))?;
+    let host = url.host_str().ok_or_else(|| invalid("has no host"))?;
+    match url.scheme() {
+        "https" => Ok(value),
+        "http" if is_loopback(host) => Ok(value),
+        "http" => Err(invalid(
+            "must use https:// (http:// only for localhost, 127.0.0.0/8 or [::1])",
+        )),
+        _ => Err(invalid("must start with https://")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
+    match unbracketed.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -301,5 +318,35 @@ mod tests {
         ])
         .unwrap_err();
         assert!(bad_pool.to_string().contains("DB_POOL_SIZE"));
+    }
+
+    #[test]
+    fn keys_are_fetched_over_https_or_from_a_loopback_host_only() {
+        let jwks = |name: &str, url: &str| {
+            load(&[("DATABASE_URL", "postgres://localhost/db"), (name, url)])
+                .map(|config| config.auth.jwks)
+        };
+        for ok in [
+            "https://auth.example.com/api/auth/jwks",
+            "http://localhost:3000/api/auth/jwks",
+            "http://127.0.0.1:3000/jwks",
+            "http://127.1.2.3/jwks",
+            "http://[::1]:3000/jwks",
+        ] {
+            assert!(jwks("JWKS_URL", ok).is_ok(), "{ok}");
+        }
+        assert!(jwks("BETTER_AUTH_URL", "http://localhost:3000").is_ok());
+        for (name, bad) in [
+            ("JWKS_URL", "http://auth.example.com/api/auth/jwks"),
+            ("JWKS_URL", "http://10.0.0.1/jwks"),
+            ("JWKS_URL", "http://localhost.example.com/jwks"),
+            ("JWKS_URL", "http://127.0.0.1.nip.io/jwks"),
+            ("JWKS_URL", "ftp://localhost/jwks"),
+            ("JWKS_URL", "auth.example.com/jwks"),
+            ("BETTER_AUTH_URL", "http://auth.example.com"),
+        ] {
+            let err = jwks(name, bad).unwrap_err();
+            assert!(err.to_string().contains(name), "{bad}: {err}");
+        }
     }
 }

@@ -44,10 +44,11 @@ class Stack:
         self.proc = None
 
     def start(self):
+        self.pg_port = free_port()
         env = dict(
             os.environ,
             PORT=str(self.port),
-            DEV_PG_PORT=str(free_port()),
+            DEV_PG_PORT=str(self.pg_port),
             DEV_STATE_DIR=str(self.tmp / "state"),
             DEV_ENV_FILE=str(self.tmp / ".env"),
             WATCH_ARGS="--ignore-changes",
@@ -83,11 +84,12 @@ class Stack:
         if self.proc and self.proc.poll() is None:
             from conftest import assert_no_secrets
             secret = re.search(r"^BETTER_AUTH_SECRET=(.+)$", (self.tmp / ".env").read_text(), re.M)
+            pg_password = self.env_value("DEV_PG_PASSWORD")
             # The log of the whole stack (functions included) holds no secret or token,
             # except the dev token that scripts/dev prints on purpose for the developer.
             printed = re.search(r"export TOKEN=(\S+)", self.output())
             log = self.output().replace(printed.group(1), "") if printed else self.output()
-            assert_no_secrets(log, secret.group(1))
+            assert_no_secrets(log, secret.group(1), pg_password)
             os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
@@ -99,6 +101,9 @@ class Stack:
         if state.is_symlink():
             shutil.rmtree(os.path.realpath(state), ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def env_value(self, name):
+        return re.search(rf"^{name}=(.+)$", (self.tmp / ".env").read_text(), re.M).group(1)
 
     def token(self, user):
         from conftest import MINTED_TOKENS
@@ -232,3 +237,23 @@ def test_cors_is_answered_as_api_gateway_would(stack):
     lower = {k.lower(): v for k, v in headers.items()}
     assert lower["access-control-allow-origin"] == "http://localhost:3000"
     assert "x-total-count" in lower["access-control-expose-headers"]
+
+
+def test_local_secrets_are_private_and_the_cluster_asks_for_its_password(stack):
+    for path in (stack.tmp / ".env", stack.tmp / "state" / "watch.env"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    password = stack.env_value("DEV_PG_PASSWORD")
+    assert len(password) >= 32
+    from conftest import pg_bin
+
+    def connect(**env):
+        return subprocess.run(
+            [str(pg_bin() / "psql"), "-X", "-w", "-h", "127.0.0.1", "-p", str(stack.pg_port),
+             "-U", "postgres", "-d", "todo", "-Atc", "SELECT 1"],
+            env=dict(os.environ, **env), capture_output=True, text=True, timeout=30)
+
+    os.environ.pop("PGPASSWORD", None)
+    refused = connect()
+    assert refused.returncode != 0 and "password" in refused.stderr, refused.stderr
+    assert connect(PGPASSWORD="wrong").returncode != 0
+    assert connect(PGPASSWORD=password).stdout.strip() == "1"

@@ -265,11 +265,13 @@ async fn only_configured_algorithms_are_accepted() {
         .assert_status(200);
 }
 
-/// A JWKS endpoint on 127.0.0.1 that counts its requests.
+/// A JWKS endpoint on 127.0.0.1 that counts its requests; it serves `document`, or
+/// redirects to `redirect_to` when that is set.
 struct JwksServer {
     url: String,
     hits: Arc<AtomicUsize>,
     document: Arc<Mutex<String>>,
+    redirect_to: Arc<Mutex<Option<String>>>,
 }
 
 impl JwksServer {
@@ -278,17 +280,24 @@ impl JwksServer {
         let url = format!("http://{}/api/auth/jwks", listener.local_addr().unwrap());
         let hits = Arc::new(AtomicUsize::new(0));
         let document = Arc::new(Mutex::new(document.to_owned()));
-        let (h, d) = (hits.clone(), document.clone());
+        let redirect_to = Arc::new(Mutex::new(None::<String>));
+        let (h, d, r) = (hits.clone(), document.clone(), redirect_to.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = [0u8; 4096];
                 let _ = socket.read(&mut buf).await;
                 h.fetch_add(1, Ordering::SeqCst);
                 let body = d.lock().unwrap().clone();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let location = r.lock().unwrap().clone();
+                let response = match location {
+                    Some(location) => format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    ),
+                    None => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                };
                 let _ = socket.write_all(response.as_bytes()).await;
             }
         });
@@ -296,6 +305,7 @@ impl JwksServer {
             url,
             hits,
             document,
+            redirect_to,
         }
     }
 }
@@ -369,4 +379,56 @@ async fn an_unreachable_jwks_endpoint_is_503_not_401() {
     list_with(&state, &user, &tokens::token(&user))
         .await
         .assert_status(200);
+}
+
+#[tokio::test]
+async fn a_jwks_redirect_is_not_followed() {
+    let real = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let redirecting = JwksServer::start("{}").await;
+    *redirecting.redirect_to.lock().unwrap() = Some(real.url.clone());
+    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &redirecting.url)]));
+    let user = user_id();
+    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    let response = list_with(&state, &user, &token).await;
+    response.assert_status(503);
+    assert_eq!(redirecting.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        real.hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
+
+#[tokio::test]
+async fn a_refetch_without_usable_keys_keeps_the_keys_that_worked() {
+    let server = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let state = state_with(env(&[
+        ("JWT_JWKS", ""),
+        ("JWKS_URL", &server.url),
+        ("JWKS_REFETCH_COOLDOWN_SECONDS", "0"),
+    ]));
+    let user = user_id();
+    let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    let unknown = signed(
+        Algorithm::EdDSA,
+        "ed25519-rotated",
+        Some("ed-2"),
+        &claims(&user),
+    );
+    list_with(&state, &user, &known).await.assert_status(200);
+    for unusable in [
+        r#"{"keys": []}"#,
+        r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "ed-2"}]}"#,
+    ] {
+        *server.document.lock().unwrap() = unusable.into();
+        let hits = server.hits.load(Ordering::SeqCst);
+        // Anyone can force a refetch with an unknown kid.
+        let refused = list_with(&state, &user, &unknown).await;
+        assert_ne!(refused.status, 200, "{unusable}");
+        assert_eq!(server.hits.load(Ordering::SeqCst), hits + 1, "refetched");
+        list_with(&state, &user, &known).await.assert_status(200);
+    }
+    // A document with usable keys still replaces the set (key rotation).
+    *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
+    list_with(&state, &user, &unknown).await.assert_status(200);
 }

@@ -14,12 +14,8 @@ use crate::{create_titled, id_of, task_path, tasks_path};
 pub fn topology() -> &'static (Cluster, PgBouncer) {
     static TOPOLOGY: OnceLock<(Cluster, PgBouncer)> = OnceLock::new();
     TOPOLOGY.get_or_init(|| {
-        // Durable: the fault test crashes it and then checks every acknowledged commit.
-        let cluster = Cluster::start_with(Options {
-            durable: true,
-            ..Options::default()
-        });
-        // Migrations take a session-level lock: they run on the direct connection.
+        let cluster = Cluster::start();
+        // Migrations also work through the pooler (see below); here they go direct.
         tests::migrate_with(&cluster.url(), None);
         let pooler = PgBouncer::start(&cluster, PoolerOptions::default());
         (cluster, pooler)
@@ -69,6 +65,85 @@ async fn every_operation_works_through_pgbouncer_in_transaction_mode() {
         .send(&state)
         .await
         .assert_status(200);
+}
+
+/// The README used to send users' `DATABASE_URL` (Neon's `-pooler` host) to `migrate`:
+/// migrations must be safe through PgBouncer in transaction mode, run from several places
+/// at once, and leave no lock behind that would make a later run hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_safe_through_pgbouncer_in_transaction_mode() {
+    use std::time::Duration;
+    let cluster = Cluster::start();
+    let pooler = PgBouncer::start(
+        &cluster,
+        PoolerOptions {
+            pool_size: 2,
+            ..PoolerOptions::default()
+        },
+    );
+    let connect = |url: String| async move {
+        shared::db::connect_once(&url, None, Duration::from_secs(10))
+            .await
+            .expect("connect")
+    };
+    let runs = (0..4).map(|_| {
+        let url = pooler.url();
+        tokio::spawn(async move {
+            let mut client = connect(url).await;
+            migrations::apply(&mut client)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    let results = tokio::time::timeout(Duration::from_secs(30), join_all(runs))
+        .await
+        .unwrap_or_else(|_| panic!("concurrent migrations hung:\n{}", pooler.log()));
+    let applied: usize = results
+        .into_iter()
+        .map(|r| r.expect("task").expect("migration through the pooler"))
+        .map(|names| names.len())
+        .sum();
+    let direct = connect(cluster.url()).await;
+    let versions: i64 = direct
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied as i64, versions,
+        "each migration applied exactly once"
+    );
+    let locks: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        locks, 0,
+        "no advisory lock is left on a pooled server connection"
+    );
+    // Later runs, from every pooled server connection, are up to date and do not hang.
+    for _ in 0..4 {
+        let mut client = connect(pooler.url()).await;
+        let again = tokio::time::timeout(Duration::from_secs(10), migrations::apply(&mut client))
+            .await
+            .expect("a later migration hung")
+            .expect("a later migration");
+        assert!(again.is_empty());
+    }
+}
+
+async fn join_all<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await);
+    }
+    results
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,15 +340,30 @@ async fn terminate_backends(admin: &tokio_postgres::Client) -> u64 {
         .unwrap_or(0)
 }
 
+/// A durable cluster and a pooler of their own: the fault test crashes and restarts both,
+/// and then checks every acknowledged commit, so it shares them with no other test.
+fn fault_topology() -> &'static (Cluster, PgBouncer) {
+    static TOPOLOGY: OnceLock<(Cluster, PgBouncer)> = OnceLock::new();
+    TOPOLOGY.get_or_init(|| {
+        let cluster = Cluster::start_with(Options {
+            durable: true,
+            ..Options::default()
+        });
+        tests::migrate_with(&cluster.url(), None);
+        let pooler = PgBouncer::start(&cluster, PoolerOptions::default());
+        (cluster, pooler)
+    })
+}
+
 async fn direct() -> tokio_postgres::Client {
-    shared::db::connect_once(&topology().0.url(), None, Duration::from_secs(10))
+    shared::db::connect_once(&fault_topology().0.url(), None, Duration::from_secs(10))
         .await
         .expect("direct connection")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
-    let (cluster, pooler) = topology();
+    let (cluster, pooler) = fault_topology();
     let url = format!("{}&application_name=fault_run", pooler.url());
     let state = Arc::new(state_with(env(&[
         ("DATABASE_URL", url.as_str()),
@@ -306,12 +396,12 @@ async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
     let terminated = terminate_backends(&direct().await).await;
     faults.push(format!("{terminated} backends terminated"));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    tokio::task::spawn_blocking(|| topology().1.restart())
+    tokio::task::spawn_blocking(|| fault_topology().1.restart())
         .await
         .unwrap();
     faults.push("PgBouncer killed (SIGKILL) and restarted".to_owned());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking(|| topology().0.crash_restart())
+    tokio::task::spawn_blocking(|| fault_topology().0.crash_restart())
         .await
         .unwrap();
     faults.push("Postgres crashed and restarted (pg_ctl restart -m immediate)".to_owned());
@@ -423,7 +513,7 @@ async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
         "{} problems, first ones:\n{}\npgbouncer log tail:\n{}",
         tally.problems.len(),
         tally.problems[..tally.problems.len().min(20)].join("\n"),
-        topology()
+        fault_topology()
             .1
             .log()
             .lines()
