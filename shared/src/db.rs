@@ -145,13 +145,15 @@ pub fn tls_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfi
                 .with_context(|| format!("unusable CA certificate in {}", path.display()))?;
         }
     }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Required by `sslnegotiation=direct` (TLS from the first byte, one round trip less
+    // than SSLRequest; Neon's proxy and Postgres 17 accept it); harmless otherwise.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 /// Opens one connection outside the pool (for the `migrate` command and tooling), with the
@@ -434,7 +436,16 @@ impl Database {
     ) -> Result<Vec<Row>, ApiError> {
         let client = self.live_connection().await?;
         let limit = self.statement_timeout + DEADLINE_MARGIN;
-        match tokio::time::timeout(limit, client.query_typed(sql, params)).await {
+        let run = async {
+            if self.prepared {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let statement = client.prepare_typed_cached(sql, &types).await?;
+                client.query(&statement, &values(params)).await
+            } else {
+                client.query_typed(sql, params).await
+            }
+        };
+        match tokio::time::timeout(limit, run).await {
             Ok(result) => result.map_err(driver_error),
             Err(_elapsed) => {
                 drop(deadpool_postgres::Object::take(client));
@@ -696,6 +707,22 @@ mod tests {
         assert_eq!(
             config.get_channel_binding(),
             tokio_postgres::config::ChannelBinding::Require
+        );
+    }
+
+    #[test]
+    fn neon_urls_with_direct_tls_negotiation_parse_and_alpn_is_offered() {
+        let config = parse_url(
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&sslnegotiation=direct&channel_binding=require",
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_ssl_negotiation(),
+            tokio_postgres::config::SslNegotiation::Direct
+        );
+        assert_eq!(
+            tls_config(None).unwrap().alpn_protocols,
+            vec![b"postgresql".to_vec()]
         );
     }
 

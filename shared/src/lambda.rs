@@ -203,10 +203,14 @@ fn gateway_response(response: HttpResponse, request_id: &str) -> ApiGatewayV2htt
     headers.remove(header::SET_COOKIE);
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(parts.status.as_u16());
+    // Every body here is JSON: sent as text, as lambda_http does for JSON, not base64.
     (out.is_base64_encoded, out.body) = match body {
         Body::Empty => (false, None),
         text @ Body::Text(_) => (false, Some(text)),
-        binary @ Body::Binary(_) => (true, Some(binary)),
+        Body::Binary(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => (false, Some(Body::Text(text))),
+            Err(err) => (true, Some(Body::Binary(err.into_bytes()))),
+        },
         _ => (false, None),
     };
     out.headers = headers;

@@ -9,6 +9,12 @@
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
+//!        bench-warm pgbench-scripts <dir> <user> <task id>
+//!                                     writes, for list, get, create and toggle, a pgbench
+//!                                     script of the bare statement (`<op>-bare.sql`) and
+//!                                     one of exactly what the API sends for it, pipelined
+//!                                     (`<op>-api.sql`: BEGIN, the context, the statement,
+//!                                     COMMIT), from the code's own SQL
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -69,6 +75,13 @@ async fn main() -> anyhow::Result<()> {
             .replace("$5", "0");
         println!("{sql};");
         return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("pgbench-scripts") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let [dir, user, id] = &args[..] else {
+            anyhow::bail!("usage: bench-warm pgbench-scripts <dir> <user> <task id>");
+        };
+        return write_pgbench_scripts(std::path::Path::new(dir), user, id);
     }
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
     let iterations: usize = std::env::args()
@@ -248,13 +261,105 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sql` with `$n` replaced by `values[n - 1]` (SQL literals).
+fn with_literals(sql: &str, values: &[&str]) -> String {
+    let mut sql = sql.to_owned();
+    // From the highest number down, so that `$1` never eats the start of `$10`.
+    for (n, value) in values.iter().enumerate().rev() {
+        sql = sql.replace(&format!("${}", n + 1), value);
+    }
+    sql
+}
+
+fn write_pgbench_scripts(dir: &std::path::Path, user: &str, id: &str) -> anyhow::Result<()> {
+    let user = format!("'{}'", user.replace('\'', "''"));
+    let id = format!("'{id}'::uuid");
+    let context = with_literals(
+        shared::db::CONTEXT,
+        &[&user, "99999999999999::bigint", "5000::bigint"],
+    );
+    let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc);
+    let scripts = [
+        (
+            "list",
+            with_literals(
+                list,
+                &[
+                    &user,
+                    "NULL::boolean",
+                    "NULL::text",
+                    "20::bigint",
+                    "0::bigint",
+                ],
+            ),
+        ),
+        ("get", with_literals(repo::SELECT_ONE, &[&id, &user])),
+        (
+            "create",
+            with_literals(
+                repo::INSERT,
+                &[
+                    "gen_random_uuid()",
+                    &user,
+                    "'benchmark'",
+                    "NULL::text",
+                    "false",
+                ],
+            ),
+        ),
+        (
+            "toggle",
+            with_literals(repo::COMPLETE, &[&id, &user, "NULL::boolean"]),
+        ),
+    ];
+    for (op, statement) in scripts {
+        std::fs::write(
+            dir.join(format!("{op}-bare.sql")),
+            format!("{statement};\n"),
+        )?;
+        std::fs::write(
+            dir.join(format!("{op}-api.sql")),
+            format!("\\startpipeline\nBEGIN;\n{context};\n{statement};\nCOMMIT;\n\\endpipeline\n"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A raw round trip of `sql` as a prepared statement (prepared once per statement), the
+/// way the API sends it by default.
 async fn raw_sql(
     client: &tokio_postgres::Client,
     sql: &str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> usize {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static PREPARED: Mutex<Option<HashMap<String, tokio_postgres::Statement>>> = Mutex::new(None);
+    let cached = PREPARED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .get(sql)
+        .cloned();
+    let statement = match cached {
+        Some(statement) => statement,
+        None => {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let statement = client
+                .prepare_typed(sql, &types)
+                .await
+                .expect("prepare the raw statement");
+            PREPARED
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .insert(sql.to_owned(), statement.clone());
+            statement
+        }
+    };
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
     client
-        .query_typed(sql, params)
+        .query(&statement, &values)
         .await
         .expect("raw statement")
         .len()
