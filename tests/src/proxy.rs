@@ -1,12 +1,77 @@
-//! A TCP proxy in front of Postgres that can lose the answer to a `COMMIT`: the commit
-//! reaches the server and takes effect, then the connection dies before the client hears
-//! of it. The one failure after which a client cannot know a write's outcome.
+//! TCP proxies in front of Postgres: one that counts round trips ("flights", the times the
+//! client starts sending after having received something, or for the first time: one
+//! request/response exchange is one flight however many messages it carries), and one that
+//! can lose the answer to a `COMMIT`: the commit reaches the server and takes effect, then
+//! the connection dies before the client hears of it, the one failure after which a client
+//! cannot know a write's outcome.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    ToServer,
+    ToClient,
+}
+
+/// Counts client→server flights across all proxied connections.
+pub struct FlightCounter {
+    pub port: u16,
+    pub flights: Arc<AtomicUsize>,
+}
+
+impl FlightCounter {
+    /// Proxies a free port on 127.0.0.1 to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> FlightCounter {
+        let port = crate::cluster::free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let flights = Arc::new(AtomicUsize::new(0));
+        let counter = flights.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                let last = Arc::new(Mutex::new(Direction::ToClient));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (last_up, counter_up) = (last.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        {
+                            let mut last = last_up.lock().unwrap();
+                            if *last == Direction::ToClient {
+                                counter_up.fetch_add(1, Ordering::SeqCst);
+                            }
+                            *last = Direction::ToServer;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        *last.lock().unwrap() = Direction::ToClient;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        FlightCounter { port, flights }
+    }
+}
 
 /// ReadyForQuery with status "idle": the server's last word after a `COMMIT`.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";

@@ -6,76 +6,13 @@
 //! times the API starts sending after having received something (or for the first time).
 //! One request/response exchange is one flight however many messages it carries.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
 use serde_json::json;
+use tests::proxy::FlightCounter;
 use tests::{database_url, env, state_with, user_id, ApiEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::{id_of, task_path, tasks_path};
-
-#[derive(Clone, Copy, PartialEq)]
-enum Direction {
-    ToServer,
-    ToClient,
-}
-
-/// Counts client→server flights across all proxied connections.
-struct Proxy {
-    port: u16,
-    flights: Arc<AtomicUsize>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let flights = Arc::new(AtomicUsize::new(0));
-        let counter = flights.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let server = TcpStream::connect(&upstream).await.unwrap();
-                let last = Arc::new(Mutex::new(Direction::ToClient));
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let (last_up, counter_up) = (last.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = client_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        {
-                            let mut last = last_up.lock().unwrap();
-                            if *last == Direction::ToClient {
-                                counter_up.fetch_add(1, Ordering::SeqCst);
-                            }
-                            *last = Direction::ToServer;
-                        }
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = server_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        *last.lock().unwrap() = Direction::ToClient;
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Proxy { port, flights }
-    }
-}
 
 /// Current-thread, as the functions run: the statements of a request are all queued before
 /// the connection task writes.
@@ -92,7 +29,7 @@ async fn one_round_trip_each(prepared: &str) {
     let url = database_url();
     let config: tokio_postgres::Config = url.parse().unwrap();
     let upstream = format!("127.0.0.1:{}", config.get_ports()[0]);
-    let proxy = Proxy::start(upstream).await;
+    let proxy = FlightCounter::start(upstream).await;
     let proxied = url.replacen(
         &format!(":{}/", config.get_ports()[0]),
         &format!(":{}/", proxy.port),

@@ -140,3 +140,42 @@ async fn an_untrusted_certificate_is_refused() {
             .assert_status(503);
     }
 }
+
+/// The cold start of a function over TLS, counted on the wire by a proxy: every round trip
+/// from the first byte to the first response. With `sslnegotiation=direct` (Neon's proxy,
+/// Postgres 17) the first one, the SSLRequest, goes; Postgres 15 here cannot show it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cold_start_over_tls_costs_a_known_number_of_round_trips() {
+    use std::sync::atomic::Ordering;
+    let server = server();
+    let counter = tests::proxy::FlightCounter::start(format!("127.0.0.1:{}", server.port)).await;
+    // 127.0.0.1 for the socket, `localhost` for the certificate's name.
+    let url = format!(
+        "postgresql://postgres:{PASSWORD}@localhost:{}/postgres?sslmode=require&channel_binding=require&hostaddr=127.0.0.1",
+        counter.port
+    );
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CA_FILE", server.ca_file.to_str().unwrap()),
+    ]));
+    state.tasks.warm_up().await;
+    let connected = counter.flights.load(Ordering::SeqCst);
+    let user = user_id();
+    ApiEvent::get(&format!("/api/{user}/tasks"))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(200);
+    let total = counter.flights.load(Ordering::SeqCst);
+    eprintln!(
+        "cold start over TLS: {total} client flights to the first response: {connected} to \
+         connect and prepare (TCP is not counted; SSLRequest, TLS 1.3 handshake, startup, \
+         SCRAM-SHA-256-PLUS in two steps, every statement prepared in one pipelined batch), \
+         then 1 for the request; sslnegotiation=direct removes the SSLRequest's"
+    );
+    // SSLRequest, ClientHello, Finished, StartupMessage (the proxy sees Postgres's TLS
+    // session tickets pass between the two, so it counts them apart), SASL initial, SASL
+    // final, the prepared statements; then the request.
+    assert!(connected <= 7, "{connected} flights to connect and prepare");
+    assert_eq!(total - connected, 1, "the first request is one round trip");
+}
