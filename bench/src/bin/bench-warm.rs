@@ -9,7 +9,7 @@
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
-//!        bench-warm pgbench-scripts <dir> <user> <task id>
+//!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task id>
 //!                                     writes, for list, get, create and toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
 //!                                     one of exactly what the API sends for it, pipelined
@@ -78,10 +78,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("pgbench-scripts") {
         let args: Vec<String> = std::env::args().skip(2).collect();
-        let [dir, user, id] = &args[..] else {
-            anyhow::bail!("usage: bench-warm pgbench-scripts <dir> <user> <task id>");
+        let [dir, lister, writer, id] = &args[..] else {
+            anyhow::bail!("usage: bench-warm pgbench-scripts <dir> <list user> <writer> <task id>");
         };
-        return write_pgbench_scripts(std::path::Path::new(dir), user, id);
+        return write_pgbench_scripts(std::path::Path::new(dir), lister, writer, id);
     }
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
     let iterations: usize = std::env::args()
@@ -93,7 +93,14 @@ async fn main() -> anyhow::Result<()> {
         "BETTER_AUTH_SECRET" => Some(SECRET.into()),
         _ => None,
     })?;
-    let state = AppState::new(&config)?;
+    // The handler runs as the API would log in: `BENCH_APP_DATABASE_URL` when set (a login
+    // role subject to row-level security, so no role switch), else `DATABASE_URL`.
+    let app_url = std::env::var("BENCH_APP_DATABASE_URL").unwrap_or_else(|_| url.clone());
+    let state = AppState::new(&Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(app_url.clone()),
+        "BETTER_AUTH_SECRET" => Some(SECRET.into()),
+        _ => None,
+    })?)?;
     let mut bare = AppState::new(&config)?;
     bare.tasks = TaskRepo::without_rls_context_for_benchmarks(Database::new(&config.database)?);
     let raw = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
@@ -271,13 +278,21 @@ fn with_literals(sql: &str, values: &[&str]) -> String {
     sql
 }
 
-fn write_pgbench_scripts(dir: &std::path::Path, user: &str, id: &str) -> anyhow::Result<()> {
-    let user = format!("'{}'", user.replace('\'', "''"));
+/// The list reads `lister`'s tasks; get, create and toggle work on `writer`'s, so that
+/// the creates do not grow the list.
+fn write_pgbench_scripts(
+    dir: &std::path::Path,
+    lister: &str,
+    writer: &str,
+    id: &str,
+) -> anyhow::Result<()> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let lister = quote(lister);
+    let user = quote(writer);
     let id = format!("'{id}'::uuid");
-    let context = with_literals(
-        shared::db::CONTEXT,
-        &[&user, "99999999999999::bigint", "5000::bigint"],
-    );
+    let context = |sql: &str, user: &str| {
+        with_literals(sql, &[user, "99999999999999::bigint", "5000::bigint"])
+    };
     let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc);
     let scripts = [
         (
@@ -313,14 +328,23 @@ fn write_pgbench_scripts(dir: &std::path::Path, user: &str, id: &str) -> anyhow:
         ),
     ];
     for (op, statement) in scripts {
+        let owner = if op == "list" { &lister } else { &user };
         std::fs::write(
             dir.join(format!("{op}-bare.sql")),
             format!("{statement};\n"),
         )?;
-        std::fs::write(
-            dir.join(format!("{op}-api.sql")),
-            format!("\\startpipeline\nBEGIN;\n{context};\n{statement};\nCOMMIT;\n\\endpipeline\n"),
-        )?;
+        for (suffix, context_sql) in [
+            ("api", shared::db::CONTEXT),
+            ("api-login", shared::db::CONTEXT_AS_LOGIN_ROLE),
+        ] {
+            let context = context(context_sql, owner);
+            std::fs::write(
+                dir.join(format!("{op}-{suffix}.sql")),
+                format!(
+                    "\\startpipeline\nBEGIN;\n{context};\n{statement};\nCOMMIT;\n\\endpipeline\n"
+                ),
+            )?;
+        }
     }
     Ok(())
 }

@@ -384,3 +384,58 @@ async fn user_ids_with_quotes_and_dollars_reach_the_database_intact() {
         assert_eq!(listed.json().as_array().unwrap().len(), 1, "{user}");
     }
 }
+
+#[tokio::test]
+async fn a_login_role_without_bypassrls_needs_no_role_switch_and_is_still_isolated() {
+    let admin = db().await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todo_login') THEN
+                     CREATE ROLE todo_login LOGIN NOBYPASSRLS;
+                 END IF;
+             END $$;
+             GRANT todo_app TO todo_login;",
+        )
+        .await
+        .unwrap();
+    let url = tests::database_url().replacen("://postgres@", "://todo_login@", 1);
+    assert_ne!(
+        url,
+        tests::database_url(),
+        "the test database URL names its user"
+    );
+    let state = tests::state_with(tests::env(&[("DATABASE_URL", url.as_str())]));
+    state.tasks.warm_up().await;
+    assert!(!state.tasks.database().switches_role());
+    let superuser = state_for_comparison().await;
+    assert!(superuser.tasks.database().switches_role());
+
+    let (alice, bob) = (user_id(), user_id());
+    let bobs = create_titled(&state, &bob, "bob's").await;
+    create_titled(&state, &alice, "alice's").await;
+    let database = state.tasks.database();
+    let seen = database
+        .query_as(Effect::Read, &alice, "SELECT user_id FROM tasks", &[])
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1, "alice sees her task only");
+    let changed = database
+        .query_as(
+            Effect::Write,
+            &alice,
+            "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
+            &[(&bob.as_str(), Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    assert!(changed.is_empty());
+    let stored = crate::get(&state, &bob, &id_of(&bobs)).await;
+    assert_eq!(stored.json(), bobs);
+}
+
+async fn state_for_comparison() -> shared::AppState {
+    let state = state();
+    state.tasks.warm_up().await;
+    state
+}
