@@ -1,7 +1,8 @@
 //! The pooled Postgres client: TLS through rustls, and connect, pool-wait and statement
 //! timeouts that each end in a 503 rather than a hang.
 //!
-//! Every statement goes through [`Database::query`], which keeps no session state, so the
+//! Every statement goes through [`Database::query_as`] (task data, in a transaction of its
+//! own) or [`Database::query_unscoped`] (`/health`), which keep no session state, so the
 //! functions work behind Neon's PgBouncer pooler in transaction mode.
 
 use std::path::Path;
