@@ -273,7 +273,7 @@ impl KeyStore {
     }
 
     fn remote(url: String, cooldown: Duration) -> Result<Self, ConfigError> {
-        crate::db::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         // No redirects: a redirect could lead from https:// to http:// (config.rs allows
         // http:// for loopback hosts only, and only as configured).
         let client = reqwest::Client::builder()

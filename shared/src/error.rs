@@ -3,7 +3,7 @@
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::http::{json_response, HttpResponse};
+use crate::response::{health_body, json_response, HttpResponse};
 use crate::validation::FieldError;
 
 /// Seconds a client should wait before retrying after a 503.
@@ -102,15 +102,11 @@ impl ApiError {
         let status = self.status();
         let mut response = match &self {
             ApiError::Validation(errors) => json_response(status, &json!({ "detail": errors })),
-            ApiError::Unhealthy(_) => json_response(
-                status,
-                &json!({
-                    "detail": self.detail(),
-                    "status": "unhealthy",
-                    "timestamp": crate::http::utc_timestamp(),
-                    "database": "unreachable",
-                }),
-            ),
+            ApiError::Unhealthy(_) => {
+                let mut body = health_body(false);
+                body["detail"] = json!(self.detail());
+                json_response(status, &body)
+            }
             _ => json_response(status, &json!({ "detail": self.detail() })),
         };
         let headers = response.headers_mut();

@@ -7,17 +7,15 @@ use std::time::Instant;
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::{Request, RequestExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use serde_json::json;
 
+use crate::cors::Cors;
 use crate::error::{ApiError, AuthError};
-use crate::http::{
-    bearer_token, empty_response, json_object_body, json_response, request_id, utc_timestamp, Cors,
-    HttpResponse,
-};
 use crate::listing::ListQuery;
 use crate::owner::Owner;
 use crate::precondition::{etag, IdempotencyKey, IfMatch};
 use crate::repo::Created;
+use crate::request::{bearer_token, json_object_body, request_id};
+use crate::response::{empty_response, health_body, json_response, HttpResponse};
 use crate::routes::Operation;
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::AppState;
@@ -249,10 +247,7 @@ fn encode_segment(segment: &str) -> String {
 
 async fn health_check(state: &AppState) -> Result<HttpResponse, ApiError> {
     match state.tasks.database().ping().await {
-        Ok(()) => Ok(json_response(
-            StatusCode::OK,
-            &json!({"status": "healthy", "timestamp": utc_timestamp(), "database": "ok"}),
-        )),
+        Ok(()) => Ok(json_response(StatusCode::OK, &health_body(true))),
         Err(err) => Err(ApiError::Unhealthy(anyhow::anyhow!("{err:?}"))),
     }
 }

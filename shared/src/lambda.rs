@@ -22,7 +22,7 @@ use lambda_http::{Body, Request, RequestExt};
 use serde_json::{json, Value};
 
 use crate::handlers::HandlerError;
-use crate::http::{json_response, HttpResponse};
+use crate::response::{json_response, HttpResponse};
 
 /// Serves one function: every invocation's event goes through [`respond`].
 pub async fn run<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
