@@ -4,7 +4,7 @@ use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
 use crate::response::{health_body, json_response, HttpResponse};
-use crate::validation::FieldError;
+use crate::validation::{FieldError, FieldErrors};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
@@ -78,6 +78,12 @@ impl From<AuthError> for ApiError {
 impl From<FieldError> for ApiError {
     fn from(err: FieldError) -> Self {
         ApiError::Validation(vec![err])
+    }
+}
+
+impl From<FieldErrors> for ApiError {
+    fn from(errors: FieldErrors) -> Self {
+        ApiError::Validation(errors.0)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::request::{bearer_token, json_object_body, request_id};
 use crate::response::{empty_response, health_body, json_response, HttpResponse};
 use crate::routes::Operation;
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
+use crate::validation::{both, FieldError};
 use crate::AppState;
 
 /// The handler's error type, as `lambda_http::run` wants it; handlers never return it.
@@ -126,7 +127,7 @@ async fn dispatch(
         Operation::CreateTask => {
             let body = json_object_body(req)?;
             let (key, new_task) = both(
-                IdempotencyKey::from_headers(req.headers()).map_err(ApiError::from),
+                IdempotencyKey::from_headers(req.headers()),
                 NewTask::from_body(body),
             )?;
             let (task, replayed) = match key {
@@ -210,21 +211,8 @@ fn path_parameter(operation: Operation, req: &Request, name: &str) -> Option<Str
         .and_then(|mut params| params.remove(name))
 }
 
-fn task_id(operation: Operation, req: &Request) -> Result<TaskId, ApiError> {
-    let raw = path_parameter(operation, req, "id").unwrap_or_default();
-    Ok(TaskId::parse(&raw)?)
-}
-
-/// Combines two validations so that a 422 lists the problems of both.
-fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), ApiError> {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok((a, b)),
-        (Err(ApiError::Validation(mut first)), Err(ApiError::Validation(second))) => {
-            first.extend(second);
-            Err(ApiError::Validation(first))
-        }
-        (Err(err), _) | (_, Err(err)) => Err(err),
-    }
+fn task_id(operation: Operation, req: &Request) -> Result<TaskId, FieldError> {
+    TaskId::parse(&path_parameter(operation, req, "id").unwrap_or_default())
 }
 
 /// The versions `If-Match` allows a write to apply to; `None` without the header.
