@@ -11,6 +11,11 @@ use crate::validation::{FieldError, Source};
 /// Largest request body accepted, in bytes (after base64 decoding).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Marks a request whose body was longer than [`MAX_BODY_BYTES`] and so was not read
+/// (`todo-server` stops reading there); the body extractor answers 413 for it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTooLarge;
+
 /// The bearer token of the `Authorization` header; the scheme is matched case-insensitively.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
@@ -39,7 +44,7 @@ pub fn request_id(req: &Request) -> String {
 /// `Ok(None)` means there was no body at all.
 pub fn json_object_body(req: &Request) -> Result<Option<Map<String, Value>>, ApiError> {
     let bytes: &[u8] = req.body().as_ref();
-    if bytes.len() > MAX_BODY_BYTES {
+    if bytes.len() > MAX_BODY_BYTES || req.extensions().get::<BodyTooLarge>().is_some() {
         return Err(ApiError::PayloadTooLarge);
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
