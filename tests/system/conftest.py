@@ -1,9 +1,6 @@
 """Shared fixtures for the system tests: free ports, a throwaway PostgreSQL cluster, HS256
 tokens, and a minimal Lambda Runtime API so that real function binaries can be invoked."""
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -32,19 +29,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 MINTED_TOKENS = []
 
 
 def hs256_token(secret: str, sub: str, lifetime: int = 600) -> str:
-    now = int(time.time())
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "iat": now, "exp": now + lifetime}).encode())
-    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    token = f"{header}.{payload}.{b64url(signature)}"
+    """A token for `sub`, minted by `dev-token` (the one HS256 minter; built by
+    `cargo build --workspace --bins`, as scripts/test does before these tests)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BETTER_AUTH_SECRET", "JWT_SECRET")}
+    env["BETTER_AUTH_SECRET"] = secret
+    token = subprocess.run([str(TARGET / "dev-token"), sub, str(lifetime)], env=env, check=True,
+                           capture_output=True, text=True).stdout.strip()
     MINTED_TOKENS.append(token)
     return token
 
