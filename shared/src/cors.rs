@@ -99,17 +99,13 @@ impl Cors {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(*k, HeaderValue::from_static(v));
-        }
-        map
-    }
-
     #[test]
     fn cors_allows_credentials_only_for_a_named_origin() {
-        let request = headers(&[("origin", "http://localhost:3000")]);
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:3000"),
+        );
         let mut named = empty_response(StatusCode::OK);
         Cors::new(vec!["http://localhost:3000".into()]).decorate(&request, &mut named);
         assert_eq!(

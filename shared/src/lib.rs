@@ -9,13 +9,12 @@
 //! set-up; `routes` is the single route table that the infrastructure is checked against.
 //!
 //! The modules stand on floors; each uses only modules on floors below it:
-//! 1. `config`, `routes`, `response`, `validation`, `tls`, `telemetry` (nothing of the crate)
+//! 1. `config`, `response`, `validation`, `tls`, `telemetry` (nothing of the crate)
 //! 2. `error`, `cors`, `secrets`
-//! 3. `request`, `task`, `listing`, `auth`, `db`
+//! 3. `routes`, `lambda`, `request`, `task`, `listing`, `auth`, `db`
 //! 4. `precondition`, `owner`
 //! 5. `repo`
-//! 6. `handlers` (and [`AppState`], here)
-//! 7. `lambda`
+//! 6. [`AppState`] (here), then `handlers`
 
 pub mod auth;
 pub mod config;
