@@ -68,22 +68,38 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# The one way a PostgreSQL cluster is made and started (scripts/dev, the throwaway clusters
+# of scripts/test, bench and schemathesis, and the Python system tests through
+# start_throwaway_cluster; the Rust integration tests keep their own in tests/src/cluster.rs,
+# since `cargo test` must run without these scripts).
+# pg_init DATA [initdb options...]: a new cluster owned by `postgres`, UTF-8, C.UTF-8.
+pg_init() {
+    local data="$1"; shift
+    pg_run "$(postgres_bin_dir)/initdb" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 "$@" >/dev/null
+}
+
+# pg_start DATA PORT SOCKET_DIR LOG [server options...]: starts the cluster on
+# 127.0.0.1:PORT, its Unix socket in SOCKET_DIR, and waits until it accepts connections.
+pg_start() {
+    local data="$1" port="$2" socket_dir="$3" logfile="$4"; shift 4
+    pg_run "$(postgres_bin_dir)/pg_ctl" -D "$data" -l "$logfile" -w -t 60 \
+        -o "-p $port -k $socket_dir -c listen_addresses=127.0.0.1 $*" start >/dev/null
+}
+
 # Starts a throwaway cluster in a fresh temporary directory; sets THROWAWAY_DIR,
-# THROWAWAY_PGDATA and THROWAWAY_URL. Stop it with stop_throwaway_cluster.
+# THROWAWAY_PGDATA, THROWAWAY_PORT, THROWAWAY_URL and THROWAWAY_PG_BIN. Stop it with
+# stop_throwaway_cluster. THROWAWAY_PG_OPTIONS adds server options.
 start_throwaway_cluster() {
-    local bin port
-    bin="$(postgres_bin_dir)"
-    THROWAWAY_PG_BIN="$bin"
-    port="$(free_port)"
+    THROWAWAY_PG_BIN="$(postgres_bin_dir)"
+    THROWAWAY_PORT="$(free_port)"
     THROWAWAY_DIR="$(mktemp -d /tmp/todo-throwaway-XXXXXX)"
     chmod 755 "$THROWAWAY_DIR"
     [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$THROWAWAY_DIR"
     THROWAWAY_PGDATA="$THROWAWAY_DIR/data"
-    pg_run "$bin/initdb" -D "$THROWAWAY_PGDATA" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
-    pg_run "$bin/pg_ctl" -D "$THROWAWAY_PGDATA" -l "$THROWAWAY_DIR/server.log" -w -t 60 \
-        -o "-p $port -k $THROWAWAY_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 ${THROWAWAY_PG_OPTIONS:-}" start >/dev/null
-    THROWAWAY_PORT="$port"
-    THROWAWAY_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+    pg_init "$THROWAWAY_PGDATA" -A trust --no-sync
+    pg_start "$THROWAWAY_PGDATA" "$THROWAWAY_PORT" "$THROWAWAY_DIR" "$THROWAWAY_DIR/server.log" \
+        -c max_connections=300 ${THROWAWAY_PG_OPTIONS:-}
+    THROWAWAY_URL="postgres://postgres@127.0.0.1:$THROWAWAY_PORT/postgres?sslmode=disable"
 }
 
 stop_throwaway_cluster() {

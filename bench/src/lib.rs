@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use tests::ApiEvent;
 
 /// Percentile (0–100) of durations, by nearest rank.
 pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -20,18 +21,13 @@ pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000_000.0
 }
 
-/// An HS256 token for `sub`, valid one hour.
+/// An HS256 token for `sub`, valid one hour (minted as `dev-token` does).
 pub fn token(secret: &str, sub: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": sub, "iat": now, "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign")
+    shared::auth::mint_hs256(secret, sub, 3600).expect("sign")
 }
 
-/// An API Gateway HTTP API (payload v2.0) event.
+/// An API Gateway HTTP API (payload v2.0) event, built by the integration tests' builder;
+/// `path_parameters` (an object) replaces the ones the route table gives.
 pub fn event(
     method: &str,
     path: &str,
@@ -40,28 +36,11 @@ pub fn event(
     body: Option<&Value>,
     path_parameters: Value,
 ) -> Value {
-    let mut headers = json!({"authorization": format!("Bearer {token}")});
-    if body.is_some() {
-        headers["content-type"] = json!("application/json");
-    }
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": headers,
-        "pathParameters": path_parameters,
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "bench", "domainName": "bench.example.com",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                     "sourceIp": "192.0.2.1", "userAgent": "bench"},
-            "requestId": "bench", "routeKey": "$default", "stage": "$default",
-            "time": "22/Nov/2026:03:14:15 +0000", "timeEpoch": 1795317255000i64
-        },
-        "isBase64Encoded": false
-    });
+    let mut event = ApiEvent::new(method, path).query(query).bearer(token);
     if let Some(body) = body {
-        event["body"] = json!(body.to_string());
+        event = event.json(body);
     }
+    let mut event = event.to_json();
+    event["pathParameters"] = path_parameters;
     event
 }

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use shared::handlers::*;
+use shared::routes::ROUTES;
 use shared::AppState;
 
 fn state() -> &'static AppState {
@@ -47,17 +47,8 @@ fuzz_target!(|data: &[u8]| {
     let mut context = lambda_http::Context::default();
     context.request_id = "fuzz".into();
     runtime().block_on(async {
-        let handler = |req| async move {
-            match selector % 7 {
-                0 => list_tasks(state, req).await,
-                1 => create_task(state, req).await,
-                2 => get_task(state, req).await,
-                3 => update_task(state, req).await,
-                4 => delete_task(state, req).await,
-                5 => complete_task(state, req).await,
-                _ => health(state, req).await,
-            }
-        };
+        let operation = ROUTES[usize::from(selector) % ROUTES.len()].operation;
+        let handler = |req| shared::handlers::handle(state, operation, req);
         let response = shared::lambda::respond(&handler, event, context).await;
         assert!(response.status_code < 500 || response.status_code == 503);
     });

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = builder.body(lambda_http::Body::Binary(body.to_vec())) else {
         return;
     };
-    if let Ok(object) = shared::http::json_object_body(&req) {
+    if let Ok(object) = shared::request::json_object_body(&req) {
         let _ = NewTask::from_body(object.clone());
         let _ = TaskChanges::from_body(object.clone());
         let _ = Completion::from_body(object);

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = http::HeaderMap::new();
     if let Ok(value) = http::HeaderValue::from_bytes(data) {
         headers.insert(http::header::AUTHORIZATION, value);
-        let _ = shared::http::bearer_token(&headers);
+        let _ = shared::request::bearer_token(&headers);
     }
     if let Ok(token) = std::str::from_utf8(data) {
         let _ = fixture

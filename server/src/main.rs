@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -21,9 +21,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use lambda_http::RequestExt;
-use serde_json::json;
-use shared::http::{json_response, HttpResponse, MAX_BODY_BYTES};
-use shared::routes::{resolve, ROUTES};
+use shared::error::ApiError;
+use shared::request::{BodyTooLarge, MAX_BODY_BYTES};
+use shared::response::HttpResponse;
+use shared::routes::resolve;
 use shared::{handlers, telemetry, AppState};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -181,29 +182,18 @@ async fn serve(
     req: http::Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    let resolved = if method == "OPTIONS" {
-        // A CORS preflight: any route of that path answers it.
-        ROUTES
-            .iter()
-            .find_map(|route| route.match_path(&path).map(|params| (route, params)))
-            .ok_or(false)
-    } else {
-        resolve(&method, &path)
-    };
-    let (route, params) = match resolved {
+    let (route, params) = match resolve(&method, req.uri().path()) {
         Ok(found) => found,
-        Err(true) => return into_hyper(not_routed(StatusCode::METHOD_NOT_ALLOWED, &path)),
-        Err(false) => return into_hyper(not_routed(StatusCode::NOT_FOUND, &path)),
+        Err(unrouted) => return into_hyper(refused(ApiError::from(unrouted))),
     };
     let (parts, body) = req.into_parts();
     // Read at most one byte past the limit, so an oversized body is refused (413) without
     // being buffered whole, and within a deadline, so a dripped body cannot hold a
     // connection (the handler, and so authentication, comes after).
     let read = Limited::new(body, MAX_BODY_BYTES + 1).collect();
-    let bytes = match tokio::time::timeout(limits.body_read_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => Bytes::from(vec![0u8; MAX_BODY_BYTES + 1]),
+    let (bytes, too_large) = match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(Ok(collected)) => (collected.to_bytes(), false),
+        Ok(Err(_)) => (Bytes::new(), true),
         Err(_) => {
             tracing::info!(
                 method,
@@ -211,7 +201,12 @@ async fn serve(
                 status = 408,
                 "request body too slow"
             );
-            return into_hyper(body_timeout());
+            let mut response = refused(ApiError::BodyTimeout);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return into_hyper(response);
         }
     };
     let body = if bytes.is_empty() {
@@ -219,49 +214,19 @@ async fn serve(
     } else {
         lambda_http::Body::Binary(bytes.to_vec())
     };
-    let request = http::Request::from_parts(parts, body).with_path_parameters(params);
+    let mut request = http::Request::from_parts(parts, body).with_path_parameters(params);
+    if too_large {
+        // The handler answers 413 in its order of checks (after 401 and 403).
+        request.extensions_mut().insert(BodyTooLarge);
+    }
     into_hyper(handlers::handle(state, route.operation, request).await)
 }
 
-/// 404 for an unknown path; 405 with `Allow` for a known path and another method.
-fn not_routed(status: StatusCode, path: &str) -> HttpResponse {
-    let detail = if status == StatusCode::NOT_FOUND {
-        "Not Found"
-    } else {
-        "Method Not Allowed"
-    };
-    let mut response = json_response(status, &json!({ "detail": detail }));
-    let headers = response.headers_mut();
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        let mut allowed: Vec<&str> = ROUTES
-            .iter()
-            .filter(|route| route.match_path(path).is_some())
-            .map(|route| route.method)
-            .collect();
-        allowed.push("OPTIONS");
-        if let Ok(value) = http::HeaderValue::from_str(&allowed.join(", ")) {
-            headers.insert(http::header::ALLOW, value);
-        }
-    }
+/// A request refused before any handler ran (404, 405, 408), with a request id.
+fn refused(error: ApiError) -> HttpResponse {
+    let mut response = error.into_response();
     if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert("x-request-id", value);
-    }
-    response
-}
-
-/// 408 for a body that did not arrive in time; the connection is closed after it.
-fn body_timeout() -> HttpResponse {
-    let mut response = json_response(
-        StatusCode::REQUEST_TIMEOUT,
-        &json!({ "detail": "Request body not received in time" }),
-    );
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert("x-request-id", value);
+        response.headers_mut().insert("x-request-id", value);
     }
     response
 }

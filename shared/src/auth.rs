@@ -40,6 +40,31 @@ impl UserId {
     }
 }
 
+/// Signs `claims` with HS256 and `secret`: the one HS256 signer of the repository
+/// (`dev-token`, the tests' tokens and the benchmarks' go through it). The API itself only
+/// verifies tokens.
+pub fn sign_hs256(secret: &str, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// A token for `sub` as Better Auth would issue it, issued now and valid for
+/// `lifetime_seconds`.
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    lifetime_seconds: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = chrono::Utc::now().timestamp();
+    sign_hs256(
+        secret,
+        &serde_json::json!({ "sub": sub, "iat": now, "exp": now + lifetime_seconds }),
+    )
+}
+
 /// Verifies bearer tokens; built once per cold start.
 pub struct TokenVerifier {
     hs256: Option<DecodingKey>,
@@ -273,7 +298,7 @@ impl KeyStore {
     }
 
     fn remote(url: String, cooldown: Duration) -> Result<Self, ConfigError> {
-        crate::db::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         // No redirects: a redirect could lead from https:// to http:// (config.rs allows
         // http:// for loopback hosts only, and only as configured).
         let client = reqwest::Client::builder()

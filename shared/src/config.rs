@@ -45,6 +45,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: SecretString,
+    /// The URL, parsed (its password is redacted from `Debug`).
+    pub postgres: tokio_postgres::Config,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub pool_wait_timeout: Duration,
@@ -53,8 +55,16 @@ pub struct DatabaseConfig {
     /// every statement is sent unnamed and parsed anew, as PgBouncer before 1.21 needs in
     /// transaction mode.
     pub prepared_statements: bool,
-    /// An extra CA certificate (PEM) trusted besides the public web PKI roots.
+    /// An extra CA certificate (PEM) trusted besides the public web PKI roots:
+    /// `DATABASE_CA_FILE`, else the URL's `sslrootcert`.
     pub ca_file: Option<PathBuf>,
+}
+
+/// A Postgres URL, parsed: the driver's settings and the CA file its `sslrootcert` names.
+#[derive(Debug, Clone)]
+pub struct PostgresUrl {
+    pub postgres: tokio_postgres::Config,
+    pub root_cert: Option<PathBuf>,
 }
 
 /// Everything a function needs to know, loaded once per cold start.
@@ -66,11 +76,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
     /// Reads settings through `get`, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
@@ -93,8 +98,8 @@ impl Config {
         var: &impl Fn(&str) -> Option<String>,
         url: SecretString,
     ) -> Result<DatabaseConfig, ConfigError> {
-        // Validate the URL now so that a typo stops the cold start, not the first request.
-        crate::db::parse_url(url.expose_secret())?;
+        // Parsed now so that a typo stops the cold start, not the first request.
+        let parsed = parse_url(url.expose_secret())?;
         let pool_size = number(var, "DB_POOL_SIZE", 1)?;
         if pool_size == 0 {
             return Err(ConfigError::Invalid {
@@ -104,12 +109,15 @@ impl Config {
         }
         Ok(DatabaseConfig {
             url,
+            postgres: parsed.postgres,
             pool_size: pool_size as usize,
             connect_timeout: millis(var, "DB_CONNECT_TIMEOUT_MS", 3_000)?,
             pool_wait_timeout: millis(var, "DB_POOL_TIMEOUT_MS", 3_000)?,
             statement_timeout: millis(var, "DB_STATEMENT_TIMEOUT_MS", 5_000)?,
             prepared_statements: flag(var, "DB_PREPARED_STATEMENTS", true)?,
-            ca_file: var("DATABASE_CA_FILE").map(PathBuf::from),
+            ca_file: var("DATABASE_CA_FILE")
+                .map(PathBuf::from)
+                .or(parsed.root_cert),
         })
     }
 
@@ -150,6 +158,62 @@ impl Config {
                 60,
             )?),
         })
+    }
+}
+
+/// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
+/// handles (certificates are always verified, SNI is always sent).
+const LIBPQ_TLS_ONLY_OPTIONS: &[&str] = &["sslsni", "sslcompression", "gssencmode", "sslcrl"];
+
+/// Parses a Postgres URL as libpq users write it (including Neon's
+/// `?sslmode=require&channel_binding=require`) into a tokio-postgres config.
+///
+/// `verify-ca` and `verify-full` become `require`: rustls always verifies the certificate
+/// chain and host name, which is what they ask for.
+pub fn parse_url(url: &str) -> Result<PostgresUrl, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: "DATABASE_URL",
+        reason,
+    };
+    let (normalized, root_cert) = normalize_url(url);
+    let postgres = tokio_postgres::Config::from_str(&normalized)
+        .map_err(|err| invalid(format!("not a usable Postgres URL ({err})")))?;
+    Ok(PostgresUrl {
+        postgres,
+        root_cert: root_cert.map(PathBuf::from),
+    })
+}
+
+/// Returns the URL tokio-postgres can parse and the `sslrootcert` it named, if any.
+fn normalize_url(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" if value == "verify-full" || value == "verify-ca" => {
+                kept.push("sslmode=require".to_owned());
+            }
+            "sslrootcert" => {
+                if value != "system" {
+                    root_cert = Some(
+                        percent_encoding::percent_decode_str(value)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+            key if LIBPQ_TLS_ONLY_OPTIONS.contains(&key) => {}
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    if kept.is_empty() {
+        (base.to_owned(), root_cert)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root_cert)
     }
 }
 
@@ -348,5 +412,47 @@ mod tests {
             let err = jwks(name, bad).unwrap_err();
             assert!(err.to_string().contains(name), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn verify_modes_become_require_and_libpq_only_options_are_dropped() {
+        let (url, ca) = normalize_url(
+            "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&sslsni=1&channel_binding=require",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@h/db?sslmode=require&channel_binding=require"
+        );
+        assert_eq!(ca.as_deref(), Some("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn neon_urls_parse_with_channel_binding() {
+        let config = parse_url(
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&channel_binding=require",
+        )
+        .unwrap()
+        .postgres;
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(
+            config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+    }
+
+    #[test]
+    fn neon_urls_with_direct_tls_negotiation_parse() {
+        let config = parse_url(
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&sslnegotiation=direct&channel_binding=require",
+        )
+        .unwrap()
+        .postgres;
+        assert_eq!(
+            config.get_ssl_negotiation(),
+            tokio_postgres::config::SslNegotiation::Direct
+        );
     }
 }

@@ -1,25 +1,25 @@
-//! The pooled Postgres client: TLS through rustls, and connect, pool-wait and statement
+//! The pooled Postgres client (TLS from [`crate::tls`]), with connect, pool-wait and statement
 //! timeouts that each end in a 503 rather than a hang.
 //!
-//! Every statement goes through [`Database::query`], which keeps no session state, so the
+//! Every statement goes through [`Database::query_as`] (task data, in a transaction of its
+//! own) or [`Database::query_unscoped`] (`/health`), which keep no session state, so the
 //! functions work behind Neon's PgBouncer pooler in transaction mode.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use secrecy::ExposeSecret;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{ConfigError, DatabaseConfig};
+use crate::config::DatabaseConfig;
 use crate::error::ApiError;
+use crate::tls;
 
 /// A pool of connections, created once per cold start.
 #[derive(Clone)]
@@ -86,101 +86,6 @@ const CANCEL_GRACE: Duration = Duration::from_millis(1000);
 /// after its deadline: Postgres refuses it. Recognised in [`begin_error`].
 const DEADLINE_PASSED: &str = "deadline-passed";
 
-/// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
-/// handles (certificates are always verified, SNI is always sent).
-const LIBPQ_TLS_ONLY_OPTIONS: &[&str] = &["sslsni", "sslcompression", "gssencmode", "sslcrl"];
-
-/// Parses a Postgres URL as libpq users write it (including Neon's
-/// `?sslmode=require&channel_binding=require`) into a tokio-postgres config.
-///
-/// `verify-ca` and `verify-full` become `require`: rustls always verifies the certificate
-/// chain and host name, which is what they ask for.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        name: "DATABASE_URL",
-        reason,
-    };
-    let (normalized, _) = normalize_url(url);
-    tokio_postgres::Config::from_str(&normalized)
-        .map_err(|err| invalid(format!("not a usable Postgres URL ({err})")))
-}
-
-/// Returns the URL tokio-postgres can parse and the `sslrootcert` it named, if any.
-fn normalize_url(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut root_cert = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sslmode" if value == "verify-full" || value == "verify-ca" => {
-                kept.push("sslmode=require".to_owned());
-            }
-            "sslrootcert" => {
-                if value != "system" {
-                    root_cert = Some(
-                        percent_encoding::percent_decode_str(value)
-                            .decode_utf8_lossy()
-                            .into_owned(),
-                    );
-                }
-            }
-            key if LIBPQ_TLS_ONLY_OPTIONS.contains(&key) => {}
-            _ => kept.push(pair.to_owned()),
-        }
-    }
-    if kept.is_empty() {
-        (base.to_owned(), root_cert)
-    } else {
-        (format!("{base}?{}", kept.join("&")), root_cert)
-    }
-}
-
-fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            // Other rustls users in the process (the JWKS client) use the same provider.
-            let _ = rustls::crypto::CryptoProvider::install_default((*provider).clone());
-            provider
-        })
-        .clone()
-}
-
-/// Makes sure rustls has a process-wide crypto provider (ring).
-pub fn install_crypto_provider() {
-    crypto_provider();
-}
-
-/// The rustls client configuration: the public web PKI roots plus an optional extra CA.
-pub fn tls_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("cannot read CA file {}", path.display()))?;
-        for cert in certs {
-            let cert = cert.with_context(|| format!("bad PEM in CA file {}", path.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("unusable CA certificate in {}", path.display()))?;
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // Required by `sslnegotiation=direct` (TLS from the first byte, one round trip less
-    // than SSLRequest; Neon's proxy and Postgres 17 accept it); harmless otherwise.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(config)
-}
-
 /// Opens one connection outside the pool (for the `migrate` command and tooling), with the
 /// same URL handling and TLS as the functions.
 pub async fn connect_once(
@@ -188,16 +93,13 @@ pub async fn connect_once(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> anyhow::Result<tokio_postgres::Client> {
-    let (url, url_ca) = normalize_url(url);
-    let mut pg = tokio_postgres::Config::from_str(&url)
+    let url = crate::config::parse_url(url)
         .map_err(|_| anyhow!("DATABASE_URL is not a usable Postgres URL"))?;
+    let mut pg = url.postgres;
     pg.connect_timeout(connect_timeout);
-    let ca_file = ca_file
-        .map(Path::to_path_buf)
-        .or_else(|| url_ca.map(Into::into));
-    let tls = MakeRustlsConnect::new(tls_config(ca_file.as_deref())?);
+    let ca_file = ca_file.map(Path::to_path_buf).or(url.root_cert);
     let (client, connection) = pg
-        .connect(tls)
+        .connect(tls::connector(ca_file.as_deref())?)
         .await
         .context("cannot connect to Postgres")?;
     tokio::spawn(async move {
@@ -226,15 +128,12 @@ pub enum Effect {
 impl Database {
     /// Builds the pool. No connection is opened until [`Database::warm_up`] or first use.
     pub fn new(config: &DatabaseConfig) -> anyhow::Result<Self> {
-        let (url, url_ca) = normalize_url(config.url.expose_secret());
-        let mut pg = tokio_postgres::Config::from_str(&url)
-            .map_err(|_| anyhow!("DATABASE_URL is not a usable Postgres URL"))?;
+        let mut pg = config.postgres.clone();
         pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
             pg.application_name("todo-api");
         }
-        let ca_file = config.ca_file.clone().or_else(|| url_ca.map(Into::into));
-        let tls = MakeRustlsConnect::new(tls_config(ca_file.as_deref())?);
+        let tls = tls::connector(config.ca_file.as_deref())?;
         let manager = Manager::from_config(
             pg,
             tls.clone(),
@@ -729,60 +628,5 @@ fn driver_error(err: tokio_postgres::Error) -> ApiError {
         ApiError::Unavailable(err)
     } else {
         ApiError::Internal(err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verify_modes_become_require_and_libpq_only_options_are_dropped() {
-        let (url, ca) = normalize_url(
-            "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&sslsni=1&channel_binding=require",
-        );
-        assert_eq!(
-            url,
-            "postgres://u:p@h/db?sslmode=require&channel_binding=require"
-        );
-        assert_eq!(ca.as_deref(), Some("/tmp/ca.pem"));
-    }
-
-    #[test]
-    fn neon_urls_parse_with_channel_binding() {
-        let config = parse_url(
-            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&channel_binding=require",
-        )
-        .unwrap();
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
-        assert_eq!(
-            config.get_channel_binding(),
-            tokio_postgres::config::ChannelBinding::Require
-        );
-    }
-
-    #[test]
-    fn neon_urls_with_direct_tls_negotiation_parse_and_alpn_is_offered() {
-        let config = parse_url(
-            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require&sslnegotiation=direct&channel_binding=require",
-        )
-        .unwrap();
-        assert_eq!(
-            config.get_ssl_negotiation(),
-            tokio_postgres::config::SslNegotiation::Direct
-        );
-        assert_eq!(
-            tls_config(None).unwrap().alpn_protocols,
-            vec![b"postgresql".to_vec()]
-        );
-    }
-
-    #[test]
-    fn the_tls_config_has_public_roots() {
-        assert!(tls_config(None).is_ok());
-        assert!(tls_config(Some(Path::new("/nonexistent/ca.pem"))).is_err());
     }
 }

@@ -3,8 +3,8 @@
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::http::{json_response, HttpResponse};
-use crate::validation::FieldError;
+use crate::response::{health_body, json_response, HttpResponse};
+use crate::validation::{FieldError, FieldErrors};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
@@ -35,6 +35,18 @@ pub enum ApiError {
     Forbidden,
     #[error("task not found")]
     NotFound,
+    /// An API Gateway event that cannot be a request (no method, a body that is not base64).
+    #[error("malformed event: {0}")]
+    MalformedEvent(&'static str),
+    /// `todo-server`: no route has this path.
+    #[error("no such path")]
+    NoSuchPath,
+    /// `todo-server`: the path exists under other methods, listed in `Allow`.
+    #[error("method not allowed")]
+    MethodNotAllowed { allowed: Vec<&'static str> },
+    /// `todo-server`: the body did not arrive within the body timeout.
+    #[error("request body not received in time")]
+    BodyTimeout,
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -81,12 +93,21 @@ impl From<FieldError> for ApiError {
     }
 }
 
+impl From<FieldErrors> for ApiError {
+    fn from(errors: FieldErrors) -> Self {
+        ApiError::Validation(errors.0)
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchPath => StatusCode::NOT_FOUND,
+            ApiError::MalformedEvent(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -102,15 +123,11 @@ impl ApiError {
         let status = self.status();
         let mut response = match &self {
             ApiError::Validation(errors) => json_response(status, &json!({ "detail": errors })),
-            ApiError::Unhealthy(_) => json_response(
-                status,
-                &json!({
-                    "detail": self.detail(),
-                    "status": "unhealthy",
-                    "timestamp": crate::http::utc_timestamp(),
-                    "database": "unreachable",
-                }),
-            ),
+            ApiError::Unhealthy(_) => {
+                let mut body = health_body(false);
+                body["detail"] = json!(self.detail());
+                json_response(status, &body)
+            }
             _ => json_response(status, &json!({ "detail": self.detail() })),
         };
         let headers = response.headers_mut();
@@ -127,6 +144,11 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Unhealthy(_) => {
                 headers.insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            ApiError::MethodNotAllowed { allowed } => {
+                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                    headers.insert(http::header::ALLOW, value);
+                }
+            }
             _ => {}
         }
         response
@@ -137,6 +159,10 @@ impl ApiError {
             ApiError::Unauthorized(reason) => reason.to_string(),
             ApiError::Forbidden => "Not authorized to access this user's tasks".into(),
             ApiError::NotFound => "Task not found".into(),
+            ApiError::MalformedEvent(reason) => format!("Malformed request: {reason}"),
+            ApiError::NoSuchPath => "Not Found".into(),
+            ApiError::MethodNotAllowed { .. } => "Method Not Allowed".into(),
+            ApiError::BodyTimeout => "Request body not received in time".into(),
             ApiError::PayloadTooLarge => "Request body too large (limit 64 KiB)".into(),
             ApiError::UnsupportedMediaType => {
                 "Unsupported media type: send the body as application/json".into()

@@ -1,4 +1,5 @@
-//! The request pipeline every function runs, and one entry point per operation.
+//! One handler per operation, and the pipeline each runs in: CORS preflight, the
+//! operation, error mapping, CORS and request-id headers, one log line.
 //!
 //! Order of checks: 401 → 403 → 413 / 415 / 422 → 404 → 412 → success.
 
@@ -7,23 +8,19 @@ use std::time::Instant;
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::{Request, RequestExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use serde_json::json;
 
+use crate::cors::Cors;
 use crate::error::{ApiError, AuthError};
-use crate::http::{
-    bearer_token, empty_response, json_object_body, json_response, request_id, utc_timestamp, Cors,
-    HttpResponse,
-};
 use crate::listing::ListQuery;
 use crate::owner::Owner;
 use crate::precondition::{etag, IdempotencyKey, IfMatch};
 use crate::repo::Created;
-use crate::routes::Operation;
+use crate::request::{bearer_token, json_object_body, request_id};
+use crate::response::{empty_response, health_body, json_response, HttpResponse};
+use crate::routes::{Operation, Route};
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
+use crate::validation::{both, FieldError};
 use crate::AppState;
-
-/// The handler's error type, as `lambda_http::run` wants it; handlers never return it.
-pub type HandlerError = lambda_http::Error;
 
 /// Characters escaped in a path segment of a `Location` or `Link` URL.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
@@ -39,41 +36,197 @@ const PATH_SEGMENT: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
-macro_rules! entry_points {
-    ($($(#[$doc:meta])* $name:ident => $op:ident,)*) => {$(
-        $(#[$doc])*
-        pub async fn $name(state: &AppState, req: Request) -> Result<HttpResponse, HandlerError> {
-            Ok(handle(state, Operation::$op, req).await)
+/// `GET /api/{user_id}/tasks`
+pub async fn list_tasks(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::ListTasks, req, async |call| {
+        let owner = call.owner().await?;
+        let query = ListQuery::parse(call.req.uri().query())?;
+        let page = state.tasks.list(&owner, &query).await?;
+        let mut response = json_response(StatusCode::OK, &page.tasks);
+        let headers = response.headers_mut();
+        headers.insert("x-total-count", HeaderValue::from(page.total));
+        let path = format!("/api/{}/tasks", encode_segment(owner.as_str()));
+        if let Some(link) = query.next_link(&path, call.req.uri().query(), page.total) {
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                headers.insert(header::LINK, value);
+            }
         }
-    )*};
+        Ok(response)
+    })
+    .await
 }
 
-entry_points! {
-    /// `GET /api/{user_id}/tasks`
-    list_tasks => ListTasks,
-    /// `POST /api/{user_id}/tasks`
-    create_task => CreateTask,
-    /// `GET /api/{user_id}/tasks/{id}`
-    get_task => GetTask,
-    /// `PUT /api/{user_id}/tasks/{id}`
-    update_task => UpdateTask,
-    /// `DELETE /api/{user_id}/tasks/{id}`
-    delete_task => DeleteTask,
-    /// `PATCH /api/{user_id}/tasks/{id}/complete`
-    complete_task => CompleteTask,
-    /// `GET /health`
-    health => Health,
+/// `POST /api/{user_id}/tasks`
+pub async fn create_task(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::CreateTask, req, async |call| {
+        let owner = call.owner().await?;
+        let body = json_object_body(call.req)?;
+        let (key, new_task) = both(
+            IdempotencyKey::from_headers(call.req.headers()),
+            NewTask::from_body(body),
+        )?;
+        let tasks = &state.tasks;
+        let (task, replayed) = match key {
+            None => (tasks.create(&owner, &new_task).await?, false),
+            Some(key) => match tasks.create_idempotent(&owner, &new_task, &key).await? {
+                Created::New(task) => (task, false),
+                Created::Replayed(task) => (task, true),
+            },
+        };
+        let mut response = task_response(StatusCode::CREATED, &task);
+        if replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        let location = format!("/api/{}/tasks/{}", encode_segment(owner.as_str()), task.id);
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Ok(response)
+    })
+    .await
+}
+
+/// `GET /api/{user_id}/tasks/{id}`
+pub async fn get_task(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::GetTask, req, async |call| {
+        let owner = call.owner().await?;
+        let id = call.task_id()?;
+        Ok(task_response(
+            StatusCode::OK,
+            &state.tasks.get(&owner, id).await?,
+        ))
+    })
+    .await
+}
+
+/// `PUT /api/{user_id}/tasks/{id}`
+pub async fn update_task(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::UpdateTask, req, async |call| {
+        let owner = call.owner().await?;
+        let body = json_object_body(call.req)?;
+        let (id, changes) = both(call.task_id(), TaskChanges::from_body(body))?;
+        let versions = call.allowed_versions();
+        let task = (state.tasks)
+            .update(&owner, id, &changes, versions.as_deref())
+            .await?;
+        Ok(task_response(StatusCode::OK, &task))
+    })
+    .await
+}
+
+/// `DELETE /api/{user_id}/tasks/{id}`
+pub async fn delete_task(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::DeleteTask, req, async |call| {
+        let owner = call.owner().await?;
+        let id = call.task_id()?;
+        let versions = call.allowed_versions();
+        state.tasks.delete(&owner, id, versions.as_deref()).await?;
+        Ok(empty_response(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+/// `PATCH /api/{user_id}/tasks/{id}/complete`
+pub async fn complete_task(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::CompleteTask, req, async |call| {
+        let owner = call.owner().await?;
+        let body = json_object_body(call.req)?;
+        let (id, completion) = both(call.task_id(), Completion::from_body(body))?;
+        let versions = call.allowed_versions();
+        let task = (state.tasks)
+            .complete(&owner, id, completion, versions.as_deref())
+            .await?;
+        Ok(task_response(StatusCode::OK, &task))
+    })
+    .await
+}
+
+/// `GET /health`: 200 when the database answers, 503 in the same shape when it does not.
+pub async fn health(state: &AppState, req: Request) -> HttpResponse {
+    serve(state, Operation::Health, req, async |_| {
+        match state.tasks.database().ping().await {
+            Ok(()) => Ok(json_response(StatusCode::OK, &health_body(true))),
+            Err(err) => Err(ApiError::Unhealthy(anyhow::anyhow!("{err:?}"))),
+        }
+    })
+    .await
+}
+
+/// The handler of an operation, for callers that resolved a route (`todo-server`, tests).
+pub async fn handle(state: &AppState, operation: Operation, req: Request) -> HttpResponse {
+    match operation {
+        Operation::ListTasks => list_tasks(state, req).await,
+        Operation::CreateTask => create_task(state, req).await,
+        Operation::GetTask => get_task(state, req).await,
+        Operation::UpdateTask => update_task(state, req).await,
+        Operation::DeleteTask => delete_task(state, req).await,
+        Operation::CompleteTask => complete_task(state, req).await,
+        Operation::Health => health(state, req).await,
+    }
+}
+
+/// One request to one operation, as its handler sees it.
+struct Call<'a> {
+    state: &'a AppState,
+    route: &'static Route,
+    req: &'a Request,
+}
+
+impl Call<'_> {
+    /// 401 for a bad token, then 403 when the path names another user.
+    async fn owner(&self) -> Result<Owner, ApiError> {
+        let token = bearer_token(self.req.headers())?;
+        let caller = self.state.verifier.verify_token(token).await?;
+        let path_user_id = self.path_parameter("user_id").ok_or(AuthError::Invalid)?;
+        Owner::authorize(caller, &path_user_id)
+    }
+
+    /// A path parameter, from the API Gateway event or, failing that, from the path itself.
+    fn path_parameter(&self, name: &str) -> Option<String> {
+        if let Some(value) = self
+            .req
+            .path_parameters_ref()
+            .and_then(|params| params.first(name))
+        {
+            return Some(value.to_owned());
+        }
+        self.route
+            .match_path(self.req.uri().path())
+            .and_then(|mut params| params.remove(name))
+    }
+
+    fn task_id(&self) -> Result<TaskId, FieldError> {
+        TaskId::parse(&self.path_parameter("id").unwrap_or_default())
+    }
+
+    /// The versions `If-Match` allows a write to apply to; `None` without the header.
+    fn allowed_versions(&self) -> Option<Vec<i64>> {
+        IfMatch::allowed_versions(IfMatch::from_headers(self.req.headers()).as_ref())
+    }
 }
 
 /// Runs one operation end to end and always produces a response; logs one line.
-pub async fn handle(state: &AppState, operation: Operation, req: Request) -> HttpResponse {
+async fn serve(
+    state: &AppState,
+    operation: Operation,
+    req: Request,
+    run: impl AsyncFnOnce(&Call<'_>) -> Result<HttpResponse, ApiError>,
+) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
+    let route = operation.route();
     let (mut response, error) = if Cors::is_preflight(&req) {
         (state.cors.preflight(&req), None)
     } else {
-        match dispatch(state, operation, &req).await {
+        let call = Call {
+            state,
+            route,
+            req: &req,
+        };
+        match run(&call).await {
             Ok(response) => (response, None),
             Err(err) => {
                 let status = err.status();
@@ -90,7 +243,7 @@ pub async fn handle(state: &AppState, operation: Operation, req: Request) -> Htt
     }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let route = operation.route().path;
+    let route = route.path;
     match error {
         Some(error) => tracing::error!(
             request_id, method = %method, route, status, latency_ms, error, "request failed"
@@ -98,140 +251,6 @@ pub async fn handle(state: &AppState, operation: Operation, req: Request) -> Htt
         None => tracing::info!(request_id, method = %method, route, status, latency_ms, "request"),
     }
     response
-}
-
-async fn dispatch(
-    state: &AppState,
-    operation: Operation,
-    req: &Request,
-) -> Result<HttpResponse, ApiError> {
-    if operation == Operation::Health {
-        return health_check(state).await;
-    }
-    let owner = authenticate(state, operation, req).await?;
-    let tasks = &state.tasks;
-    match operation {
-        Operation::ListTasks => {
-            let query = ListQuery::parse(req.uri().query())?;
-            let page = tasks.list(&owner, &query).await?;
-            let mut response = json_response(StatusCode::OK, &page.tasks);
-            let headers = response.headers_mut();
-            headers.insert("x-total-count", HeaderValue::from(page.total));
-            let path = format!("/api/{}/tasks", encode_segment(owner.as_str()));
-            if let Some(link) = query.next_link(&path, req.uri().query(), page.total) {
-                if let Ok(value) = HeaderValue::from_str(&link) {
-                    headers.insert(header::LINK, value);
-                }
-            }
-            Ok(response)
-        }
-        Operation::CreateTask => {
-            let body = json_object_body(req)?;
-            let (key, new_task) = both(
-                IdempotencyKey::from_headers(req.headers()).map_err(ApiError::from),
-                NewTask::from_body(body),
-            )?;
-            let (task, replayed) = match key {
-                None => (tasks.create(&owner, &new_task).await?, false),
-                Some(key) => match tasks.create_idempotent(&owner, &new_task, &key).await? {
-                    Created::New(task) => (task, false),
-                    Created::Replayed(task) => (task, true),
-                },
-            };
-            let mut response = task_response(StatusCode::CREATED, &task);
-            if replayed {
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            let location = format!("/api/{}/tasks/{}", encode_segment(owner.as_str()), task.id);
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            Ok(response)
-        }
-        Operation::GetTask => {
-            let id = task_id(operation, req)?;
-            Ok(task_response(StatusCode::OK, &tasks.get(&owner, id).await?))
-        }
-        Operation::UpdateTask => {
-            let body = json_object_body(req)?;
-            let (id, changes) = both(task_id(operation, req), TaskChanges::from_body(body))?;
-            let versions = allowed_versions(req);
-            Ok(task_response(
-                StatusCode::OK,
-                &tasks
-                    .update(&owner, id, &changes, versions.as_deref())
-                    .await?,
-            ))
-        }
-        Operation::DeleteTask => {
-            let id = task_id(operation, req)?;
-            let versions = allowed_versions(req);
-            tasks.delete(&owner, id, versions.as_deref()).await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
-        Operation::CompleteTask => {
-            let body = json_object_body(req)?;
-            let (id, completion) = both(task_id(operation, req), Completion::from_body(body))?;
-            let versions = allowed_versions(req);
-            Ok(task_response(
-                StatusCode::OK,
-                &tasks
-                    .complete(&owner, id, completion, versions.as_deref())
-                    .await?,
-            ))
-        }
-        Operation::Health => unreachable!("handled above"),
-    }
-}
-
-/// 401 for a bad token, then 403 when the path names another user.
-async fn authenticate(
-    state: &AppState,
-    operation: Operation,
-    req: &Request,
-) -> Result<Owner, ApiError> {
-    let token = bearer_token(req.headers())?;
-    let caller = state.verifier.verify_token(token).await?;
-    let path_user_id = path_parameter(operation, req, "user_id").ok_or(AuthError::Invalid)?;
-    Owner::authorize(caller, &path_user_id)
-}
-
-/// A path parameter, from the API Gateway event or, failing that, from the path itself.
-fn path_parameter(operation: Operation, req: &Request, name: &str) -> Option<String> {
-    if let Some(value) = req
-        .path_parameters_ref()
-        .and_then(|params| params.first(name))
-    {
-        return Some(value.to_owned());
-    }
-    operation
-        .route()
-        .match_path(req.uri().path())
-        .and_then(|mut params| params.remove(name))
-}
-
-fn task_id(operation: Operation, req: &Request) -> Result<TaskId, ApiError> {
-    let raw = path_parameter(operation, req, "id").unwrap_or_default();
-    Ok(TaskId::parse(&raw)?)
-}
-
-/// Combines two validations so that a 422 lists the problems of both.
-fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), ApiError> {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok((a, b)),
-        (Err(ApiError::Validation(mut first)), Err(ApiError::Validation(second))) => {
-            first.extend(second);
-            Err(ApiError::Validation(first))
-        }
-        (Err(err), _) | (_, Err(err)) => Err(err),
-    }
-}
-
-/// The versions `If-Match` allows a write to apply to; `None` without the header.
-fn allowed_versions(req: &Request) -> Option<Vec<i64>> {
-    IfMatch::allowed_versions(IfMatch::from_headers(req.headers()).as_ref())
 }
 
 /// A task as JSON, with its `ETag`.
@@ -245,14 +264,4 @@ fn task_response(status: StatusCode, task: &Task) -> HttpResponse {
 
 fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, PATH_SEGMENT).to_string()
-}
-
-async fn health_check(state: &AppState) -> Result<HttpResponse, ApiError> {
-    match state.tasks.database().ping().await {
-        Ok(()) => Ok(json_response(
-            StatusCode::OK,
-            &json!({"status": "healthy", "timestamp": utc_timestamp(), "database": "ok"}),
-        )),
-        Err(err) => Err(ApiError::Unhealthy(anyhow::anyhow!("{err:?}"))),
-    }
 }

@@ -12,23 +12,23 @@ use std::convert::Infallible;
 use std::future::Future;
 
 use base64::Engine as _;
-use http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method};
 use lambda_http::aws_lambda_events::apigw::{
     ApiGatewayV2httpRequestContext, ApiGatewayV2httpResponse,
 };
 use lambda_http::lambda_runtime::{self, Context, LambdaEvent};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::handlers::HandlerError;
-use crate::http::{json_response, HttpResponse};
+use crate::error::ApiError;
+use crate::response::HttpResponse;
 
 /// Serves one function: every invocation's event goes through [`respond`].
 pub async fn run<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
 where
     F: Fn(Request) -> Fut,
-    Fut: Future<Output = Result<HttpResponse, HandlerError>>,
+    Fut: Future<Output = HttpResponse>,
 {
     let handler = &handler;
     lambda_runtime::run(lambda_runtime::service_fn(
@@ -48,27 +48,14 @@ pub async fn respond<F, Fut>(
 ) -> ApiGatewayV2httpResponse
 where
     F: Fn(Request) -> Fut,
-    Fut: Future<Output = Result<HttpResponse, HandlerError>>,
+    Fut: Future<Output = HttpResponse>,
 {
     let request_id = context.request_id.clone();
     let response = match request_from_event(event) {
-        Ok(request) => match handler(request.with_lambda_context(context)).await {
-            Ok(response) => response,
-            Err(err) => {
-                // Handlers never fail; this is a last resort, not a path.
-                tracing::error!(request_id, error = %err, status = 500, "request failed");
-                json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"detail": "Internal server error"}),
-                )
-            }
-        },
+        Ok(request) => handler(request.with_lambda_context(context)).await,
         Err(reason) => {
             tracing::info!(request_id, status = 400, reason, "event refused");
-            json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({ "detail": format!("Malformed request: {reason}") }),
-            )
+            ApiError::MalformedEvent(reason).into_response()
         }
     };
     gateway_response(response, &request_id)
@@ -221,6 +208,7 @@ fn gateway_response(response: HttpResponse, request_id: &str) -> ApiGatewayV2htt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn anything_a_client_can_put_in_a_query_becomes_a_valid_uri() {

@@ -1,32 +1,45 @@
 //! The todo API's library: everything the Lambda functions under `functions/` share.
 //!
 //! A request flows `handlers` → `auth` (who is calling) → `owner` (may they touch this
-//! path) → `http` / `task` / `listing` (is the request well-formed) → `repo` (one SQL
-//! statement through the pooled `db`) → a response built by `http`, with failures mapped
-//! by `error`. `config` is read once per cold start into an [`AppState`]; `routes` is the
-//! single route table that the infrastructure is checked against.
+//! path) → `request` / `task` / `listing` / `precondition` (is the request well-formed;
+//! 422s collected by `validation`) → `repo` (one SQL statement through the pooled `db`) →
+//! a response built by `response`, with failures mapped by `error` and CORS added by
+//! `cors`. `lambda` turns API Gateway events into requests and responses back. `config` is
+//! read once per cold start (with `secrets`) into an [`AppState`]; `tls` is the one rustls
+//! set-up; `routes` is the single route table that the infrastructure is checked against.
+//!
+//! The modules stand on floors; each uses only modules on floors below it:
+//! 1. `config`, `response`, `validation`, `tls`, `telemetry` (nothing of the crate)
+//! 2. `error`, `cors`, `secrets`
+//! 3. `routes`, `lambda`, `request`, `task`, `listing`, `auth`, `db`
+//! 4. `precondition`, `owner`
+//! 5. `repo`
+//! 6. [`AppState`] (here), then `handlers`
 
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod db;
 pub mod error;
 pub mod handlers;
-pub mod http;
 pub mod lambda;
 pub mod listing;
 pub mod owner;
 pub mod precondition;
 pub mod repo;
+pub mod request;
+pub mod response;
 pub mod routes;
 pub mod secrets;
 pub mod task;
 pub mod telemetry;
+pub mod tls;
 pub mod validation;
 
 use auth::TokenVerifier;
 use config::Config;
+use cors::Cors;
 use db::Database;
-use http::Cors;
 use repo::TaskRepo;
 
 /// What a warm instance keeps between requests; built once per cold start.

@@ -2,8 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
-use crate::validation::{check_text, FieldError, Source};
+use crate::validation::{check_text, FieldError, FieldErrors, Source};
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 500;
@@ -44,7 +43,7 @@ fn first<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 fn choice<T: Copy>(
-    errors: &mut Vec<FieldError>,
+    errors: &mut FieldErrors,
     name: &str,
     raw: &str,
     options: &[(&str, T)],
@@ -71,7 +70,7 @@ fn choice<T: Copy>(
 }
 
 fn integer(
-    errors: &mut Vec<FieldError>,
+    errors: &mut FieldErrors,
     name: &str,
     raw: &str,
     min: i64,
@@ -119,11 +118,11 @@ fn integer(
 impl ListQuery {
     /// Parses the raw query string. Unknown parameters are ignored; for repeated ones the
     /// first wins.
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(query: Option<&str>) -> Result<Self, FieldErrors> {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-        let mut errors = Vec::new();
+        let mut errors = FieldErrors::default();
         let status = first(&pairs, "status").and_then(|raw| {
             choice(
                 &mut errors,
@@ -160,9 +159,14 @@ impl ListQuery {
         let search = first(&pairs, "search")
             .filter(|s| !s.is_empty())
             .and_then(|raw| {
-                check_text(Source::Query, "search", raw, 0, SEARCH_MAX_CHARS)
-                    .map_err(|e| errors.push(e))
-                    .ok()
+                errors
+                    .take(check_text(
+                        Source::Query,
+                        "search",
+                        raw,
+                        0,
+                        SEARCH_MAX_CHARS,
+                    ))
                     .map(|()| raw.to_owned())
             });
         let sort = first(&pairs, "sort").map_or(Some(SortField::CreatedAt), |raw| {
@@ -190,9 +194,7 @@ impl ListQuery {
         });
         let offset = first(&pairs, "offset")
             .map_or(Some(0), |raw| integer(&mut errors, "offset", raw, 0, None));
-        if !errors.is_empty() {
-            return Err(ApiError::Validation(errors));
-        }
+        errors.finish(|| ())?;
         let sort = sort.expect("checked");
         let default_order = match sort {
             SortField::Title => SortOrder::Asc,
@@ -277,7 +279,7 @@ mod tests {
 
     #[test]
     fn every_bad_parameter_is_reported() {
-        let Err(ApiError::Validation(errors)) = ListQuery::parse(Some(
+        let Err(FieldErrors(errors)) = ListQuery::parse(Some(
             "status=x&sort=y&order=z&limit=0&offset=-1&completed=maybe",
         )) else {
             panic!("expected validation errors");

@@ -160,8 +160,13 @@ const DELETE_IF_MATCH: &str = guarded!(
     "$3"
 );
 
-/// Hours after which an `Idempotency-Key` stops counting.
-pub const IDEMPOTENCY_KEY_TTL_HOURS: i32 = 24;
+/// How long an `Idempotency-Key` counts, as SQL: a key older than this is taken over by
+/// the next create with it, and purged by any keyed create.
+macro_rules! key_expired {
+    ($created_at:literal) => {
+        concat!($created_at, " < now() - interval '24 hours'")
+    };
+}
 
 /// A create with an `Idempotency-Key`, in one statement: claim the key (or find who
 /// claimed it: `ON CONFLICT DO UPDATE` returns the existing row even when it was committed
@@ -175,12 +180,12 @@ const CREATE_IDEMPOTENT: &str = concat!(
     "WITH claim AS (",
     "INSERT INTO idempotency_keys AS k (user_id, key, request_hash, task_id) VALUES ($2, $6, $7, $1) ",
     "ON CONFLICT (user_id, key) DO UPDATE SET ",
-    "request_hash = CASE WHEN k.created_at < now() - interval '24 hours' THEN EXCLUDED.request_hash ELSE k.request_hash END, ",
-    "task_id = CASE WHEN k.created_at < now() - interval '24 hours' THEN EXCLUDED.task_id ELSE k.task_id END, ",
-    "created_at = CASE WHEN k.created_at < now() - interval '24 hours' THEN now() ELSE k.created_at END ",
+    "request_hash = CASE WHEN ", key_expired!("k.created_at"), " THEN EXCLUDED.request_hash ELSE k.request_hash END, ",
+    "task_id = CASE WHEN ", key_expired!("k.created_at"), " THEN EXCLUDED.task_id ELSE k.task_id END, ",
+    "created_at = CASE WHEN ", key_expired!("k.created_at"), " THEN now() ELSE k.created_at END ",
     "RETURNING k.task_id, k.request_hash), ",
     "purge AS (DELETE FROM idempotency_keys WHERE (user_id, key) IN (",
-    "SELECT user_id, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' ",
+    "SELECT user_id, key FROM idempotency_keys WHERE ", key_expired!("created_at"), " ",
     "AND NOT (user_id = $2 AND key = $6) LIMIT 10 FOR UPDATE SKIP LOCKED)), ",
     "created AS (INSERT INTO tasks (id, user_id, title, description, completed) ",
     "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 ON CONFLICT (id) DO NOTHING RETURNING ",

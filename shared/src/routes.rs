@@ -114,22 +114,48 @@ impl Route {
     }
 }
 
-/// Finds the route for a method and path: `Ok` with the parameters, `Err(true)` when the
-/// path exists under another method (405), `Err(false)` when it does not exist (404).
+/// Why no route answers a method and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unrouted {
+    /// No route has this path (404).
+    NoSuchPath,
+    /// The path exists under other methods (405); `allowed` is the `Allow` header's list.
+    MethodNotAllowed { allowed: Vec<&'static str> },
+}
+
+impl From<Unrouted> for crate::error::ApiError {
+    fn from(unrouted: Unrouted) -> Self {
+        match unrouted {
+            Unrouted::NoSuchPath => crate::error::ApiError::NoSuchPath,
+            Unrouted::MethodNotAllowed { allowed } => {
+                crate::error::ApiError::MethodNotAllowed { allowed }
+            }
+        }
+    }
+}
+
+/// Finds the route for a method and path, with the path's parameters. A CORS preflight
+/// (`OPTIONS`) goes to the first route of its path: every operation answers preflights.
 pub fn resolve(
     method: &str,
     path: &str,
-) -> Result<(&'static Route, HashMap<String, String>), bool> {
-    let mut path_exists = false;
+) -> Result<(&'static Route, HashMap<String, String>), Unrouted> {
+    let preflight = method.eq_ignore_ascii_case("OPTIONS");
+    let mut allowed = Vec::new();
     for route in &ROUTES {
         if let Some(params) = route.match_path(path) {
-            if route.method.eq_ignore_ascii_case(method) {
+            if preflight || route.method.eq_ignore_ascii_case(method) {
                 return Ok((route, params));
             }
-            path_exists = true;
+            allowed.push(route.method);
         }
     }
-    Err(path_exists)
+    if allowed.is_empty() {
+        Err(Unrouted::NoSuchPath)
+    } else {
+        allowed.push("OPTIONS");
+        Err(Unrouted::MethodNotAllowed { allowed })
+    }
 }
 
 #[cfg(test)]
@@ -143,9 +169,28 @@ mod tests {
         assert_eq!(params["user_id"], "u1");
         assert_eq!(params["id"], "abc");
         assert_eq!(resolve("GET", "/health").unwrap().0.function, "health");
-        assert!(resolve("POST", "/health").unwrap_err());
-        assert!(!resolve("GET", "/api/u1/nope").unwrap_err());
-        assert!(!resolve("GET", "/api//tasks").unwrap_err());
+        assert_eq!(
+            resolve("POST", "/health").unwrap_err(),
+            Unrouted::MethodNotAllowed {
+                allowed: vec!["GET", "OPTIONS"]
+            }
+        );
+        assert_eq!(
+            resolve("TRACE", "/api/u/tasks/x").unwrap_err(),
+            Unrouted::MethodNotAllowed {
+                allowed: vec!["GET", "PUT", "DELETE", "OPTIONS"]
+            }
+        );
+        assert_eq!(
+            resolve("GET", "/api/u1/nope").unwrap_err(),
+            Unrouted::NoSuchPath
+        );
+        assert_eq!(
+            resolve("GET", "/api//tasks").unwrap_err(),
+            Unrouted::NoSuchPath
+        );
+        let (preflight, _) = resolve("OPTIONS", "/api/u1/tasks").unwrap();
+        assert_eq!(preflight.path, "/api/{user_id}/tasks");
     }
 
     #[test]

@@ -40,7 +40,7 @@ async fn fetch(
     use aws_smithy_http_client::tls;
     use std::time::Duration;
 
-    crate::db::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,

@@ -7,8 +7,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::validation::{check_text, FieldError, Source};
+use crate::validation::{check_text, FieldError, FieldErrors, Source};
 
 /// Longest title, in Unicode code points, after trimming.
 pub const TITLE_MAX_CHARS: usize = 255;
@@ -110,23 +109,6 @@ fn parse_bool(field: &str, value: &Value) -> Result<bool, FieldError> {
         .ok_or_else(|| FieldError::bool_type(Source::Body, field, value.clone()))
 }
 
-/// Runs every field parser and reports all failures at once, as pydantic does.
-struct Collector(Vec<FieldError>);
-
-impl Collector {
-    fn take<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
-        result.map_err(|err| self.0.push(err)).ok()
-    }
-
-    fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ApiError> {
-        if self.0.is_empty() {
-            Ok(value())
-        } else {
-            Err(ApiError::Validation(self.0))
-        }
-    }
-}
-
 /// The body of `POST /api/{user_id}/tasks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {
@@ -136,11 +118,11 @@ pub struct NewTask {
 }
 
 impl NewTask {
-    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, ApiError> {
+    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, FieldErrors> {
         let Some(body) = body else {
             return Err(FieldError::missing(Source::Body, "", Value::Null).into());
         };
-        let mut errors = Collector(Vec::new());
+        let mut errors = FieldErrors::default();
         let title = match body.get("title") {
             Some(value) => errors.take(TaskTitle::parse(value)),
             None => errors.take(Err(FieldError::missing(
@@ -176,17 +158,17 @@ pub struct TaskChanges {
 }
 
 impl TaskChanges {
-    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, ApiError> {
+    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, FieldErrors> {
         let body = body.unwrap_or_default();
-        let mut errors = Collector(Vec::new());
+        let mut errors = FieldErrors::default();
         let present = |name: &str| body.get(name).filter(|v| !v.is_null());
         let title = present("title").and_then(|v| errors.take(TaskTitle::parse(v)));
         let description = body
             .get("description")
             .and_then(|v| errors.take(TaskDescription::parse(v)));
         let completed = present("completed").and_then(|v| errors.take(parse_bool("completed", v)));
-        if errors.0.is_empty() && title.is_none() && description.is_none() && completed.is_none() {
-            errors.0.push(FieldError::new(
+        if errors.is_empty() && title.is_none() && description.is_none() && completed.is_none() {
+            errors.push(FieldError::new(
                 Source::Body,
                 "",
                 "value_error",
@@ -211,7 +193,7 @@ pub enum Completion {
 
 impl Completion {
     /// No body, `{}` or `"completed": null` toggles; a boolean sets.
-    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, ApiError> {
+    pub fn from_body(body: Option<Map<String, Value>>) -> Result<Self, FieldErrors> {
         match body.as_ref().and_then(|b| b.get("completed")) {
             None | Some(Value::Null) => Ok(Completion::Toggle),
             Some(value) => Ok(Completion::Set(parse_bool("completed", value)?)),
@@ -246,7 +228,7 @@ mod tests {
     #[test]
     fn create_reports_every_bad_field() {
         let err = NewTask::from_body(obj(json!({"description": 1, "completed": "yes"})));
-        let Err(ApiError::Validation(errors)) = err else {
+        let Err(FieldErrors(errors)) = err else {
             panic!("expected a validation error");
         };
         let kinds: Vec<_> = errors.iter().map(|e| e.kind).collect();

@@ -1,4 +1,5 @@
-//! FastAPI/pydantic-shaped validation errors, so existing clients can show them unchanged.
+//! FastAPI/pydantic-shaped validation errors, so existing clients can show them unchanged,
+//! and the one way a request's 422 is collected: [`FieldErrors`].
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -122,6 +123,56 @@ impl FieldError {
     }
 }
 
+/// Every problem found in a request, reported at once as pydantic does: the `detail` of a
+/// 422. Each check's result goes through [`FieldErrors::take`]; [`FieldErrors::finish`]
+/// then answers with the value, or with all the errors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    /// The value of a check that passed; a failed check's errors are kept and `None` returned.
+    pub fn take<T>(&mut self, result: Result<T, impl Into<FieldErrors>>) -> Option<T> {
+        result.map_err(|err| self.0.extend(err.into().0)).ok()
+    }
+
+    pub fn push(&mut self, err: FieldError) {
+        self.0.push(err);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `value()` when no check failed, otherwise every error.
+    pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, FieldErrors> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl From<FieldError> for FieldErrors {
+    fn from(err: FieldError) -> Self {
+        FieldErrors(vec![err])
+    }
+}
+
+/// Two independent checks: both values, or the errors of both (the first's first).
+pub fn both<A, B>(
+    a: Result<A, impl Into<FieldErrors>>,
+    b: Result<B, impl Into<FieldErrors>>,
+) -> Result<(A, B), FieldErrors> {
+    let mut errors = FieldErrors::default();
+    let a = errors.take(a);
+    let b = errors.take(b);
+    match (a, b) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(errors),
+    }
+}
+
 /// Checks a string's length in Unicode code points (as Postgres counts them) and refuses U+0000.
 pub fn check_text(
     source: Source,
@@ -166,6 +217,22 @@ mod tests {
     fn nul_is_refused_even_when_length_is_fine() {
         let err = check_text(Source::Query, "search", "a\0b", 0, 10).unwrap_err();
         assert_eq!(err.kind, "string_pattern_mismatch");
+    }
+
+    #[test]
+    fn both_reports_the_errors_of_both_checks_in_order() {
+        let title = FieldError::missing(Source::Body, "title", json!({}));
+        let id = FieldError::missing(Source::Path, "id", json!(null));
+        let err = both::<(), ()>(Err(id.clone()), Err(FieldErrors::from(title.clone())));
+        assert_eq!(err, Err(FieldErrors(vec![id.clone(), title])));
+        assert_eq!(
+            both(Ok::<_, FieldError>(1), Ok::<_, FieldError>(2)),
+            Ok((1, 2))
+        );
+        assert_eq!(
+            both::<_, ()>(Ok::<_, FieldError>(1), Err(id.clone())),
+            Err(FieldErrors(vec![id]))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod mirrors;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod tokens;

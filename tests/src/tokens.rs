@@ -14,12 +14,7 @@ pub fn claims(sub: &str) -> Value {
 }
 
 pub fn hs256_with(secret: &str, claims: &Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign HS256")
+    shared::auth::sign_hs256(secret, claims).expect("sign HS256")
 }
 
 pub fn hs256(claims: &Value) -> String {
@@ -28,7 +23,7 @@ pub fn hs256(claims: &Value) -> String {
 
 /// A valid HS256 token for `sub`.
 pub fn token(sub: &str) -> String {
-    hs256(&claims(sub))
+    shared::auth::mint_hs256(crate::TEST_SECRET, sub, 600).expect("sign HS256")
 }
 
 /// Signs with a fixture key: `ed25519`, `ed25519-rotated`, `es256` or `rs256`.

@@ -1,15 +1,10 @@
 """Shared fixtures for the system tests: free ports, a throwaway PostgreSQL cluster, HS256
 tokens, and a minimal Lambda Runtime API so that real function binaries can be invoked."""
 
-import base64
-import hashlib
-import hmac
 import json
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -32,19 +27,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 MINTED_TOKENS = []
 
 
 def hs256_token(secret: str, sub: str, lifetime: int = 600) -> str:
-    now = int(time.time())
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "iat": now, "exp": now + lifetime}).encode())
-    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    token = f"{header}.{payload}.{b64url(signature)}"
+    """A token for `sub`, minted by `dev-token` (the one HS256 minter; built by
+    `cargo build --workspace --bins`, as scripts/test does before these tests)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BETTER_AUTH_SECRET", "JWT_SECRET")}
+    env["BETTER_AUTH_SECRET"] = secret
+    token = subprocess.run([str(TARGET / "dev-token"), sub, str(lifetime)], env=env, check=True,
+                           capture_output=True, text=True).stdout.strip()
     MINTED_TOKENS.append(token)
     return token
 
@@ -114,31 +106,24 @@ def as_postgres(args):
 
 
 class Cluster:
-    """A throwaway cluster on 127.0.0.1, removed on stop()."""
+    """A throwaway cluster on 127.0.0.1, migrated, removed on stop(). Started by
+    scripts/lib.sh (start_throwaway_cluster), the one shell starter of clusters."""
 
     def __init__(self, extra_conf=()):
-        self.dir = Path(tempfile.mkdtemp(prefix="todo-sys-pg-"))
-        self.dir.chmod(0o755)
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self.port = free_port()
-        bin_dir = pg_bin()
-        self.pg_ctl = bin_dir / "pg_ctl"
-        subprocess.run(as_postgres([bin_dir / "initdb", "-D", self.dir / "data", "-A", "trust",
-                                    "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-                       check=True, capture_output=True)
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " + " ".join(extra_conf)
-        subprocess.run(as_postgres([self.pg_ctl, "-D", self.dir / "data", "-o", options, "-l",
-                                    self.dir / "server.log", "-w", "-t", "60", "start"]),
-                       check=True, capture_output=True)
+        env = dict(os.environ, THROWAWAY_PG_OPTIONS=" ".join(["-c fsync=off", *extra_conf]))
+        out = subprocess.run(
+            ["bash", "-c", 'source "$0" && start_throwaway_cluster && printf "%s\\n" '
+             '"$THROWAWAY_DIR" "$THROWAWAY_PORT" "$THROWAWAY_PG_BIN"', ROOT / "scripts" / "lib.sh"],
+            env=env, check=True, capture_output=True, text=True).stdout.split("\n")
+        self.dir, self.port, self.pg_bin = Path(out[0]), int(out[1]), Path(out[2])
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
         subprocess.run([TARGET / "migrate"], env=dict(os.environ, DATABASE_URL=self.url),
                        check=True, capture_output=True, timeout=60)
 
     def stop(self):
-        subprocess.run(as_postgres([self.pg_ctl, "-D", self.dir / "data", "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["bash", "-c", 'source "$0" && stop_throwaway_cluster', ROOT / "scripts" / "lib.sh"],
+                       env=dict(os.environ, THROWAWAY_DIR=str(self.dir), THROWAWAY_PGDATA=str(self.dir / "data"),
+                                THROWAWAY_PG_BIN=str(self.pg_bin)), capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,22 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from test_stack import Stack
+from test_stack import stack  # noqa: F401 (the fixture: the stack scripts/dev serves)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "typescript"
-
-
-@pytest.fixture(scope="module")
-def stack():
-    s = Stack()
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
 
 
 def test_the_typescript_client_passes_its_tests_against_the_api(stack):

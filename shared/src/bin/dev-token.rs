@@ -1,12 +1,12 @@
 //! `dev-token`: mints an HS256 token for local development, signed with the configured
-//! `BETTER_AUTH_SECRET`, so frontend developers can call the local API.
+//! `BETTER_AUTH_SECRET`, so frontend developers can call the local API. The scripts and the
+//! Python system tests mint their tokens with it too.
 //!
 //! Usage: `dev-token <user_id> [lifetime-seconds]` (default one hour).
 
 use std::process::ExitCode;
 
 use secrecy::ExposeSecret;
-use serde_json::json;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -35,13 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({ "sub": user_id, "iat": now, "exp": now + lifetime });
-    match jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
-    ) {
+    match shared::auth::mint_hs256(secret.expose_secret(), &user_id, lifetime) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

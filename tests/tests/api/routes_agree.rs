@@ -95,6 +95,29 @@ fn scripts_dev_turns_off_the_permissive_cors_of_cargo_lambda_watch() {
 }
 
 #[test]
+fn the_generated_mirrors_are_up_to_date() {
+    for (path, expected) in tests::mirrors::generated() {
+        let actual = std::fs::read_to_string(repo().join(&path)).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "{} differs from the route table: run `cargo run -p tests --bin routes`",
+            path.display()
+        );
+    }
+    let mut crates: Vec<String> = std::fs::read_dir(repo().join("functions"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    crates.sort_unstable();
+    let mut functions: Vec<&str> = ROUTES.iter().map(|r| r.function).collect();
+    functions.sort_unstable();
+    assert_eq!(
+        crates, functions,
+        "functions/ holds exactly one crate per route"
+    );
+}
+
+#[test]
 fn every_function_has_its_crate() {
     for route in &ROUTES {
         let manifest = repo()
@@ -161,6 +184,17 @@ fn the_contract_lists_the_same_routes() {
         );
         return;
     };
+    assert_eq!(markdown_routes(&text), route_table());
+}
+
+#[test]
+fn the_readme_lists_the_same_routes() {
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert_eq!(markdown_routes(&text), route_table());
+}
+
+/// The `| Method | `path` | `function` | …` rows of a Markdown document's route table.
+fn markdown_routes(text: &str) -> RouteSet {
     let mut routes = RouteSet::new();
     for line in text.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -176,7 +210,7 @@ fn the_contract_lists_the_same_routes() {
             ));
         }
     }
-    assert_eq!(routes, route_table());
+    routes
 }
 
 #[test]
