@@ -6,12 +6,13 @@
 //! functions work behind Neon's PgBouncer pooler in transaction mode.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures_util::FutureExt as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -28,9 +29,9 @@ pub struct Database {
     tls: MakeRustlsConnect,
     statement_timeout: Duration,
     prepared: bool,
-    /// Whether requests switch to `todo_app`: until the warm-up has seen that the login
-    /// role is itself subject to row-level security, they do.
-    switch_role: Arc<AtomicBool>,
+    /// Whether requests switch to `todo_app` ([`ROLE_SWITCH`]) or not ([`ROLE_AS_LOGIN`]);
+    /// until the first request has found out ([`ROLE_UNKNOWN`]), they do.
+    role: Arc<AtomicU8>,
 }
 
 /// The role requests run as; created by the migrations, without BYPASSRLS.
@@ -63,6 +64,10 @@ pub const CONTEXT: &str = context!("set_config('role', 'todo_app', true), ");
 /// superuser nor BYPASSRLS, with the table privileges): no role switch, which saves the
 /// database about a tenth of a simple read's cost.
 pub const CONTEXT_AS_LOGIN_ROLE: &str = context!("");
+
+const ROLE_UNKNOWN: u8 = 0;
+const ROLE_SWITCH: u8 = 1;
+const ROLE_AS_LOGIN: u8 = 2;
 
 /// Whether the login role is itself subject to row-level security and may use the tables.
 const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (rolsuper OR rolbypassrls) \
@@ -156,61 +161,28 @@ impl Database {
             tls,
             statement_timeout: config.statement_timeout,
             prepared: config.prepared_statements,
-            switch_role: Arc::new(AtomicBool::new(true)),
+            role: Arc::new(AtomicU8::new(ROLE_UNKNOWN)),
         })
     }
 
-    /// Opens the first connection during the cold start, learns whether the login role is
-    /// itself subject to row-level security (then no request needs to switch roles) and,
-    /// with prepared statements, prepares `statements` and the context on it, all in one
-    /// pipelined round trip, so that no request pays for any of it. A failure is only
-    /// logged: requests will retry and answer 503 if it persists.
-    pub async fn warm_up(&self, statements: &[(&str, &[Type])]) {
-        let client = match self.pool.get().await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::warn!(error = %PoolFailure(&err), "database warm-up failed");
-                return;
-            }
-        };
-        let contexts = [
-            (CONTEXT, &CONTEXT_TYPES[..]),
-            (CONTEXT_AS_LOGIN_ROLE, &CONTEXT_TYPES[..]),
-        ];
-        let to_prepare: &[(&str, &[Type])] = if self.prepared { statements } else { &[] };
-        let prepares = contexts
-            .iter()
-            .filter(|_| self.prepared)
-            .chain(to_prepare)
-            .map(|(sql, types)| client.prepare_typed_cached(sql, types));
-        let warmed = tokio::time::timeout(self.statement_timeout, async {
-            tokio::join!(
-                client.query_typed(LOGIN_ROLE_IS_SUBJECT_TO_RLS, &[]),
-                futures_util::future::try_join_all(prepares),
-            )
-        })
-        .await;
-        let Ok((subject_to_rls, prepared)) = warmed else {
-            tracing::warn!("database warm-up timed out");
-            return;
-        };
-        if let Ok(Some(true)) = subject_to_rls.map(|rows| rows.first().map(|row| row.get(0))) {
-            self.switch_role.store(false, Ordering::Relaxed);
-        }
-        if prepared.is_err() {
-            tracing::warn!("preparing statements at warm-up failed");
+    /// Opens the first connection during the cold start, so the first request does not pay
+    /// for it. A failure is only logged: requests will retry and answer 503 if it persists.
+    /// (Statements are prepared by the first request that uses them, in its own flight.)
+    pub async fn warm_up(&self) {
+        if let Err(err) = self.pool.get().await {
+            tracing::warn!(error = %PoolFailure(&err), "database warm-up failed");
         }
     }
 
     /// Whether requests switch to the `todo_app` role (the login role bypasses row-level
     /// security, or the warm-up has not run).
     pub fn switches_role(&self) -> bool {
-        self.switch_role.load(Ordering::Relaxed)
+        self.role.load(Ordering::Relaxed) != ROLE_AS_LOGIN
     }
 
     /// The context statement this database's requests use.
     fn context(&self) -> &'static str {
-        if self.switch_role.load(Ordering::Relaxed) {
+        if self.switches_role() {
             CONTEXT
         } else {
             CONTEXT_AS_LOGIN_ROLE
@@ -298,40 +270,79 @@ impl Database {
         ];
         // Named statements are prepared once per connection (the first request on a
         // connection pays one round trip for it, unless `prepare` ran at cold start).
-        let statements = if self.prepared {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            let prepared = tokio::time::timeout_at(deadline.into(), async {
-                tokio::try_join!(
-                    client.prepare_typed_cached(self.context(), &CONTEXT_TYPES),
-                    client.prepare_typed_cached(sql, &types),
-                )
-            })
-            .await
-            .map_err(|_| {
-                Failure::not_sent(ApiError::Unavailable(anyhow!(
-                    "preparing statements did not finish before the deadline"
-                )))
-            })?
-            .map_err(Failure::not_done)?;
-            Some(prepared)
-        } else {
-            None
-        };
+        // Prepared statements are cached per connection. On a connection that has not
+        // prepared them yet, this request runs unnamed statements, and the preparation
+        // travels in the same flight (Parse/Describe before the transaction), so that no
+        // request ever pays a round trip for it; the next one finds them cached. The
+        // first request of the instance also asks, in that flight, whether the login role
+        // is itself subject to row-level security.
         let answered = {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let context_sql = self.context();
+            let mut prepare_context = std::pin::pin!(async {
+                if self.prepared {
+                    Some(
+                        client
+                            .prepare_typed_cached(context_sql, &CONTEXT_TYPES)
+                            .await,
+                    )
+                } else {
+                    None
+                }
+            });
+            let mut prepare_statement = std::pin::pin!(async {
+                if self.prepared {
+                    Some(client.prepare_typed_cached(sql, &types).await)
+                } else {
+                    None
+                }
+            });
+            // A cached statement is ready at the first poll; a missing one has just been sent.
+            let first_context = prepare_context.as_mut().now_or_never();
+            let first_statement = prepare_statement.as_mut().now_or_never();
+            let cached = match (&first_context, &first_statement) {
+                (Some(Some(Ok(context))), Some(Some(Ok(statement)))) => {
+                    Some((context.clone(), statement.clone()))
+                }
+                _ => None,
+            };
             let pipeline = async {
+                let detect = async {
+                    if self.role.load(Ordering::Relaxed) == ROLE_UNKNOWN {
+                        let subject = client.query_typed(LOGIN_ROLE_IS_SUBJECT_TO_RLS, &[]).await;
+                        if let Ok(Some(subject)) =
+                            subject.map(|rows| rows.first().map(|row| row.get(0)))
+                        {
+                            let role = if subject { ROLE_AS_LOGIN } else { ROLE_SWITCH };
+                            self.role.store(role, Ordering::Relaxed);
+                        }
+                    }
+                };
+                // Preparations still under way finish in this flight; a failure only means
+                // that the next request tries again.
+                let prepare = async {
+                    if first_context.is_none() {
+                        let _ = prepare_context.as_mut().await;
+                    }
+                    if first_statement.is_none() {
+                        let _ = prepare_statement.as_mut().await;
+                    }
+                };
                 let ctx = async {
-                    match &statements {
+                    match &cached {
                         Some((ctx, _)) => client.query(ctx, &values(&context)).await,
-                        None => client.query_typed(self.context(), &context).await,
+                        None => client.query_typed(context_sql, &context).await,
                     }
                 };
                 let statement = async {
-                    match &statements {
+                    match &cached {
                         Some((_, statement)) => client.query(statement, &values(params)).await,
                         None => client.query_typed(sql, params).await,
                     }
                 };
-                let (begin, ctx, rows, commit) = tokio::join!(
+                let (_, _, begin, ctx, rows, commit) = tokio::join!(
+                    detect,
+                    prepare,
                     client.batch_execute("BEGIN"),
                     ctx,
                     statement,

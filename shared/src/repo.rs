@@ -62,7 +62,7 @@ macro_rules! list_sql {
 }
 
 /// The listing statement for a sort field and order.
-pub const fn list_statement(sort: SortField, order: SortOrder) -> &'static str {
+pub fn list_statement(sort: SortField, order: SortOrder) -> &'static str {
     use SortField::*;
     use SortOrder::*;
     match (sort, order) {
@@ -197,67 +197,6 @@ const CREATE_IDEMPOTENT: &str = concat!(
     " FROM tasks WHERE id = claim.task_id AND user_id = $2) t ON true"
 );
 
-/// Every statement with its parameter types as the operations send them, for preparing
-/// them all at cold start (a mismatch only costs one round trip on first use; the
-/// round-trip test would see it).
-const STATEMENTS: [(&str, &[Type]); 15] = {
-    use SortField::*;
-    use SortOrder::*;
-    const LIST: &[Type] = &[Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
-    const ID_OWNER: &[Type] = &[Type::UUID, Type::TEXT];
-    const UPDATE_TYPES: &[Type] = &[
-        Type::UUID,
-        Type::TEXT,
-        Type::TEXT,
-        Type::BOOL,
-        Type::TEXT,
-        Type::BOOL,
-    ];
-    const UPDATE_GUARDED: &[Type] = &[
-        Type::UUID,
-        Type::TEXT,
-        Type::TEXT,
-        Type::BOOL,
-        Type::TEXT,
-        Type::BOOL,
-        Type::INT8_ARRAY,
-    ];
-    [
-        (list_statement(CreatedAt, Asc), LIST),
-        (list_statement(CreatedAt, Desc), LIST),
-        (list_statement(UpdatedAt, Asc), LIST),
-        (list_statement(UpdatedAt, Desc), LIST),
-        (list_statement(Title, Asc), LIST),
-        (list_statement(Title, Desc), LIST),
-        (
-            INSERT,
-            &[Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL],
-        ),
-        (SELECT_ONE, ID_OWNER),
-        (UPDATE, UPDATE_TYPES),
-        (UPDATE_IF_MATCH, UPDATE_GUARDED),
-        (COMPLETE, &[Type::UUID, Type::TEXT, Type::BOOL]),
-        (
-            COMPLETE_IF_MATCH,
-            &[Type::UUID, Type::TEXT, Type::BOOL, Type::INT8_ARRAY],
-        ),
-        (DELETE, ID_OWNER),
-        (DELETE_IF_MATCH, &[Type::UUID, Type::TEXT, Type::INT8_ARRAY]),
-        (
-            CREATE_IDEMPOTENT,
-            &[
-                Type::UUID,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::BOOL,
-                Type::TEXT,
-                Type::BYTEA,
-            ],
-        ),
-    ]
-};
-
 /// How a create with an `Idempotency-Key` ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {
@@ -335,9 +274,9 @@ impl TaskRepo {
         &self.db
     }
 
-    /// Opens the first connection and prepares every statement on it (cold start).
+    /// Opens the first connection (cold start).
     pub async fn warm_up(&self) {
-        self.db.warm_up(&STATEMENTS).await;
+        self.db.warm_up().await;
     }
 
     /// Every statement runs in the owner's row-level security context.

@@ -75,6 +75,8 @@ impl FlightCounter {
 
 /// ReadyForQuery with status "idle": the server's last word after a `COMMIT`.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+/// The server's CommandComplete for a `COMMIT` that committed.
+const COMMITTED: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
 /// A simple-query message carrying exactly `COMMIT`.
 const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
@@ -147,7 +149,8 @@ async fn relay(client: TcpStream, server: TcpStream, cuts: Arc<AtomicUsize>) {
             // Wait for the server to finish the commit, then hang up on the client
             // without passing on a byte of the answer.
             swallowed.extend_from_slice(&buf[..n]);
-            if swallowed.ends_with(READY_IDLE) {
+            let committed = swallowed.windows(COMMITTED.len()).any(|w| w == COMMITTED);
+            if committed && swallowed.ends_with(READY_IDLE) {
                 break;
             }
             continue;

@@ -9,7 +9,7 @@
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
-//!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task id>
+//!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task ids, a,b,…>
 //!                                     writes, for list, get, create and toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
 //!                                     one of exactly what the API sends for it, pipelined
@@ -283,12 +283,13 @@ fn write_pgbench_scripts(
     dir: &std::path::Path,
     lister: &str,
     writer: &str,
-    id: &str,
+    ids: &str,
 ) -> anyhow::Result<()> {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let lister = quote(lister);
     let user = quote(writer);
-    let id = format!("'{id}'::uuid");
+    let ids: Vec<String> = ids.split(',').map(|id| format!("'{id}'::uuid")).collect();
+    let id = ids[0].clone();
     let context = |sql: &str, user: &str| {
         with_literals(sql, &[user, "99999999999999::bigint", "5000::bigint"])
     };
@@ -299,7 +300,7 @@ fn write_pgbench_scripts(
             with_literals(
                 list,
                 &[
-                    &user,
+                    &lister,
                     "NULL::boolean",
                     "NULL::text",
                     "20::bigint",
@@ -321,15 +322,28 @@ fn write_pgbench_scripts(
                 ],
             ),
         ),
-        (
-            "toggle",
-            with_literals(repo::COMPLETE, &[&id, &user, "NULL::boolean"]),
-        ),
     ];
+    // Toggles spread over the writer's tasks, one script each (pgbench picks one at random
+    // per transaction), rather than all queueing for one row's lock.
+    let toggles = ids.iter().enumerate().map(|(n, id)| {
+        (
+            format!("toggle-{n}"),
+            with_literals(repo::COMPLETE, &[id, &user, "NULL::boolean"]),
+        )
+    });
+    let scripts = scripts
+        .into_iter()
+        .map(|(op, sql)| (op.to_owned(), sql))
+        .chain(toggles);
     for (op, statement) in scripts {
         let owner = if op == "list" { &lister } else { &user };
+        // `toggle-3` → `toggle-bare-3.sql`, `toggle-api-3.sql`.
+        let (op, n) = match op.split_once('-') {
+            Some((op, n)) => (op.to_owned(), format!("-{n}")),
+            None => (op, String::new()),
+        };
         std::fs::write(
-            dir.join(format!("{op}-bare.sql")),
+            dir.join(format!("{op}-bare{n}.sql")),
             format!("{statement};\n"),
         )?;
         for (suffix, context_sql) in [
@@ -338,7 +352,7 @@ fn write_pgbench_scripts(
         ] {
             let context = context(context_sql, owner);
             std::fs::write(
-                dir.join(format!("{op}-{suffix}.sql")),
+                dir.join(format!("{op}-{suffix}{n}.sql")),
                 format!(
                     "\\startpipeline\nBEGIN;\n{context};\n{statement};\nCOMMIT;\n\\endpipeline\n"
                 ),
