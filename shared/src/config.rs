@@ -100,7 +100,7 @@ impl Config {
     ) -> Result<DatabaseConfig, ConfigError> {
         // Parsed now so that a typo stops the cold start, not the first request.
         let parsed = parse_url(url.expose_secret())?;
-        let pool_size = number(var, "DB_POOL_SIZE", 1)?;
+        let pool_size = number(var, "DB_POOL_SIZE", max_concurrency(var).into())?;
         if pool_size == 0 {
             return Err(ConfigError::Invalid {
                 name: "DB_POOL_SIZE",
@@ -226,6 +226,16 @@ fn list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many invocations the platform runs at once in one execution environment:
+/// `AWS_LAMBDA_MAX_CONCURRENCY` on Lambda Managed Instances, 1 otherwise. A value the
+/// runtime would not honour (not a positive whole number) counts as 1, as it does there.
+pub fn max_concurrency(var: &impl Fn(&str) -> Option<String>) -> u32 {
+    var("AWS_LAMBDA_MAX_CONCURRENCY")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
 fn number(
     var: &impl Fn(&str) -> Option<String>,
     name: &'static str,
@@ -324,6 +334,28 @@ mod tests {
         assert_eq!(config.auth.leeway_seconds, 30);
         assert_eq!(config.cors_allowed_origins, vec!["http://localhost:3000"]);
         assert!(config.auth.jwks.is_none());
+    }
+
+    #[test]
+    fn the_pool_defaults_to_the_platforms_concurrency_unless_db_pool_size_says_otherwise() {
+        let base = [
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ];
+        let pool = |extra: &[(&str, &str)]| {
+            load(&[&base[..], extra].concat())
+                .unwrap()
+                .database
+                .pool_size
+        };
+        assert_eq!(pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "32")]), 32);
+        assert_eq!(pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "1")]), 1);
+        assert_eq!(pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "0")]), 1);
+        assert_eq!(pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "many")]), 1);
+        assert_eq!(
+            pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "32"), ("DB_POOL_SIZE", "4")]),
+            4
+        );
     }
 
     #[test]

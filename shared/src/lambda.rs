@@ -24,17 +24,21 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::response::HttpResponse;
 
-/// Serves one function: every invocation's event goes through [`respond`].
+/// Serves one function: every invocation's event goes through [`respond`]. Up to
+/// `AWS_LAMBDA_MAX_CONCURRENCY` invocations run at once (Lambda Managed Instances), each on
+/// a task of its own; when it is unset or 1, one at a time, as on classic Lambda.
 pub async fn run<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
 where
-    F: Fn(Request) -> Fut,
-    Fut: Future<Output = HttpResponse>,
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = HttpResponse> + Send + 'static,
 {
-    let handler = &handler;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: LambdaEvent<Value>| async move {
-            let (payload, context) = event.into_parts();
-            Ok::<_, Infallible>(respond(handler, payload, context).await)
+    lambda_runtime::run_concurrent(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| {
+            let handler = handler.clone();
+            async move {
+                let (payload, context) = event.into_parts();
+                Ok::<_, Infallible>(respond(&handler, payload, context).await)
+            }
         },
     ))
     .await

@@ -85,10 +85,13 @@ impl AppState {
     }
 }
 
-/// What every function's `main` does first: JSON logging, then the state.
-pub async fn cold_start() -> anyhow::Result<AppState> {
+/// What every function's `main` does first: JSON logging, then the state, which lives as
+/// long as the process (so that concurrent invocations can share it without counting
+/// references).
+pub async fn cold_start() -> anyhow::Result<&'static AppState> {
     telemetry::init();
-    AppState::from_env().await.inspect_err(|err| {
+    let state = AppState::from_env().await.inspect_err(|err| {
         tracing::error!(error = format!("{err:#}"), "cold start failed");
-    })
+    })?;
+    Ok(Box::leak(Box::new(state)))
 }

@@ -68,8 +68,8 @@ fn function_main(method: &str, path: &str, function: &str) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {{
-    let state = &shared::cold_start().await?;
-    shared::lambda::run(|req| shared::handlers::{handler}(state, req)).await
+    let state = shared::cold_start().await?;
+    shared::lambda::run(move |req| shared::handlers::{handler}(state, req)).await
 }}
 "#
     )

@@ -135,11 +135,15 @@ def cluster():
 
 class RuntimeApi:
     """The Lambda Runtime API (2018-06-01) as far as a function uses it: it hands out the
-    queued events on /invocation/next and records responses and errors."""
+    queued events on /invocation/next and records responses and errors. Any number of
+    `next` requests may wait at once (Lambda Managed Instances poll with one per concurrent
+    invocation); `in_flight` counts the events handed out and not yet answered."""
 
     def __init__(self):
         self.events = []
         self.results = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.init_error = None
         self.first_next_at = None
         self.cond = threading.Condition()
@@ -174,6 +178,8 @@ class RuntimeApi:
                         if not api.cond.wait(timeout=30):
                             return self._reply(500)
                     request_id, event = api.events.pop(0)
+                    api.in_flight += 1
+                    api.max_in_flight = max(api.max_in_flight, api.in_flight)
                 self._reply(200, json.dumps(event).encode(), {
                     "content-type": "application/json",
                     "lambda-runtime-aws-request-id": request_id,
@@ -190,6 +196,7 @@ class RuntimeApi:
                         api.init_error = body
                     elif len(parts) >= 6 and parts[-1] in ("response", "error"):
                         api.results[parts[-2]] = (parts[-1], body)
+                        api.in_flight -= 1
                     api.cond.notify_all()
                 self._reply(202, b"{}", {"content-type": "application/json"})
 
@@ -199,10 +206,18 @@ class RuntimeApi:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def invoke(self, event, timeout=30):
+        return self.result(self.submit(event), timeout)
+
+    def submit(self, event):
+        """Queues an invocation without waiting for it; `result` waits for its answer."""
         request_id = str(uuid.uuid4())
         with self.cond:
             self.events.append((request_id, event))
             self.cond.notify_all()
+        return request_id
+
+    def result(self, request_id, timeout=30):
+        with self.cond:
             deadline = time.monotonic() + timeout
             while request_id not in self.results:
                 remaining = deadline - time.monotonic()

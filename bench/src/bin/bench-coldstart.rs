@@ -7,12 +7,19 @@
 //! exec → the first response (the first request served). Then one longer run serves
 //! `RSS_INVOCATIONS` requests and reads the peak RSS (VmHWM) of the process.
 //!
+//! With `concurrency` as first argument it measures instead one process serving many
+//! invocations at once (Lambda Managed Instances): for list and create, at
+//! `AWS_LAMBDA_MAX_CONCURRENCY` 1, 8 and 32, as many clients invoke it in a closed loop
+//! through the emulator for a few seconds; it prints throughput, p50/p99 latency (invoke →
+//! response), the peak RSS and the Postgres connections the process opened.
+//!
 //! Usage: DATABASE_URL=… bench-coldstart <dir with the function binaries> [runs]
+//!        DATABASE_URL=… bench-coldstart concurrency <dir> [seconds per run]
 //! With BENCH_SECRETS_ENDPOINT, BENCH_DATABASE_URL_SECRET_ARN and
 //! BENCH_AUTH_SECRET_ARN set (a Secrets Manager, e.g. moto on 127.0.0.1), it also measures
 //! `health` reading both settings from Secrets Manager instead of the environment.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,6 +48,8 @@ struct Runtime {
     queue: VecDeque<(String, String)>,
     first_next: Option<Instant>,
     responses: Vec<(Instant, u16)>,
+    /// Invocations whose caller waits for the answer ([`Emulator::invoke`]).
+    waiting: HashMap<String, tokio::sync::oneshot::Sender<u16>>,
 }
 
 struct Emulator {
@@ -70,6 +79,19 @@ impl Emulator {
             }
             let _ = tokio::time::timeout(remaining, notified).await;
         }
+    }
+
+    /// Queues one invocation and waits for its status code (0: an error was reported).
+    async fn invoke(&self, event: String) -> u16 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut state = self.state.lock().unwrap();
+            let id = Uuid::new_v4().to_string();
+            state.waiting.insert(id.clone(), tx);
+            state.queue.push_back((id, event));
+        }
+        self.changed.notify_waiters();
+        rx.await.unwrap_or(0)
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -107,27 +129,34 @@ impl Emulator {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let id = path.rsplit('/').nth(1).unwrap_or_default().to_owned();
         if path.ends_with("/response") {
             let status = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v["statusCode"].as_u64())
                 .unwrap_or(0) as u16;
-            self.state
-                .lock()
-                .unwrap()
-                .responses
-                .push((Instant::now(), status));
+            let mut state = self.state.lock().unwrap();
+            match state.waiting.remove(&id) {
+                Some(waiter) => {
+                    let _ = waiter.send(status);
+                }
+                None => state.responses.push((Instant::now(), status)),
+            }
+            drop(state);
             self.changed.notify_waiters();
         } else if path.ends_with("/error") {
             eprintln!(
                 "function reported an error: {}",
                 String::from_utf8_lossy(&body)
             );
-            self.state
-                .lock()
-                .unwrap()
-                .responses
-                .push((Instant::now(), 0));
+            let mut state = self.state.lock().unwrap();
+            match state.waiting.remove(&id) {
+                Some(waiter) => {
+                    let _ = waiter.send(0);
+                }
+                None => state.responses.push((Instant::now(), 0)),
+            }
+            drop(state);
             self.changed.notify_waiters();
         }
         Response::builder()
@@ -213,7 +242,18 @@ async fn spawn(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("concurrency") {
+        let dir = PathBuf::from(
+            args.nth(1)
+                .context("usage: bench-coldstart concurrency <binaries dir> [seconds]")?,
+        );
+        let seconds = args
+            .next()
+            .map(|s| s.parse().expect("seconds"))
+            .unwrap_or(5);
+        return concurrency(&url, &dir, Duration::from_secs(seconds)).await;
+    }
     let dir = PathBuf::from(
         args.next()
             .context("usage: bench-coldstart <binaries dir> [runs]")?,
@@ -383,6 +423,130 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(&mut first, 90.0)),
             rss as f64 / 1024.0
         );
+    }
+    Ok(())
+}
+
+/// One process at several `AWS_LAMBDA_MAX_CONCURRENCY`: closed-loop clients, as many as
+/// the concurrency, for `run` each; throughput, latency, peak RSS, Postgres connections.
+async fn concurrency(url: &str, dir: &Path, run: Duration) -> anyhow::Result<()> {
+    let client = shared::db::connect_once(url, None, Duration::from_secs(10)).await?;
+    let lister = Uuid::new_v4().simple().to_string();
+    for i in 0..20 {
+        client
+            .execute(
+                "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, $3)",
+                &[&Uuid::now_v7(), &lister, &format!("task {i}")],
+            )
+            .await?;
+    }
+    let creator = Uuid::new_v4().simple().to_string();
+    let operations = [
+        (
+            "list-tasks",
+            event(
+                "GET",
+                &format!("/api/{lister}/tasks"),
+                "limit=20",
+                &token(SECRET, &lister),
+                None,
+                json!({"user_id": lister}),
+            ),
+        ),
+        (
+            "create-task",
+            event(
+                "POST",
+                &format!("/api/{creator}/tasks"),
+                "",
+                &token(SECRET, &creator),
+                Some(&json!({"title": "concurrent"})),
+                json!({"user_id": creator}),
+            ),
+        ),
+    ];
+    println!(
+        "one process under the Runtime API emulator, AWS_LAMBDA_MAX_CONCURRENCY = clients, {}s per run",
+        run.as_secs()
+    );
+    println!(
+        "{:<12} {:>5} {:>10} {:>9} {:>9} {:>7} {:>13} {:>12}",
+        "function", "conc", "req/s", "p50 ms", "p99 ms", "errors", "peak RSS MiB", "PG conns"
+    );
+    for (name, event) in &operations {
+        for concurrency in [1usize, 8, 32] {
+            let app = format!("bench-{}", Uuid::new_v4().simple());
+            let function = Function {
+                name,
+                event: event.to_string(),
+                env: vec![
+                    (
+                        "DATABASE_URL".to_owned(),
+                        format!(
+                            "{url}{}application_name={app}",
+                            if url.contains('?') { '&' } else { '?' }
+                        ),
+                    ),
+                    ("BETTER_AUTH_SECRET".to_owned(), SECRET.to_owned()),
+                    (
+                        "AWS_LAMBDA_MAX_CONCURRENCY".to_owned(),
+                        concurrency.to_string(),
+                    ),
+                    ("RUST_LOG".to_owned(), "warn".to_owned()),
+                ],
+            };
+            let (emulator, address, server) = start_emulator([]).await?;
+            let mut child = spawn(dir, &function, &address).await?;
+            anyhow::ensure!(
+                emulator.invoke(function.event.clone()).await / 100 == 2,
+                "{name} did not answer its first request"
+            );
+            let started = Instant::now();
+            let clients = (0..concurrency).map(|_| {
+                let emulator = emulator.clone();
+                let event = function.event.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    let mut errors = 0usize;
+                    while started.elapsed() < run {
+                        let sent = Instant::now();
+                        let status = emulator.invoke(event.clone()).await;
+                        samples.push(sent.elapsed());
+                        errors += usize::from(status / 100 != 2);
+                    }
+                    (samples, errors)
+                })
+            });
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            for client in clients.collect::<Vec<_>>() {
+                let (samples, errs) = client.await?;
+                latencies.extend(samples);
+                errors += errs;
+            }
+            let elapsed = started.elapsed();
+            let connections: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .await?
+                .get(0);
+            let rss = child.id().and_then(peak_rss_kib).unwrap_or(0);
+            child.kill().await?;
+            server.abort();
+            println!(
+                "{:<12} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>13.1} {:>12}",
+                name,
+                concurrency,
+                latencies.len() as f64 / elapsed.as_secs_f64(),
+                ms(percentile(&mut latencies, 50.0)),
+                ms(percentile(&mut latencies, 99.0)),
+                errors,
+                rss as f64 / 1024.0,
+                connections
+            );
+        }
     }
     Ok(())
 }
