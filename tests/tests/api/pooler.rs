@@ -355,6 +355,18 @@ fn fault_topology() -> &'static (Cluster, PgBouncer) {
     })
 }
 
+/// Holds `LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE` from a direct connection for `how_long`:
+/// every statement on the table waits, and the pooler's few server connections fill up.
+async fn lock_tasks_for(how_long: Duration) {
+    let mut admin = direct().await;
+    let lock = admin.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    tokio::time::sleep(how_long).await;
+    lock.commit().await.unwrap();
+}
+
 async fn direct() -> tokio_postgres::Client {
     shared::db::connect_once(&fault_topology().0.url(), None, Duration::from_secs(10))
         .await
@@ -382,16 +394,8 @@ async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
     // The faults, one after another while the users write.
     let mut faults = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    {
-        let mut admin = direct().await;
-        let lock = admin.transaction().await.unwrap();
-        lock.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        lock.commit().await.unwrap();
-        faults.push("table locked 2.5 s (2.5 × the statement timeout)".to_owned());
-    }
+    lock_tasks_for(Duration::from_millis(2500)).await;
+    faults.push("table locked 2.5 s (2.5 × the statement timeout)".to_owned());
     tokio::time::sleep(Duration::from_millis(700)).await;
     let terminated = terminate_backends(&direct().await).await;
     faults.push(format!("{terminated} backends terminated"));
@@ -407,16 +411,8 @@ async fn through_pgbouncer_every_error_answer_left_no_trace_under_faults() {
     faults.push("Postgres crashed and restarted (pg_ctl restart -m immediate)".to_owned());
     // Then a lock while the pooler queues (few server connections, many clients).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    {
-        let mut admin = direct().await;
-        let lock = admin.transaction().await.unwrap();
-        lock.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        lock.commit().await.unwrap();
-        faults.push("table locked 3 s again".to_owned());
-    }
+    lock_tasks_for(Duration::from_millis(3000)).await;
+    faults.push("table locked 3 s again".to_owned());
 
     let mut models = Vec::new();
     let mut tally = Tally::default();
