@@ -189,11 +189,11 @@ impl Database {
         }
     }
 
-    /// Runs one statement on behalf of `user_id`, in a transaction of its own that runs as
-    /// the `todo_app` role with `app.user_id` set, so that the row-level security policies
-    /// hold whatever the SQL says. The transaction is three pipelined messages (open, set
-    /// the context and the deadline; the statement; commit): the whole request costs one
-    /// network round trip. Nothing outlives the transaction, so the connection can be
+    /// Runs one statement on behalf of `user_id`, in a transaction of its own with
+    /// `app.user_id` set (and the `todo_app` role, unless the login role is itself subject
+    /// to row-level security), so that the policies hold whatever the SQL says. The
+    /// transaction is four pipelined messages (`BEGIN`; the context: role, user and
+    /// deadline; the statement; `COMMIT`): the whole request costs one network round trip. Nothing outlives the transaction, so the connection can be
     /// shared through Neon's pooler in transaction mode.
     ///
     /// **The answer is the outcome.** `Ok` means committed. An error means the statement
