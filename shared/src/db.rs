@@ -34,8 +34,15 @@ pub struct Database {
     role: Arc<AtomicU8>,
 }
 
+/// The role's name, for the SQL built with `concat!` and for [`APP_ROLE`].
+macro_rules! app_role {
+    () => {
+        "todo_app"
+    };
+}
+
 /// The role requests run as; created by the migrations, without BYPASSRLS.
-pub const APP_ROLE: &str = "todo_app";
+pub const APP_ROLE: &str = app_role!();
 
 /// Sets a request's context inside its transaction, in one statement: the role (without
 /// BYPASSRLS), the user the row-level security policies compare with, and the statement
@@ -44,7 +51,7 @@ pub const APP_ROLE: &str = "todo_app";
 /// get, whatever the clocks say). A transaction that reaches the server after its deadline
 /// (queued in a pooler) sets an invalid timeout, which aborts it before the statement runs.
 macro_rules! context {
-    ($role:literal) => {
+    ($role:expr) => {
         concat!(
             "SELECT ",
             $role,
@@ -58,7 +65,7 @@ macro_rules! context {
 
 /// The context for a login role that bypasses row-level security (a superuser, or Neon's
 /// default role): the transaction switches to `todo_app` first.
-pub const CONTEXT: &str = context!("set_config('role', 'todo_app', true), ");
+pub const CONTEXT: &str = context!(concat!("set_config('role', '", app_role!(), "', true), "));
 
 /// The context for a login role that row-level security already applies to (neither
 /// superuser nor BYPASSRLS, with the table privileges): no role switch, which saves the
@@ -226,7 +233,7 @@ impl Database {
             Ok(rows) => Ok(rows),
             // Only a success settles an unknown first attempt: a repeat that failed says
             // nothing about whether the first one committed.
-            Err(second) if first.unknown => Err(if read {
+            Err(second) if first.is_unknown() => Err(if read {
                 second.into_error(read)
             } else {
                 first.into_error(read)
@@ -376,7 +383,6 @@ impl Database {
                     DEADLINE_MARGIN + CANCEL_GRACE
                 ),
                 status: None,
-                unknown: true,
                 connection_lost: false,
                 deadline: None,
             });
@@ -517,7 +523,6 @@ fn begin_error(err: tokio_postgres::Error) -> Failure {
         Failure {
             error: anyhow!("the transaction reached the database after its deadline"),
             status: Some(ApiError::Unavailable(anyhow!("deadline passed"))),
-            unknown: false,
             connection_lost: false,
             deadline: None,
         }
@@ -532,7 +537,6 @@ struct Failure {
     error: anyhow::Error,
     /// The error to answer with when the outcome is known; `None` for an unknown outcome.
     status: Option<ApiError>,
-    unknown: bool,
     connection_lost: bool,
     /// The attempt's deadline, which a repeat keeps.
     deadline: Option<Instant>,
@@ -544,7 +548,6 @@ impl Failure {
         Failure {
             error: anyhow!("not sent"),
             status: Some(error),
-            unknown: false,
             connection_lost: false,
             deadline: None,
         }
@@ -556,7 +559,6 @@ impl Failure {
         Failure {
             error: anyhow!("database answered with an error"),
             status: Some(driver_error(err)),
-            unknown: false,
             connection_lost,
             deadline: None,
         }
@@ -566,11 +568,15 @@ impl Failure {
     fn unknown(err: tokio_postgres::Error) -> Self {
         Failure {
             connection_lost: true,
-            unknown: true,
             status: None,
             error: anyhow::Error::new(err).context("database connection lost mid-transaction"),
             deadline: None,
         }
+    }
+
+    /// Whether the write may have taken effect all the same.
+    fn is_unknown(&self) -> bool {
+        self.status.is_none()
     }
 
     fn into_error(self, read: bool) -> ApiError {
