@@ -100,6 +100,26 @@ pub(crate) fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+/// Runs `cleanup` (sh, with `env`) once this process has exited, from a detached watchdog
+/// (`setsid --fork` returns at once), so that a test run never leaves a server behind.
+pub(crate) fn spawn_watchdog(what: &str, cleanup: &str, env: &[(&str, &std::ffi::OsStr)]) {
+    let script = format!("while kill -0 \"$OWNER\" 2>/dev/null; do sleep 0.5; done; {cleanup}");
+    let mut command = Command::new("setsid");
+    command
+        .args(["--fork", "sh", "-c", &script])
+        .env("OWNER", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("{what} watchdog: {e}"));
+    assert!(status.success(), "cannot start the {what} watchdog");
+}
+
 /// How a cluster differs from the plain trust-everything default.
 #[derive(Default)]
 pub struct Options {
@@ -203,22 +223,15 @@ impl Cluster {
         } else {
             "\"$PG_CTL\""
         };
-        let script = format!(
-            "while kill -0 \"$OWNER\" 2>/dev/null; do sleep 0.5; done; \
-             {stop} -D \"$DIR/data\" -m immediate stop; rm -rf \"$DIR\""
+        let script = format!("{stop} -D \"$DIR/data\" -m immediate stop; rm -rf \"$DIR\"");
+        spawn_watchdog(
+            "cluster",
+            &script,
+            &[
+                ("DIR", self.dir.as_os_str()),
+                ("PG_CTL", bin.join("pg_ctl").as_os_str()),
+            ],
         );
-        // `setsid --fork` detaches the watchdog and returns at once.
-        let status = Command::new("setsid")
-            .args(["--fork", "sh", "-c", &script])
-            .env("OWNER", std::process::id().to_string())
-            .env("DIR", &self.dir)
-            .env("PG_CTL", bin.join("pg_ctl"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("cluster watchdog");
-        assert!(status.success(), "cannot start the cluster watchdog");
     }
 
     /// Stops the server (fast shutdown: open connections are closed), keeping the data.

@@ -8,10 +8,10 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{chown_to_postgres, free_port, is_root, run, Cluster};
+use crate::cluster::{chown_to_postgres, free_port, is_root, run, spawn_watchdog, Cluster};
 
 /// How the pooler is set up.
 pub struct PoolerOptions {
@@ -151,19 +151,11 @@ impl PgBouncer {
 
     /// Kills the pooler and deletes its directory once this process has exited.
     fn spawn_watchdog(&self) {
-        let script = "while kill -0 \"$OWNER\" 2>/dev/null; do sleep 0.5; done; \
-                      kill -9 \"$(cat \"$DIR/pgbouncer.pid\" 2>/dev/null)\" 2>/dev/null; \
-                      rm -rf \"$DIR\"";
-        let status = Command::new("setsid")
-            .args(["--fork", "sh", "-c", script])
-            .env("OWNER", std::process::id().to_string())
-            .env("DIR", &self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("pgbouncer watchdog");
-        assert!(status.success(), "cannot start the pgbouncer watchdog");
+        spawn_watchdog(
+            "pgbouncer",
+            "kill -9 \"$(cat \"$DIR/pgbouncer.pid\" 2>/dev/null)\" 2>/dev/null; rm -rf \"$DIR\"",
+            &[("DIR", self.dir.as_os_str())],
+        );
     }
 
     /// The pooler's log, for failure messages.

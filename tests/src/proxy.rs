@@ -26,50 +26,68 @@ pub struct FlightCounter {
 impl FlightCounter {
     /// Proxies a free port on 127.0.0.1 to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> FlightCounter {
-        let port = crate::cluster::free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let flights = Arc::new(AtomicUsize::new(0));
         let counter = flights.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let server = TcpStream::connect(&upstream).await.unwrap();
-                let last = Arc::new(Mutex::new(Direction::ToClient));
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let (last_up, counter_up) = (last.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = client_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        {
-                            let mut last = last_up.lock().unwrap();
-                            if *last == Direction::ToClient {
-                                counter_up.fetch_add(1, Ordering::SeqCst);
-                            }
-                            *last = Direction::ToServer;
-                        }
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = server_read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        *last.lock().unwrap() = Direction::ToClient;
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
+        let port = listen(upstream, move |client, server| {
+            count_flights(client, server, counter.clone())
+        })
+        .await;
         FlightCounter { port, flights }
+    }
+}
+
+/// Accepts connections on a free port of 127.0.0.1 and hands each, with a fresh connection
+/// to `upstream`, to `relay` in a task of its own. Returns the port.
+async fn listen<F, Fut>(upstream: String, relay: F) -> u16
+where
+    F: Fn(TcpStream, TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let port = crate::cluster::free_port();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            tokio::spawn(relay(client, server));
+        }
+    });
+    port
+}
+
+async fn count_flights(client: TcpStream, server: TcpStream, counter: Arc<AtomicUsize>) {
+    let last = Arc::new(Mutex::new(Direction::ToClient));
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let last_up = last.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = client_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            {
+                let mut last = last_up.lock().unwrap();
+                if *last == Direction::ToClient {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                *last = Direction::ToServer;
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = server_read.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        *last.lock().unwrap() = Direction::ToClient;
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -88,18 +106,12 @@ pub struct CommitCutter {
 impl CommitCutter {
     /// Proxies 127.0.0.1:`port` (a free one) to `upstream` (`host:port`).
     pub async fn start(upstream: String) -> CommitCutter {
-        let port = crate::cluster::free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let cuts = Arc::new(AtomicUsize::new(0));
         let budget = cuts.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                tokio::spawn(relay(client, server, budget.clone()));
-            }
-        });
+        let port = listen(upstream, move |client, server| {
+            relay(client, server, budget.clone())
+        })
+        .await;
         CommitCutter { port, cuts }
     }
 
