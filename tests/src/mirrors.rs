@@ -127,9 +127,9 @@ fn watch_router() -> String {
 /// functions' connections; here `FunctionScalingConfig` does) and its condition; in
 /// `Globals.Function`, 2048 MB (the smallest managed-instances function),
 /// `CapacityProviderConfig`, `FunctionScalingConfig` and `PublishToLatestPublished` in
-/// place of `ReservedConcurrentExecutions`, and no `DB_POOL_SIZE` (the pool follows
-/// `AWS_LAMBDA_MAX_CONCURRENCY`); the `AWS::Serverless::CapacityProvider` resource and
-/// its ARN as an output.
+/// place of `ReservedConcurrentExecutions`, and `DB_POOL_SIZE` unset unless the
+/// `DbPoolSize` parameter says (the pool follows `AWS_LAMBDA_MAX_CONCURRENCY`); the
+/// `AWS::Serverless::CapacityProvider` resource and its name as an output.
 pub fn managed_instances(template: &str) -> String {
     let mut out = template.to_owned();
     replace_entry(&mut out, "Description:", MANAGED_DESCRIPTION);
@@ -146,7 +146,7 @@ pub fn managed_instances(template: &str) -> String {
         "    ReservedConcurrentExecutions:",
         MANAGED_FUNCTION_GLOBALS,
     );
-    replace_entry(&mut out, "        DB_POOL_SIZE:", "");
+    replace_entry(&mut out, "        DB_POOL_SIZE:", MANAGED_DB_POOL_SIZE);
     insert_after_line(&mut out, "Resources:", MANAGED_RESOURCES);
     insert_after_line(&mut out, "Outputs:", MANAGED_OUTPUTS);
     format!("{MANAGED_HEADER}{out}")
@@ -222,6 +222,15 @@ const MANAGED_PARAMETERS: &str = r#"  SubnetIds:
       Execution environments each function may scale to (at least
       MinExecutionEnvironments). Bounds Postgres connections: at most 7 x this x
       PerExecutionEnvironmentMaxConcurrency.
+  DbPoolSize:
+    Type: String
+    Default: ""
+    AllowedPattern: "^([1-9][0-9]*)?$"
+    ConstraintDescription: must be empty or a whole number
+    Description: >-
+      DB_POOL_SIZE, Postgres connections per execution environment; empty (the default)
+      for PerExecutionEnvironmentMaxConcurrency. Fewer bound Neon connections lower:
+      requests beyond them wait up to DB_POOL_TIMEOUT_MS for one (503 after that).
   MaxVCpuCount:
     Type: String
     Default: ""
@@ -233,7 +242,13 @@ const MANAGED_PARAMETERS: &str = r#"  SubnetIds:
 "#;
 
 const MANAGED_CONDITIONS: &str = r#"  LimitsVCpus: !Not [!Equals [!Ref MaxVCpuCount, ""]]
+  SetsDbPoolSize: !Not [!Equals [!Ref DbPoolSize, ""]]
 "#;
+
+const MANAGED_DB_POOL_SIZE: &str =
+    "        # Unset unless DbPoolSize is given: the pool follows AWS_LAMBDA_MAX_CONCURRENCY.
+        DB_POOL_SIZE: !If [SetsDbPoolSize, !Ref DbPoolSize, !Ref AWS::NoValue]
+";
 
 const MANAGED_MEMORY: &str =
     "    # 2048 MB: the smallest function Lambda Managed Instances runs (2 GB and 1 vCPU, at
@@ -243,19 +258,17 @@ const MANAGED_MEMORY: &str =
     MemorySize: 2048
 ";
 
-const MANAGED_FUNCTION_GLOBALS: &str =
-    "    # Every function on CapacityProvider. Each execution environment serves up to
+const MANAGED_FUNCTION_GLOBALS: &str = "    # Every function on CapacityProvider. Each execution environment serves up to
     # PerExecutionEnvironmentMaxConcurrency requests at once (lambda_runtime's
     # run_concurrent) with one state and one pool of that many connections
-    # (AWS_LAMBDA_MAX_CONCURRENCY: DB_POOL_SIZE is not set here). FunctionScalingConfig
-    # bounds the environments and so Neon connections: at most 7 x MaxExecutionEnvironments
-    # x PerExecutionEnvironmentMaxConcurrency, opened as requests need them. No reserved
-    # concurrency: FunctionScalingConfig is the bound here. API Gateway invokes the
-    # unqualified function, which on managed instances runs its $LATEST.PUBLISHED version;
-    # PublishToLatestPublished republishes it on every update. The ARN is built from the
-    # capacity provider's name (its Ref) because cfn-lint's schema of
-    # AWS::Serverless::CapacityProvider declares no attributes, so `!GetAtt
-    # CapacityProvider.Arn` fails its E1010 although SAM resolves it.
+    # (AWS_LAMBDA_MAX_CONCURRENCY; DbPoolSize sets fewer). FunctionScalingConfig bounds the
+    # environments, and so Neon connections: at most 7 x MaxExecutionEnvironments x the
+    # pool size, opened as requests need them; no reserved concurrency. API Gateway invokes
+    # the unqualified function, which on managed instances runs its $LATEST.PUBLISHED
+    # version; PublishToLatestPublished republishes that on every update. The ARN is built
+    # from the capacity provider's Ref (its name): cfn-lint's schema of
+    # AWS::Serverless::CapacityProvider declares no attributes, so it fails
+    # `!GetAtt CapacityProvider.Arn` (E1010) although SAM resolves it.
     CapacityProviderConfig:
       Arn: !Sub arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:capacity-provider:${CapacityProvider}
       PerExecutionEnvironmentMaxConcurrency: !Ref PerExecutionEnvironmentMaxConcurrency

@@ -138,10 +138,25 @@ def test_every_managed_function_runs_on_the_capacity_provider():
         assert "VpcConfig" not in properties, name
 
 
+def db_pool_sizes(path, **overrides):
+    """What each function's DB_POOL_SIZE resolves to (None: not set)."""
+    template = transformed(path)
+    params = {name: p.get("Default") for name, p in template["Parameters"].items()}
+    params.update(overrides)
+    resolved = {}
+    for name, function in functions(path).items():
+        value = function["Properties"]["Environment"]["Variables"].get("DB_POOL_SIZE")
+        value = evaluate(value, params, template.get("Conditions", {}))
+        resolved[name] = None if value in (None, {"Ref": "AWS::NoValue"}) else value
+    return resolved
+
+
 def test_no_managed_function_pins_its_pool_to_one_connection():
-    """The pool follows AWS_LAMBDA_MAX_CONCURRENCY, the concurrency each environment serves."""
-    for name, function in functions(MANAGED).items():
-        assert "DB_POOL_SIZE" not in function["Properties"]["Environment"]["Variables"], name
+    """The pool follows AWS_LAMBDA_MAX_CONCURRENCY, the concurrency each environment serves,
+    unless DbPoolSize asks for fewer; there is no reserved concurrency to set."""
+    assert set(db_pool_sizes(MANAGED).values()) == {None}
+    assert set(db_pool_sizes(MANAGED, DbPoolSize="8").values()) == {"8"}
+    assert set(db_pool_sizes(TEMPLATE).values()) == {"1"}
     assert "ReservedConcurrencyPerFunction" not in load(MANAGED)["Parameters"]
 
 
@@ -167,7 +182,6 @@ def test_the_default_deploy_has_no_managed_instances():
     for name, function in functions(TEMPLATE).items():
         properties = function["Properties"]
         assert not set(MANAGED_ONLY) & set(properties), name
-        assert properties["Environment"]["Variables"]["DB_POOL_SIZE"] == "1", name
 
 
 def test_the_managed_template_changes_nothing_else():
