@@ -1,18 +1,59 @@
-"""The SAM template's defaults deploy on a new AWS account: no reserved concurrency unless
-asked for (Lambda keeps 10 or 100 executions unreserved, and a new account may have a
-limit of 10), and the opt-in reserves exactly what it says."""
+"""The SAM templates. The default one deploys on a new AWS account: no reserved concurrency
+unless asked for (Lambda keeps 10 or 100 executions unreserved, and a new account may have
+a limit of 10), and the opt-in reserves exactly what it says. The managed-instances one
+(generated from it) puts every function on its capacity provider and changes nothing
+else; the default one has none of that."""
 
+import copy
+import functools
 from pathlib import Path
 
 from cfnlint.decode import decode_str
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+TEMPLATE = INFRA / "template.yaml"
+MANAGED = INFRA / "managed-instances.yaml"
 
 
-def load():
-    template, matches = decode_str(TEMPLATE.read_text())
+def load(path=TEMPLATE):
+    template, matches = decode_str(path.read_text())
     assert not matches, matches
     return template
+
+
+@functools.cache
+def transformed(path):
+    """The CloudFormation template that the SAM transform (samtranslator, as CloudFormation
+    runs it on deploy) makes of `path`, offline: CodeUri as `sam package` leaves it after
+    `sam build`, the region fixed."""
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+    from samtranslator.yaml_helper import yaml_parse
+
+    template = yaml_parse(path.read_text())
+    template["Globals"]["Function"]["CodeUri"] = "s3://bucket/function.zip"
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
+    return translator.translate(template, parameter_values={}, get_managed_policy_map=lambda: {})
+
+
+def of_type(template, type_):
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == type_}
+
+
+def functions(path):
+    found = of_type(transformed(path), "AWS::Lambda::Function")
+    assert len(found) == 7, sorted(found)
+    return found
+
+
+def refers_to(value, resource):
+    """Whether an ARN value is `resource`'s: a GetAtt of its Arn, or a Sub of the ARN
+    around its Ref (its name)."""
+    if value == {"Fn::GetAtt": [resource, "Arn"]}:
+        return True
+    sub = value.get("Fn::Sub") if isinstance(value, dict) else None
+    return isinstance(sub, str) and sub.endswith(":capacity-provider:${%s}" % resource)
 
 
 def evaluate(node, params, conditions):
@@ -66,3 +107,94 @@ def test_zero_or_empty_reserve_nothing_and_a_number_reserves_that_many():
     for off in ("", "0"):
         assert set(reserved_concurrency(template, ReservedConcurrencyPerFunction=off).values()) == {None}
     assert set(reserved_concurrency(template, ReservedConcurrencyPerFunction="5").values()) == {5}
+
+
+# The managed-instances template (infra/managed-instances.yaml), checked on what the SAM
+# transform makes of it: the AWS::Lambda::Function resources CloudFormation creates.
+
+MANAGED_ONLY = ("CapacityProviderConfig", "FunctionScalingConfig", "PublishToLatestPublished")
+
+
+def test_every_managed_function_runs_on_the_capacity_provider():
+    providers = of_type(transformed(MANAGED), "AWS::Lambda::CapacityProvider")
+    assert list(providers) == ["CapacityProvider"]
+    for name, function in functions(MANAGED).items():
+        properties = function["Properties"]
+        config = properties["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+        assert refers_to(config["CapacityProviderArn"], "CapacityProvider"), (name, config)
+        assert config["PerExecutionEnvironmentMaxConcurrency"] == {"Ref": "PerExecutionEnvironmentMaxConcurrency"}
+        assert properties["FunctionScalingConfig"] == {
+            "MinExecutionEnvironments": {"Ref": "MinExecutionEnvironments"},
+            "MaxExecutionEnvironments": {"Ref": "MaxExecutionEnvironments"},
+        }, name
+        # API Gateway invokes the unqualified function: $LATEST.PUBLISHED, republished on
+        # every update only with this.
+        assert properties["PublishToLatestPublished"] is True, name
+        # Lambda Managed Instances' smallest function is 2 GB; no reserved concurrency
+        # (FunctionScalingConfig bounds it) and no function-level VPC (the capacity
+        # provider's network is theirs).
+        assert properties["MemorySize"] >= 2048, name
+        assert "ReservedConcurrentExecutions" not in properties, name
+        assert "VpcConfig" not in properties, name
+
+
+def db_pool_sizes(path, **overrides):
+    """What each function's DB_POOL_SIZE resolves to (None: not set)."""
+    template = transformed(path)
+    params = {name: p.get("Default") for name, p in template["Parameters"].items()}
+    params.update(overrides)
+    resolved = {}
+    for name, function in functions(path).items():
+        value = function["Properties"]["Environment"]["Variables"].get("DB_POOL_SIZE")
+        value = evaluate(value, params, template.get("Conditions", {}))
+        resolved[name] = None if value in (None, {"Ref": "AWS::NoValue"}) else value
+    return resolved
+
+
+def test_no_managed_function_pins_its_pool_to_one_connection():
+    """The pool follows AWS_LAMBDA_MAX_CONCURRENCY, the concurrency each environment serves,
+    unless DbPoolSize asks for fewer; there is no reserved concurrency to set."""
+    assert set(db_pool_sizes(MANAGED).values()) == {None}
+    assert set(db_pool_sizes(MANAGED, DbPoolSize="8").values()) == {"8"}
+    assert set(db_pool_sizes(TEMPLATE).values()) == {"1"}
+    assert "ReservedConcurrencyPerFunction" not in load(MANAGED)["Parameters"]
+
+
+def test_the_capacity_provider_runs_the_functions_architecture_in_the_given_network():
+    provider = of_type(transformed(MANAGED), "AWS::Lambda::CapacityProvider")["CapacityProvider"]["Properties"]
+    architectures = {tuple(f["Properties"]["Architectures"]) for f in functions(MANAGED).values()}
+    assert architectures == {("arm64",)}
+    assert provider["InstanceRequirements"]["Architectures"] == ["arm64"]
+    assert provider["VpcConfig"] == {
+        "SubnetIds": {"Ref": "SubnetIds"},
+        "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+    }
+    role = provider["PermissionsConfig"]["CapacityProviderOperatorRoleArn"]["Fn::GetAtt"][0]
+    assert transformed(MANAGED)["Resources"][role]["Properties"]["ManagedPolicyArns"] == [
+        "arn:aws:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator"
+    ]
+    parameters = load(MANAGED)["Parameters"]
+    assert "Default" not in parameters["SubnetIds"] and "Default" not in parameters["SecurityGroupIds"]
+
+
+def test_the_default_deploy_has_no_managed_instances():
+    assert not of_type(transformed(TEMPLATE), "AWS::Lambda::CapacityProvider")
+    for name, function in functions(TEMPLATE).items():
+        properties = function["Properties"]
+        assert not set(MANAGED_ONLY) & set(properties), name
+
+
+def test_the_managed_template_changes_nothing_else():
+    """Resource by resource, the managed stack is the default one plus the capacity provider
+    and its operator role; its functions differ only in what puts them on it."""
+    default, managed = transformed(TEMPLATE)["Resources"], transformed(MANAGED)["Resources"]
+    assert set(managed) - set(default) == {"CapacityProvider", "CapacityProviderOperatorRole"}
+    assert set(default) <= set(managed)
+    for name, resource in default.items():
+        resource, other = copy.deepcopy(resource), copy.deepcopy(managed[name])
+        if resource["Type"] == "AWS::Lambda::Function":
+            for properties in (resource["Properties"], other["Properties"]):
+                for key in (*MANAGED_ONLY, "MemorySize", "ReservedConcurrentExecutions"):
+                    properties.pop(key, None)
+                properties["Environment"]["Variables"].pop("DB_POOL_SIZE", None)
+        assert resource == other, name

@@ -1,5 +1,6 @@
-//! `cargo run -p tests --bin routes`: writes the files generated from the route table
-//! (see `tests::mirrors`) and names the ones it changed.
+//! `cargo run -p tests --bin routes`: writes the files generated from the route table and
+//! `infra/managed-instances.yaml`, generated from `infra/template.yaml` (see
+//! `tests::mirrors`), and names the ones it changed.
 
 fn main() -> std::io::Result<()> {
     let root = tests::mirrors::repo();

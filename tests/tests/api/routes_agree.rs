@@ -100,7 +100,8 @@ fn the_generated_mirrors_are_up_to_date() {
         let actual = std::fs::read_to_string(repo().join(&path)).unwrap_or_default();
         assert!(
             actual == expected,
-            "{} differs from the route table: run `cargo run -p tests --bin routes`",
+            "{} is not what its source generates (the route table, or infra/template.yaml): \
+             run `cargo run -p tests --bin routes`",
             path.display()
         );
     }
@@ -213,11 +214,18 @@ fn markdown_routes(text: &str) -> RouteSet {
     routes
 }
 
+/// Both templates: the default one and `infra/managed-instances.yaml`, generated from it.
 #[test]
-fn the_sam_template_routes_every_route_to_its_function() {
+fn the_sam_templates_route_every_route_to_its_function() {
+    for template in ["infra/template.yaml", "infra/managed-instances.yaml"] {
+        assert_eq!(sam_template_routes(template), route_table(), "{template}");
+    }
+}
+
+fn sam_template_routes(template: &str) -> RouteSet {
     use yaml_rust2::{Yaml, YamlLoader};
-    let text = std::fs::read_to_string(repo().join("infra/template.yaml")).unwrap();
-    let docs = YamlLoader::load_from_str(&text).expect("infra/template.yaml is YAML");
+    let text = std::fs::read_to_string(repo().join(template)).unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{template}: {e}"));
     let resources = docs[0]["Resources"].as_hash().expect("Resources");
     let mut routes = RouteSet::new();
     let mut functions = 0;
@@ -245,6 +253,6 @@ fn the_sam_template_routes_every_route_to_its_function() {
             ));
         }
     }
-    assert_eq!(functions, ROUTES.len());
-    assert_eq!(routes, route_table());
+    assert_eq!(functions, ROUTES.len(), "{template}");
+    routes
 }
