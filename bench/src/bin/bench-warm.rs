@@ -9,6 +9,8 @@
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
+//!        bench-warm seed              fills the table with a population of users (see
+//!                                     `seed_population`), unless it has one
 //!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task ids, a,b,…>
 //!                                     writes, for list, get, create and toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
@@ -38,6 +40,34 @@ struct Samples {
     handler: Vec<Duration>,
     bare: Vec<Duration>,
     raw: Vec<Duration>,
+}
+
+/// Users and tasks of the population that every benchmark's table holds besides its own rows.
+const POPULATION_USERS: u32 = 1000;
+const TASKS_PER_USER: u32 = 20;
+
+/// Fills the table with [`POPULATION_USERS`] users of [`TASKS_PER_USER`] tasks each (once:
+/// a table that has them already is left alone), then refreshes the planner's statistics.
+async fn seed_population(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let seeded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE user_id LIKE 'population-%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if seeded == 0 {
+        client
+            .execute(
+                "INSERT INTO tasks (id, user_id, title) \
+                 SELECT gen_random_uuid(), 'population-' || (n % $1::bigint), 'task ' || n \
+                 FROM generate_series(1, $1::bigint * $2::bigint) AS n",
+                &[&i64::from(POPULATION_USERS), &i64::from(TASKS_PER_USER)],
+            )
+            .await?;
+    }
+    client.batch_execute("ANALYZE tasks").await?;
+    Ok(())
 }
 
 async fn time<F: Future>(f: F) -> Duration {
@@ -73,6 +103,15 @@ async fn main() -> anyhow::Result<()> {
             .replace("$4", "20")
             .replace("$5", "0");
         println!("{sql};");
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("seed") {
+        let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+        let client = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
+        seed_population(&client).await?;
+        println!(
+            "population: {POPULATION_USERS} users with {TASKS_PER_USER} tasks each beside the benchmark's own"
+        );
         return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("pgbench-scripts") {
@@ -114,6 +153,11 @@ async fn main() -> anyhow::Result<()> {
         Some(id) => json!({"user_id": user, "id": id.to_string()}),
         None => json!({"user_id": user}),
     };
+
+    // A table of many users, as in production: with only the two users below, the
+    // planner's statistics would say that a user has half the table, and Postgres would
+    // plan the listing anew at every execution instead of reusing its generic plan.
+    seed_population(&raw).await?;
 
     // The list user has exactly 20 tasks; writes go to other rows of the same user.
     let list_user = Uuid::new_v4().simple().to_string();
