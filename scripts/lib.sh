@@ -63,9 +63,24 @@ pg_run() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# A free TCP port on 127.0.0.1.
+# A TCP port on 127.0.0.1 that is free now, below the ephemeral range (32768-60999), where a
+# client socket could already hold it by the time a server binds it; from a random start.
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 - <<'PY'
+import random, socket
+start = random.randrange(12000)
+for offset in range(12000):
+    port = 20000 + (start + offset) % 12000
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break
+else:
+    raise SystemExit("no free port in 20000-31999")
+PY
 }
 
 # The one way a PostgreSQL cluster is made and started (scripts/dev, the throwaway clusters

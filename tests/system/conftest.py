@@ -3,6 +3,7 @@ tokens, and a minimal Lambda Runtime API so that real function binaries can be i
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -23,9 +24,20 @@ TARGET = ROOT / "target" / "debug"
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that is free now, below the ephemeral range (32768-60999), where
+    a client socket could already hold it by the time a server binds it. From a random
+    start, so that concurrent runs rarely try the same ones (the Rust harness does the same,
+    tests/src/cluster.rs)."""
+    start = random.randrange(20000, 32000)
+    for offset in range(12000):
+        port = 20000 + (start - 20000 + offset) % 12000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 MINTED_TOKENS = []
