@@ -43,7 +43,7 @@ struct Samples {
 }
 
 /// Users and tasks of the population that every benchmark's table holds besides its own rows.
-const POPULATION_USERS: u32 = 1000;
+const POPULATION_USERS: u32 = 2000;
 const TASKS_PER_USER: u32 = 20;
 
 /// Fills the table with [`POPULATION_USERS`] users of [`TASKS_PER_USER`] tasks each (once:
