@@ -43,6 +43,9 @@ pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<St
         .run_async(&mut locked)
         .await
         .context("migration failed")?;
+    install_procedures(&locked.0)
+        .await
+        .context("cannot install the statement functions")?;
     locked
         .0
         .commit()
@@ -53,6 +56,69 @@ pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<St
         .iter()
         .map(|m| m.to_string())
         .collect())
+}
+
+/// Creates the function of every task statement that does not have one yet (see
+/// `shared::procedures`), in the migration transaction, after the migrations. Each
+/// statement is described first (Parse/Describe, inside the transaction, so on one server
+/// connection behind a pooler) for the columns its function returns. Functions of earlier
+/// releases stay: a release still draining keeps calling them.
+async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> anyhow::Result<()> {
+    let schema = shared::procedures::SCHEMA;
+    transaction
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; GRANT USAGE ON SCHEMA {schema} TO {}",
+            shared::db::APP_ROLE
+        ))
+        .await?;
+    let mut existing = std::collections::HashSet::new();
+    for message in transaction
+        .simple_query(&format!(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = '{schema}'"
+        ))
+        .await?
+    {
+        if let SimpleQueryMessage::Row(row) = message {
+            existing.insert(format!("{schema}.{}", row.get(0).unwrap_or_default()));
+        }
+    }
+    let mut procedures: Vec<_> = shared::procedures::all().collect();
+    procedures.sort_by(|a, b| a.name.cmp(&b.name));
+    for procedure in procedures {
+        if existing.contains(&procedure.name) {
+            continue;
+        }
+        install(transaction, procedure)
+            .await
+            .with_context(|| format!("cannot create {}", procedure.name))?;
+    }
+    Ok(())
+}
+
+/// Creates (or replaces) the function of one statement, with the columns the statement
+/// returns as Postgres describes them. Public for the tests that install functions of
+/// statements the API does not have (to show that row-level security holds for any SQL).
+pub async fn install(
+    client: &impl tokio_postgres::GenericClient,
+    procedure: &shared::procedures::Procedure,
+) -> anyhow::Result<()> {
+    let columns: Vec<_> = {
+        let statement = client
+            .prepare_typed(&procedure.sql, &procedure.types)
+            .await
+            .context("cannot describe the statement")?;
+        statement
+            .columns()
+            .iter()
+            .map(|column| (column.name().to_owned(), column.type_().clone()))
+            .collect()
+    };
+    client
+        .batch_execute(&procedure.definition(&columns))
+        .await
+        .context("cannot create the function")?;
+    Ok(())
 }
 
 /// The migration transaction as refinery sees it: what refinery would run in transactions

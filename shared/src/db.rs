@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
@@ -20,6 +20,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::error::ApiError;
+use crate::procedures;
 use crate::tls;
 
 /// A pool of connections, created once per cold start.
@@ -44,34 +45,6 @@ macro_rules! app_role {
 /// The role requests run as; created by the migrations, without BYPASSRLS.
 pub const APP_ROLE: &str = app_role!();
 
-/// Sets a request's context inside its transaction, in one statement: the role (without
-/// BYPASSRLS), the user the row-level security policies compare with, and the statement
-/// timeout that enforces the request's deadline. `$1` user id, `$2` the deadline in Unix
-/// milliseconds, `$3` the statement timeout in milliseconds (the most the statement may
-/// get, whatever the clocks say). A transaction that reaches the server after its deadline
-/// (queued in a pooler) sets an invalid timeout, which aborts it before the statement runs.
-macro_rules! context {
-    ($role:expr) => {
-        concat!(
-            "SELECT ",
-            $role,
-            "set_config('app.user_id', $1, true), ",
-            "set_config('statement_timeout', CASE WHEN left_ms > 0 THEN least(left_ms, $3)::text ",
-            "ELSE 'deadline-passed' END, true) ",
-            "FROM (SELECT $2 - (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS left_ms) AS d"
-        )
-    };
-}
-
-/// The context for a login role that bypasses row-level security (a superuser, or Neon's
-/// default role): the transaction switches to `todo_app` first.
-pub const CONTEXT: &str = context!(concat!("set_config('role', '", app_role!(), "', true), "));
-
-/// The context for a login role that row-level security already applies to (neither
-/// superuser nor BYPASSRLS, with the table privileges): no role switch, which saves the
-/// database about a tenth of a simple read's cost.
-pub const CONTEXT_AS_LOGIN_ROLE: &str = context!("");
-
 const ROLE_UNKNOWN: u8 = 0;
 const ROLE_SWITCH: u8 = 1;
 const ROLE_AS_LOGIN: u8 = 2;
@@ -82,8 +55,6 @@ const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (rolsuper OR rolbypassrls
      AND has_table_privilege('idempotency_keys', 'SELECT, INSERT, UPDATE, DELETE') \
      FROM pg_roles WHERE rolname = current_user";
 
-const CONTEXT_TYPES: [Type; 3] = [Type::TEXT, Type::INT8, Type::INT8];
-
 /// How long after a transaction's deadline the client still waits for the server's answer.
 /// The server enforces the deadline itself (see [`Database::query_as`]) and normally
 /// answers at the deadline; this covers the network and a clock difference between this
@@ -93,10 +64,6 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// How long the client waits for the answer after sending a cancel request, before it
 /// gives up on the connection.
 const CANCEL_GRACE: Duration = Duration::from_millis(1000);
-
-/// The value [`CONTEXT`] gives `statement_timeout` when a transaction reaches the server
-/// after its deadline: Postgres refuses it. Recognised in [`begin_error`].
-const DEADLINE_PASSED: &str = "deadline-passed";
 
 /// Opens one connection outside the pool (for the `migrate` command and tooling), with the
 /// same URL handling and TLS as the functions.
@@ -187,31 +154,24 @@ impl Database {
         self.role.load(Ordering::Relaxed) != ROLE_AS_LOGIN
     }
 
-    /// The context statement this database's requests use.
-    fn context(&self) -> &'static str {
-        if self.switches_role() {
-            CONTEXT
-        } else {
-            CONTEXT_AS_LOGIN_ROLE
-        }
-    }
-
-    /// Runs one statement on behalf of `user_id`, in a transaction of its own with
-    /// `app.user_id` set (and the `todo_app` role, unless the login role is itself subject
-    /// to row-level security), so that the policies hold whatever the SQL says. The
-    /// transaction is four pipelined messages (`BEGIN`; the context: role, user and
-    /// deadline; the statement; `COMMIT`): the whole request costs one network round trip. Nothing outlives the transaction, so the connection can be
-    /// shared through Neon's pooler in transaction mode.
+    /// Runs one statement on behalf of `user_id` through its function
+    /// ([`crate::procedures`]), which sets `app.user_id` (and the `todo_app` role, unless
+    /// the login role is itself subject to row-level security) and runs the statement in
+    /// one implicit transaction, so that the policies hold whatever the SQL says. One
+    /// message group, one network round trip, one answer; nothing outlives the
+    /// transaction, so the connection can be shared through Neon's pooler in transaction
+    /// mode.
     ///
-    /// **The answer is the outcome.** `Ok` means committed. An error means the statement
-    /// did not and will not take effect, except [`ApiError::OutcomeUnknown`], which says
-    /// that the connection was lost after the write was sent and the database's answer
-    /// with it. The transaction carries a deadline (now + the statement timeout, as a
-    /// wall-clock time) that the server enforces: one that reaches Postgres late (queued
-    /// in a pooler) is refused before the statement runs, and the statement's own
-    /// `statement_timeout` is the time left. So the server has decided by the deadline, and
-    /// the client waits for that decision instead of abandoning a connection whose
-    /// buffered `COMMIT` could still run.
+    /// **The answer is the outcome.** `Ok` means committed (the server's ReadyForQuery
+    /// arrived, which follows the commit). An error means the statement did not and will
+    /// not take effect, except [`ApiError::OutcomeUnknown`], which says that the
+    /// connection was lost after the write was sent and the database's answer with it. The
+    /// call carries a deadline (now + the statement timeout, as a wall-clock time) that the
+    /// server enforces: a call that reaches Postgres late (queued in a pooler) is refused
+    /// before the statement runs, and lock waits get the time left. The client waits for
+    /// the server's decision until the deadline (plus a margin), then cancels and waits for
+    /// the answer to the cancel, instead of abandoning a connection whose call could still
+    /// commit.
     pub async fn query_as(
         &self,
         effect: Effect,
@@ -249,6 +209,8 @@ impl Database {
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
     ) -> Result<Vec<Row>, Failure> {
+        let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
+        let procedure = procedures::for_statement(sql, &types);
         let client = match deadline {
             None => self.live_connection().await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), self.live_connection())
@@ -270,47 +232,36 @@ impl Database {
         )
         .unwrap_or(i64::MAX);
         let budget_ms = i64::try_from(self.statement_timeout.as_millis()).unwrap_or(i64::MAX);
-        let context: [(&(dyn ToSql + Sync), Type); 3] = [
-            (&user_id, Type::TEXT),
+        let switch_role = self.switches_role();
+        let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
+        call_params.extend([
+            (&user_id as &(dyn ToSql + Sync), Type::TEXT),
             (&wall_deadline_ms, Type::INT8),
             (&budget_ms, Type::INT8),
-        ];
-        // Named statements are prepared once per connection (the first request on a
-        // connection pays one round trip for it, unless `prepare` ran at cold start).
-        // Prepared statements are cached per connection. On a connection that has not
-        // prepared them yet, this request runs unnamed statements, and the preparation
-        // travels in the same flight (Parse/Describe before the transaction), so that no
-        // request ever pays a round trip for it; the next one finds them cached. The
-        // first request of the instance also asks, in that flight, whether the login role
-        // is itself subject to row-level security.
+            (&switch_role, Type::BOOL),
+        ]);
+        // The call is a named statement prepared once per connection. On a connection that
+        // has not prepared it yet, this request runs it unnamed, and the preparation travels
+        // in the same flight (Parse/Describe before it), so that no request ever pays a round
+        // trip for it; the next one finds it cached. The first request of the instance also
+        // asks, in that flight, whether the login role is itself subject to row-level
+        // security.
         let answered = {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            let context_sql = self.context();
-            let mut prepare_context = std::pin::pin!(async {
+            let mut prepare = std::pin::pin!(async {
                 if self.prepared {
                     Some(
                         client
-                            .prepare_typed_cached(context_sql, &CONTEXT_TYPES)
+                            .prepare_typed_cached(&procedure.call, &procedure.call_types())
                             .await,
                     )
                 } else {
                     None
                 }
             });
-            let mut prepare_statement = std::pin::pin!(async {
-                if self.prepared {
-                    Some(client.prepare_typed_cached(sql, &types).await)
-                } else {
-                    None
-                }
-            });
             // A cached statement is ready at the first poll; a missing one has just been sent.
-            let first_context = prepare_context.as_mut().now_or_never();
-            let first_statement = prepare_statement.as_mut().now_or_never();
-            let cached = match (&first_context, &first_statement) {
-                (Some(Some(Ok(context))), Some(Some(Ok(statement)))) => {
-                    Some((context.clone(), statement.clone()))
-                }
+            let first = prepare.as_mut().now_or_never();
+            let cached = match &first {
+                Some(Some(Ok(statement))) => Some(statement.clone()),
                 _ => None,
             };
             let pipeline = async {
@@ -325,38 +276,26 @@ impl Database {
                         }
                     }
                 };
-                // Preparations still under way finish in this flight; a failure only means
-                // that the next request tries again.
+                // A preparation still under way finishes in this flight; a failure only
+                // means that the next request tries again.
                 let prepare = async {
-                    if first_context.is_none() {
-                        let _ = prepare_context.as_mut().await;
-                    }
-                    if first_statement.is_none() {
-                        let _ = prepare_statement.as_mut().await;
+                    if first.is_none() {
+                        let _ = prepare.as_mut().await;
                     }
                 };
-                let ctx = async {
-                    match &cached {
-                        Some((ctx, _)) => client.query(ctx, &values(&context)).await,
-                        None => client.query_typed(context_sql, &context).await,
-                    }
+                let call = async {
+                    let stream = match &cached {
+                        Some(statement) => client.query_raw(statement, values(&call_params)).await,
+                        None => {
+                            client
+                                .query_typed_raw(&procedure.call, call_params.iter().cloned())
+                                .await
+                        }
+                    };
+                    rows_to_the_end(stream).await
                 };
-                let statement = async {
-                    match &cached {
-                        Some((_, statement)) => client.query(statement, &values(params)).await,
-                        None => client.query_typed(sql, params).await,
-                    }
-                };
-                let (_, _, begin, ctx, rows, commit) = tokio::join!(
-                    detect,
-                    prepare,
-                    client.batch_execute("BEGIN"),
-                    ctx,
-                    statement,
-                    client.batch_execute("COMMIT"),
-                );
-                // The opening's first failure: BEGIN's, else the context's.
-                (begin.and(ctx.map(drop)), rows, commit)
+                let (_, _, answer) = tokio::join!(detect, prepare, call);
+                answer
             };
             tokio::pin!(pipeline);
             match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut pipeline).await
@@ -364,8 +303,7 @@ impl Database {
                 Ok(answer) => Some(answer),
                 Err(_) => {
                     // The server should have decided by now. Ask it to stop whatever still
-                    // runs, and wait for its answer rather than dropping the connection,
-                    // which could leave a buffered COMMIT to run later.
+                    // runs, and wait for its answer rather than dropping the connection.
                     let cancel = client.cancel_token();
                     let tls = self.tls.clone();
                     tokio::spawn(async move {
@@ -375,7 +313,7 @@ impl Database {
                 }
             }
         };
-        let Some((begin, rows, commit)) = answered else {
+        let Some(answer) = answered else {
             drop(deadpool_postgres::Object::take(client));
             return Err(Failure {
                 error: anyhow!(
@@ -387,7 +325,7 @@ impl Database {
                 deadline: None,
             });
         };
-        let outcome = transaction_outcome(begin, rows, commit);
+        let outcome = call_outcome(answer);
         if client.is_closed() {
             drop(deadpool_postgres::Object::take(client));
         }
@@ -453,81 +391,76 @@ impl Database {
     }
 }
 
-type Answer<T> = Result<T, tokio_postgres::Error>;
-
 /// The values of typed parameters, for a prepared statement (whose types are known).
 fn values<'a>(params: &'a [(&'a (dyn ToSql + Sync), Type)]) -> Vec<&'a (dyn ToSql + Sync)> {
     params.iter().map(|(value, _)| *value).collect()
 }
 
-/// What the three answers of a pipelined transaction (open, statement, commit) say about
-/// its outcome. Postgres answers in order and flushes the statement's result before it
-/// reads `COMMIT`, so:
-/// - statement and commit succeeded: committed;
-/// - the statement failed with an answer from the server (or the pooler): it wrote
-///   nothing, and the transaction cannot commit;
-/// - the statement succeeded and the commit failed: rolled back for an error of class 40
-///   or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a server
-///   that dies while committing may have committed);
-/// - no answer to the statement because the connection died: unknown, unless the opening
-///   statements had already failed in a way that shows the transaction was aborted or the
-///   server session gone.
-fn transaction_outcome(
-    begin: Answer<()>,
-    rows: Answer<Vec<Row>>,
-    commit: Answer<()>,
-) -> Result<Vec<Row>, Failure> {
-    match (begin, rows, commit) {
-        // A failed opening with a successful statement means the statement ran outside the
-        // transaction (autocommit): it is durable all the same.
-        (begin, Ok(rows), Ok(())) => {
-            if let Err(err) = begin {
-                tracing::warn!(error = %err, "statement ran outside its transaction");
-            }
-            Ok(rows)
-        }
-        (_, Ok(_), Err(err)) => {
-            let rolled_back = err
-                .code()
-                .is_some_and(|code| code.code().starts_with("40") || code.code().starts_with("23"));
-            Err(if rolled_back {
-                Failure::not_done(err)
-            } else {
-                Failure::unknown(err)
-            })
-        }
-        (Err(begin), Err(statement), _) if begin.as_db_error().is_some() => {
-            let session_gone = statement.as_db_error().is_none();
-            if session_gone && begin.code() == Some(&SqlState::QUERY_CANCELED) {
-                // Cancelled before BEGIN took effect, perhaps: the statement may have run
-                // on its own.
-                Err(Failure::unknown(statement))
-            } else {
-                Err(begin_error(begin))
-            }
-        }
-        (_, Err(statement), _) if statement.as_db_error().is_some() => {
-            Err(Failure::not_done(statement))
-        }
-        (_, Err(statement), _) => Err(Failure::unknown(statement)),
-    }
+/// A call's rows, or its error and whether the statement had completed (its
+/// CommandComplete arrived) before the error: then the error came with the commit, or
+/// after it.
+struct CallError {
+    error: tokio_postgres::Error,
+    completed: bool,
 }
 
-/// The failure of the opening statements; nothing of the transaction took effect.
-fn begin_error(err: tokio_postgres::Error) -> Failure {
-    let deadline_passed = err.code() == Some(&SqlState::INVALID_PARAMETER_VALUE)
-        && err
-            .as_db_error()
-            .is_some_and(|db| db.message().contains(DEADLINE_PASSED));
-    if deadline_passed {
-        Failure {
-            error: anyhow!("the transaction reached the database after its deadline"),
+/// Reads a call's answer to the end: its ReadyForQuery, which the server sends after the
+/// implicit transaction has committed (or failed).
+async fn rows_to_the_end(
+    stream: Result<tokio_postgres::RowStream, tokio_postgres::Error>,
+) -> Result<Vec<Row>, CallError> {
+    let stream = stream.map_err(|error| CallError {
+        error,
+        completed: false,
+    })?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = stream.next().await {
+        match row {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                return Err(CallError {
+                    error,
+                    completed: stream.rows_affected().is_some(),
+                })
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// What a call's answer says about its outcome:
+/// - rows (ReadyForQuery included): committed;
+/// - an error from the server before the statement completed: the statement failed, and
+///   its transaction with it: nothing took effect (the deadline's refusal is told apart);
+/// - an error after the statement completed: the commit failed, rolled back for an error
+///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
+///   server that shuts down while committing may have committed);
+/// - no answer because the connection died: unknown.
+fn call_outcome(answer: Result<Vec<Row>, CallError>) -> Result<Vec<Row>, Failure> {
+    let CallError { error, completed } = match answer {
+        Ok(rows) => return Ok(rows),
+        Err(failed) => failed,
+    };
+    let Some(db) = error.as_db_error() else {
+        return Err(Failure::unknown(error));
+    };
+    if *db.code() == SqlState::QUERY_CANCELED && db.message() == procedures::DEADLINE_PASSED {
+        return Err(Failure {
+            error: anyhow!("the call reached the database after its deadline"),
             status: Some(ApiError::Unavailable(anyhow!("deadline passed"))),
             connection_lost: false,
             deadline: None,
-        }
+        });
+    }
+    if *db.code() == SqlState::UNDEFINED_FUNCTION {
+        tracing::error!("a statement's function is missing: run `migrate` for this release");
+    }
+    let rolled_back = db.code().code().starts_with("40") || db.code().code().starts_with("23");
+    if completed && !rolled_back {
+        Err(Failure::unknown(error))
     } else {
-        Failure::not_done(err)
+        Err(Failure::not_done(error))
     }
 }
 

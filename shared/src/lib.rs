@@ -26,6 +26,7 @@ pub mod lambda;
 pub mod listing;
 pub mod owner;
 pub mod precondition;
+pub mod procedures;
 pub mod repo;
 pub mod request;
 pub mod response;

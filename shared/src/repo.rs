@@ -197,6 +197,56 @@ const CREATE_IDEMPOTENT: &str = concat!(
     " FROM tasks WHERE id = claim.task_id AND user_id = $2) t ON true"
 );
 
+/// Every statement a [`TaskRepo`] runs on behalf of an owner, with its parameter types: the
+/// statements `migrate` installs as functions ([`crate::procedures`]). A statement missing
+/// here, or run with other types, has no function, and fails with a 500.
+pub fn statements() -> Vec<(&'static str, Vec<Type>)> {
+    use SortField::*;
+    use SortOrder::*;
+    let list = [Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
+    let update = [
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BOOL,
+        Type::TEXT,
+        Type::BOOL,
+    ];
+    let complete = [Type::UUID, Type::TEXT, Type::BOOL];
+    let one = [Type::UUID, Type::TEXT];
+    let guarded = |params: &[Type]| [params, &[Type::INT8_ARRAY]].concat();
+    let mut statements: Vec<(&'static str, Vec<Type>)> = [CreatedAt, UpdatedAt, Title]
+        .into_iter()
+        .flat_map(|sort| [Asc, Desc].map(|order| (list_statement(sort, order), list.to_vec())))
+        .collect();
+    statements.extend([
+        (
+            INSERT,
+            vec![Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL],
+        ),
+        (
+            CREATE_IDEMPOTENT,
+            vec![
+                Type::UUID,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::BOOL,
+                Type::TEXT,
+                Type::BYTEA,
+            ],
+        ),
+        (SELECT_ONE, one.to_vec()),
+        (UPDATE, update.to_vec()),
+        (UPDATE_IF_MATCH, guarded(&update)),
+        (COMPLETE, complete.to_vec()),
+        (COMPLETE_IF_MATCH, guarded(&complete)),
+        (DELETE, one.to_vec()),
+        (DELETE_IF_MATCH, guarded(&one)),
+    ]);
+    statements
+}
+
 /// How a create with an `Idempotency-Key` ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {

@@ -1,7 +1,7 @@
 //! TCP proxies in front of Postgres: one that counts round trips ("flights", the times the
 //! client starts sending after having received something, or for the first time: one
 //! request/response exchange is one flight however many messages it carries), and one that
-//! can lose the answer to a `COMMIT`: the commit reaches the server and takes effect, then
+//! can lose the answer to a write: its commit reaches the server and takes effect, then
 //! the connection dies before the client hears of it, the one failure after which a client
 //! cannot know a write's outcome.
 
@@ -91,12 +91,20 @@ async fn count_flights(client: TcpStream, server: TcpStream, counter: Arc<Atomic
     }
 }
 
-/// ReadyForQuery with status "idle": the server's last word after a `COMMIT`.
-const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
-/// The server's CommandComplete for a `COMMIT` that committed.
-const COMMITTED: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
-/// A simple-query message carrying exactly `COMMIT`.
-const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// The start of a ReadyForQuery: the server's last word after a Sync.
+const READY: &[u8] = b"Z\0\0\0\x05";
+/// A Sync: the end of a message group, after which the server commits an implicit
+/// transaction and answers ReadyForQuery.
+const SYNC: &[u8] = b"S\0\0\0\x04";
+/// An Execute of the unnamed portal, all rows: how tokio-postgres runs a statement.
+const EXECUTE: &[u8] = b"E\0\0\0\x09\0\0\0\0\0";
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
 
 pub struct CommitCutter {
     pub port: u16,
@@ -126,25 +134,36 @@ impl CommitCutter {
     }
 }
 
+/// Relays both ways until a cut is due: from the first client flight that executes a
+/// statement, the server's answers are swallowed (the client's messages still reach the
+/// server) until the server has answered every Sync the client sent (ReadyForQuery comes
+/// after the commit of an implicit transaction) and the client has been quiet for a moment;
+/// then the client is hung up on without a byte of those answers.
 async fn relay(client: TcpStream, server: TcpStream, cuts: Arc<AtomicUsize>) {
     let cut = Arc::new(AtomicBool::new(false));
+    let syncs = Arc::new(AtomicUsize::new(0));
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let cut_up = cut.clone();
+    let (cut_up, syncs_up) = (cut.clone(), syncs.clone());
     let upstream = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut sent_since_cut = Vec::new();
         while let Ok(n) = client_read.read(&mut buf).await {
             if n == 0 {
                 break;
             }
             let chunk = &buf[..n];
             if !cut_up.load(Ordering::SeqCst)
-                && chunk.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY)
+                && count(chunk, EXECUTE) > 0
                 && cuts
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
                     .is_ok()
             {
                 cut_up.store(true, Ordering::SeqCst);
+            }
+            if cut_up.load(Ordering::SeqCst) {
+                sent_since_cut.extend_from_slice(chunk);
+                syncs_up.store(count(&sent_since_cut, SYNC), Ordering::SeqCst);
             }
             if server_write.write_all(chunk).await.is_err() {
                 break;
@@ -158,12 +177,13 @@ async fn relay(client: TcpStream, server: TcpStream, cuts: Arc<AtomicUsize>) {
             break;
         }
         if cut.load(Ordering::SeqCst) {
-            // Wait for the server to finish the commit, then hang up on the client
-            // without passing on a byte of the answer.
             swallowed.extend_from_slice(&buf[..n]);
-            let committed = swallowed.windows(COMMITTED.len()).any(|w| w == COMMITTED);
-            if committed && swallowed.ends_with(READY_IDLE) {
-                break;
+            let answered = count(&swallowed, READY);
+            if answered >= syncs.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if answered >= syncs.load(Ordering::SeqCst) {
+                    break;
+                }
             }
             continue;
         }

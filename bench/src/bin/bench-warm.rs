@@ -2,7 +2,7 @@
 //!
 //! For every operation, each round times three things back to back, so that they share the
 //! machine's noise: (1) the function's handler fed an API Gateway v2 event (JSON parsing,
-//! token check, validation, the pipelined transaction with the row-level security context,
+//! token check, validation, the statement's function with the row-level security context,
 //! response), (2) the same handler with the RLS context switched off (the bare statement),
 //! and (3) the raw round trip of the same SQL statement issued directly with tokio-postgres.
 //!
@@ -14,9 +14,9 @@
 //!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task ids, a,b,…>
 //!                                     writes, for list, get, create and toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
-//!                                     one of exactly what the API sends for it, pipelined
-//!                                     (`<op>-api.sql`: BEGIN, the context, the statement,
-//!                                     COMMIT), from the code's own SQL
+//!                                     one of exactly what the API sends for it
+//!                                     (`<op>-api.sql`: the call of the statement's
+//!                                     function, with the context), from the code's own SQL
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -334,37 +334,31 @@ fn write_pgbench_scripts(
     let user = quote(writer);
     let ids: Vec<String> = ids.split(',').map(|id| format!("'{id}'::uuid")).collect();
     let id = ids[0].clone();
-    let context = |sql: &str, user: &str| {
-        with_literals(sql, &[user, "99999999999999::bigint", "5000::bigint"])
-    };
     let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc);
+    let literals = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
     let scripts = [
         (
-            "list",
-            with_literals(
-                list,
-                &[
-                    &lister,
-                    "NULL::boolean",
-                    "NULL::text",
-                    "20::bigint",
-                    "0::bigint",
-                ],
-            ),
+            "list".to_owned(),
+            list,
+            literals(&[
+                &lister,
+                "NULL::boolean",
+                "NULL::text",
+                "20::bigint",
+                "0::bigint",
+            ]),
         ),
-        ("get", with_literals(repo::SELECT_ONE, &[&id, &user])),
+        ("get".to_owned(), repo::SELECT_ONE, literals(&[&id, &user])),
         (
-            "create",
-            with_literals(
-                repo::INSERT,
-                &[
-                    "gen_random_uuid()",
-                    &user,
-                    "'benchmark'",
-                    "NULL::text",
-                    "false",
-                ],
-            ),
+            "create".to_owned(),
+            repo::INSERT,
+            literals(&[
+                "gen_random_uuid()",
+                &user,
+                "'benchmark'",
+                "NULL::text",
+                "false",
+            ]),
         ),
     ];
     // Toggles spread over the writer's tasks, one script each (pgbench picks one at random
@@ -372,15 +366,17 @@ fn write_pgbench_scripts(
     let toggles = ids.iter().enumerate().map(|(n, id)| {
         (
             format!("toggle-{n}"),
-            with_literals(repo::COMPLETE, &[id, &user, "NULL::boolean"]),
+            repo::COMPLETE,
+            literals(&[id, &user, "NULL::boolean"]),
         )
     });
-    let scripts = scripts
-        .into_iter()
-        .map(|(op, sql)| (op.to_owned(), sql))
-        .chain(toggles);
-    for (op, statement) in scripts {
+    for (op, sql, values) in scripts.into_iter().chain(toggles) {
         let owner = if op == "list" { &lister } else { &user };
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let statement = with_literals(sql, &values);
+        let procedure = shared::procedures::all()
+            .find(|procedure| procedure.sql == sql)
+            .context("a benchmarked statement without a function")?;
         // `toggle-3` → `toggle-bare-3.sql`, `toggle-api-3.sql`.
         let (op, n) = match op.split_once('-') {
             Some((op, n)) => (op.to_owned(), format!("-{n}")),
@@ -390,16 +386,19 @@ fn write_pgbench_scripts(
             dir.join(format!("{op}-bare{n}.sql")),
             format!("{statement};\n"),
         )?;
-        for (suffix, context_sql) in [
-            ("api", shared::db::CONTEXT),
-            ("api-login", shared::db::CONTEXT_AS_LOGIN_ROLE),
-        ] {
-            let context = context(context_sql, owner);
+        // What the API sends: the statement's function, with the context (a deadline far
+        // ahead, the default 5 s budget) and the role switch for a superuser login only.
+        for (suffix, switch_role) in [("api", "true"), ("api-login", "false")] {
+            let mut arguments = values.clone();
+            arguments.extend([
+                owner.as_str(),
+                "99999999999999::bigint",
+                "5000::bigint",
+                switch_role,
+            ]);
             std::fs::write(
                 dir.join(format!("{op}-{suffix}{n}.sql")),
-                format!(
-                    "\\startpipeline\nBEGIN;\n{context};\n{statement};\nCOMMIT;\n\\endpipeline\n"
-                ),
+                format!("{};\n", with_literals(&procedure.call, &arguments)),
             )?;
         }
     }

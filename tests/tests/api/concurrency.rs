@@ -292,6 +292,26 @@ async fn assert_alice_cannot_reach_bobs(
     bobs: &serde_json::Value,
 ) {
     let database = state.tasks.database();
+    // The API runs only its own statements, each through a function that `migrate`
+    // installs; these are installed the same way, so that they run as the API's would.
+    let admin = db().await;
+    for (sql, types) in [
+        ("SELECT id FROM tasks WHERE user_id = $1", &[Type::TEXT][..]),
+        ("SELECT id FROM tasks", &[]),
+        (
+            "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
+            &[Type::TEXT],
+        ),
+        ("DELETE FROM tasks RETURNING id", &[]),
+        (
+            "INSERT INTO tasks (id, user_id, title) VALUES (gen_random_uuid(), $1, 'forged')",
+            &[Type::TEXT],
+        ),
+    ] {
+        migrations::install(&admin, &shared::procedures::Procedure::new(sql, types))
+            .await
+            .unwrap();
+    }
     // A buggy statement that asks for Bob's rows while running as Alice sees nothing...
     let rows = database
         .query_as(
@@ -333,7 +353,11 @@ async fn assert_alice_cannot_reach_bobs(
             &[(&bob, Type::TEXT)],
         )
         .await;
-    assert!(forged.is_err(), "the policy's WITH CHECK refuses it");
+    let refused = forged.expect_err("the policy's WITH CHECK refuses it");
+    assert!(
+        matches!(refused, shared::error::ApiError::Internal(_)),
+        "{refused:?}"
+    );
     let stored = crate::get(state, bob, &id_of(bobs)).await;
     assert_eq!(&stored.json(), bobs);
     assert_eq!(task_count(bob).await, 1);
@@ -432,4 +456,53 @@ async fn state_for_comparison() -> shared::AppState {
     let state = state();
     create_titled(&state, &user_id(), "first request").await;
     state
+}
+
+/// A call that reaches Postgres after its deadline (queued in a pooler, say) is refused by
+/// its function before the statement runs: nothing changes, and the error is the one the
+/// API maps to a 503 without a retry.
+#[tokio::test]
+async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
+    let state = state();
+    let user = user_id();
+    let id: uuid::Uuid = id_of(&create_titled(&state, &user, "before").await)
+        .parse()
+        .unwrap();
+    let procedure = shared::procedures::all()
+        .find(|procedure| procedure.sql == shared::repo::COMPLETE)
+        .unwrap();
+    let admin = db().await;
+    let call = |deadline_ms: i64| {
+        let (admin, procedure, user) = (&admin, procedure, user.clone());
+        async move {
+            admin
+                .query_typed(
+                    &procedure.call,
+                    &[
+                        (&id, Type::UUID),
+                        (&user, Type::TEXT),
+                        (&Some(true), Type::BOOL),
+                        (&user, Type::TEXT),
+                        (&deadline_ms, Type::INT8),
+                        (&5000_i64, Type::INT8),
+                        (&true, Type::BOOL),
+                    ],
+                )
+                .await
+        }
+    };
+    let late = call(1).await.expect_err("refused");
+    let db_error = late.as_db_error().unwrap();
+    assert_eq!(
+        db_error.code(),
+        &tokio_postgres::error::SqlState::QUERY_CANCELED
+    );
+    assert_eq!(db_error.message(), shared::procedures::DEADLINE_PASSED);
+    let stored = crate::get(&state, &user, &id.to_string()).await.json();
+    assert_eq!(stored["completed"], false, "nothing changed");
+    // The same call in time does change it.
+    let in_time = chrono::Utc::now().timestamp_millis() + 5000;
+    assert_eq!(call(in_time).await.unwrap().len(), 1);
+    let stored = crate::get(&state, &user, &id.to_string()).await.json();
+    assert_eq!(stored["completed"], true);
 }

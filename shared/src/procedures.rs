@@ -1,0 +1,218 @@
+//! Every task statement runs inside a PL/pgSQL function of its own, which sets the request's
+//! row-level security context and then runs the statement: one protocol message group
+//! (Bind, Execute, Sync) per request, one implicit transaction, one answer.
+//!
+//! Why: the context (`app.user_id`, the role, the deadline) is transaction-scoped, as it
+//! must be behind a pooler in transaction mode. Sent from the client, it needs `BEGIN`, the
+//! context, the statement and `COMMIT`, and tokio-postgres ends each of them with a Sync,
+//! so Postgres answers and flushes four times per request; on the benchmark machine that
+//! cost as much backend CPU as the statement itself. Inside a function, the context and
+//! the statement share the statement's own implicit transaction. The function's plans are
+//! cached by the server per connection, so they stay cached even where the client cannot
+//! keep prepared statements (PgBouncer before 1.21).
+//!
+//! The SQL stays in the repository ([`crate::repo`]); `migrate` installs one function per
+//! statement ([`definition`]), named after a hash of the statement, its parameter types and
+//! [`TEMPLATE_VERSION`]. A changed statement is a new function, so the previous release's
+//! functions keep working while it drains; nothing is ever replaced under a running one.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::{Kind, Type};
+
+/// The schema of the functions (created by `migrate`).
+pub const SCHEMA: &str = "todo_api";
+
+/// Changes whenever [`definition`]'s template changes, so that every function is new.
+const TEMPLATE_VERSION: &str = "1";
+
+/// The context every function takes after the statement's own parameters: the user the
+/// policies compare with, the request's deadline (Unix milliseconds), the most a lock may be
+/// waited for (milliseconds), and whether to switch to `todo_app` (the login role bypasses
+/// row-level security).
+pub const CONTEXT_TYPES: [Type; 4] = [Type::TEXT, Type::INT8, Type::INT8, Type::BOOL];
+
+/// The message of the error a function raises when it starts after the request's deadline
+/// (SQLSTATE 57014, as for a cancelled statement).
+pub const DEADLINE_PASSED: &str = "deadline-passed";
+
+/// One task statement and the function that runs it.
+#[derive(Debug, Clone)]
+pub struct Procedure {
+    /// The statement's SQL, with parameters `$1`..`$n`.
+    pub sql: String,
+    /// The statement's parameter types.
+    pub types: Vec<Type>,
+    /// The schema-qualified name of the function.
+    pub name: String,
+    /// What the client sends: the function called with the statement's parameters and the
+    /// context's.
+    pub call: String,
+}
+
+impl Procedure {
+    pub fn new(sql: &str, types: &[Type]) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(TEMPLATE_VERSION);
+        hash.update([0]);
+        hash.update(sql);
+        for ty in types {
+            hash.update([0]);
+            hash.update(type_sql(ty));
+        }
+        let digest = hash.finalize();
+        let mut name = format!("{SCHEMA}.q_");
+        for byte in &digest[..10] {
+            let _ = write!(name, "{byte:02x}");
+        }
+        let arguments: Vec<String> = (1..=types.len() + CONTEXT_TYPES.len())
+            .map(|n| format!("${n}"))
+            .collect();
+        let call = format!("SELECT * FROM {name}({})", arguments.join(", "));
+        Procedure {
+            sql: sql.to_owned(),
+            types: types.to_vec(),
+            name,
+            call,
+        }
+    }
+
+    /// The types of the call's parameters: the statement's, then [`CONTEXT_TYPES`].
+    pub fn call_types(&self) -> Vec<Type> {
+        self.types.iter().chain(&CONTEXT_TYPES).cloned().collect()
+    }
+
+    /// `CREATE FUNCTION` for this statement, returning `columns` (the statement's result
+    /// columns, as Postgres describes them).
+    ///
+    /// The function, in the caller's implicit transaction:
+    /// - refuses to start after the deadline (a request queued in a pooler past it);
+    /// - switches to `todo_app` when told to, sets `app.user_id`, and bounds lock waits by
+    ///   the time left (`lock_timeout`: `statement_timeout` cannot be changed for the
+    ///   statement already running, the call itself; the client cancels a call that
+    ///   outlives the deadline);
+    /// - runs the statement (`RETURN QUERY`, a plan cached per connection).
+    ///
+    /// `SECURITY INVOKER`: the statement runs as the caller (or `todo_app`), under the
+    /// policies. The settings are `set_config(…, true)`: they end with the transaction.
+    pub fn definition(&self, columns: &[(String, Type)]) -> String {
+        let mut parameters: Vec<String> = self
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("p{} {}", i + 1, type_sql(ty)))
+            .collect();
+        parameters.extend([
+            "ctx_user text".to_owned(),
+            "ctx_deadline_ms bigint".to_owned(),
+            "ctx_lock_budget_ms bigint".to_owned(),
+            "ctx_switch_role boolean".to_owned(),
+        ]);
+        // A statement without result columns (none of the API's) returns nothing.
+        let (returns, run) = if columns.is_empty() {
+            ("void".to_owned(), "")
+        } else {
+            let columns: Vec<String> = columns
+                .iter()
+                .map(|(column, ty)| format!("{} {}", quote_ident(column), type_sql(ty)))
+                .collect();
+            (format!("TABLE({})", columns.join(", ")), "RETURN QUERY ")
+        };
+        format!(
+            "CREATE OR REPLACE FUNCTION {name}({parameters})\n\
+             RETURNS {returns}\n\
+             LANGUAGE plpgsql VOLATILE SECURITY INVOKER\n\
+             AS $procedure$\n\
+             #variable_conflict use_column\n\
+             DECLARE\n\
+             \x20   ctx_left_ms bigint := ctx_deadline_ms - (extract(epoch FROM clock_timestamp()) * 1000)::bigint;\n\
+             BEGIN\n\
+             \x20   IF ctx_left_ms <= 0 THEN\n\
+             \x20       RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n\
+             \x20   END IF;\n\
+             \x20   IF ctx_switch_role THEN\n\
+             \x20       PERFORM set_config('role', '{role}', true);\n\
+             \x20   END IF;\n\
+             \x20   PERFORM set_config('app.user_id', ctx_user, true),\n\
+             \x20       set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true);\n\
+             \x20   {run}{sql};\n\
+             END\n\
+             $procedure$",
+            name = self.name,
+            parameters = parameters.join(", "),
+            role = crate::db::APP_ROLE,
+            sql = self.sql,
+        )
+    }
+}
+
+/// The procedures of every task statement ([`crate::repo::statements`]), by SQL.
+static PROCEDURES: LazyLock<HashMap<&'static str, Procedure>> = LazyLock::new(|| {
+    crate::repo::statements()
+        .into_iter()
+        .map(|(sql, types)| (sql, Procedure::new(sql, &types)))
+        .collect()
+});
+
+/// Every task statement's procedure, for `migrate`.
+pub fn all() -> impl Iterator<Item = &'static Procedure> {
+    PROCEDURES.values()
+}
+
+/// The procedure of a statement: one of [`crate::repo::statements`] (worked out once), or
+/// any other (worked out on each call; its function exists only where something installed
+/// it, as the row-level security tests do).
+pub fn for_statement(sql: &str, types: &[Type]) -> Cow<'static, Procedure> {
+    match PROCEDURES.get(sql) {
+        Some(procedure) if procedure.types == types => Cow::Borrowed(procedure),
+        _ => Cow::Owned(Procedure::new(sql, types)),
+    }
+}
+
+/// A type as SQL: arrays as `element[]`.
+fn type_sql(ty: &Type) -> String {
+    match ty.kind() {
+        Kind::Array(element) => format!("{}[]", element.name()),
+        _ => ty.name().to_owned(),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_statement_and_its_types() {
+        let a = Procedure::new("SELECT $1", &[Type::TEXT]);
+        let b = Procedure::new("SELECT $1", &[Type::INT8]);
+        let c = Procedure::new("SELECT $1 ", &[Type::TEXT]);
+        assert_ne!(a.name, b.name);
+        assert_ne!(a.name, c.name);
+        assert_eq!(a.name, Procedure::new("SELECT $1", &[Type::TEXT]).name);
+        assert_eq!(
+            a.call,
+            format!("SELECT * FROM {}($1, $2, $3, $4, $5)", a.name)
+        );
+        assert_eq!(type_sql(&Type::INT8_ARRAY), "int8[]");
+    }
+
+    #[test]
+    fn every_statement_has_a_procedure() {
+        assert!(all().count() >= 15);
+        for procedure in all() {
+            assert!(procedure.name.starts_with("todo_api.q_"));
+            assert!(matches!(
+                for_statement(&procedure.sql, &procedure.types),
+                Cow::Borrowed(_)
+            ));
+        }
+    }
+}
