@@ -220,7 +220,9 @@ def test_sigterm_finishes_in_flight_creates_and_loses_none(cluster):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        waiting = f"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT%'"
+        # Each create is a call of its statement's function (schema todo_api), waiting for the lock.
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND query LIKE 'SELECT * FROM todo_api.%'")
         while int(psql(cluster, waiting)) < batch:
             assert time.monotonic() < deadline, "the creates never reached the database"
             time.sleep(0.05)
