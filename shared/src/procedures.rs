@@ -204,6 +204,27 @@ mod tests {
         assert_eq!(type_sql(&Type::INT8_ARRAY), "int8[]");
     }
 
+    /// A database keeps the functions it has (by name); a changed template must therefore
+    /// change every name, through [`TEMPLATE_VERSION`]. When this fails after a change to
+    /// [`Procedure::definition`], bump the version and then update the digest here.
+    #[test]
+    fn the_template_changes_only_with_its_version() {
+        let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT]);
+        let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+        let digest: String = Sha256::digest(definition.replace(&procedure.name, "f"))
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(
+            (TEMPLATE_VERSION, digest.as_str()),
+            (
+                "1",
+                "b201f49055e9094d7da2b9bc71b179f32646701193b13a42b80f42e04febe9a8"
+            ),
+            "the function template changed: bump TEMPLATE_VERSION"
+        );
+    }
+
     #[test]
     fn every_statement_has_a_procedure() {
         assert!(all().count() >= 15);
