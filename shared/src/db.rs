@@ -55,10 +55,10 @@ const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (rolsuper OR rolbypassrls
      AND has_table_privilege('idempotency_keys', 'SELECT, INSERT, UPDATE, DELETE') \
      FROM pg_roles WHERE rolname = current_user";
 
-/// How long after a transaction's deadline the client still waits for the server's answer.
-/// The server enforces the deadline itself (see [`Database::query_as`]) and normally
-/// answers at the deadline; this covers the network and a clock difference between this
-/// machine and the database's.
+/// How long after a call's deadline the client still waits for the server's answer. The
+/// server refuses a call that starts late and ends lock waits at the deadline (see
+/// [`Database::query_as`]); this covers the network and a clock difference between this
+/// machine and the database's. A call still running after it is cancelled.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// How long the client waits for the answer after sending a cancel request, before it
