@@ -335,30 +335,29 @@ fn write_pgbench_scripts(
     let ids: Vec<String> = ids.split(',').map(|id| format!("'{id}'::uuid")).collect();
     let id = ids[0].clone();
     let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc);
-    let literals = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
     let scripts = [
         (
             "list".to_owned(),
             list,
-            literals(&[
-                &lister,
+            vec![
+                lister.as_str(),
                 "NULL::boolean",
                 "NULL::text",
                 "20::bigint",
                 "0::bigint",
-            ]),
+            ],
         ),
-        ("get".to_owned(), repo::SELECT_ONE, literals(&[&id, &user])),
+        ("get".to_owned(), repo::SELECT_ONE, vec![id.as_str(), &user]),
         (
             "create".to_owned(),
             repo::INSERT,
-            literals(&[
+            vec![
                 "gen_random_uuid()",
-                &user,
+                user.as_str(),
                 "'benchmark'",
                 "NULL::text",
                 "false",
-            ]),
+            ],
         ),
     ];
     // Toggles spread over the writer's tasks, one script each (pgbench picks one at random
@@ -367,12 +366,11 @@ fn write_pgbench_scripts(
         (
             format!("toggle-{n}"),
             repo::COMPLETE,
-            literals(&[id, &user, "NULL::boolean"]),
+            vec![id.as_str(), &user, "NULL::boolean"],
         )
     });
     for (op, sql, values) in scripts.into_iter().chain(toggles) {
         let owner = if op == "list" { &lister } else { &user };
-        let values: Vec<&str> = values.iter().map(String::as_str).collect();
         let statement = with_literals(sql, &values);
         let procedure = shared::procedures::all()
             .find(|procedure| procedure.sql == sql)
