@@ -9,6 +9,7 @@ mod hostile_events;
 mod jwt;
 mod listing;
 mod outcomes;
+mod plans;
 mod pooler;
 mod round_trips;
 mod routes_agree;
