@@ -5,6 +5,9 @@
 //! token check, validation, the statement's function with the row-level security context,
 //! response), (2) the same handler with the RLS context switched off (the bare statement),
 //! and (3) the raw round trip of the same SQL statement issued directly with tokio-postgres.
+//! Each of the three goes first in a third of the rounds, and the process and its three
+//! backends run on one CPU (`BENCH_CPU`, default 0; `none` to leave them: see
+//! `pin_to_one_cpu`).
 //!
 //! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
