@@ -90,6 +90,15 @@ fn open_file_limit() -> Option<u64> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
+/// mimalloc rather than glibc's allocator: the server's worker threads allocate and free
+/// every request's buffers, rows and JSON, and glibc's malloc and free were ~15% of the
+/// server's CPU under load. Measured (list of 20 at c = 32, four alternations): ~6 µs less
+/// server CPU per request and more requests per second in each pair, for ~9 MB more
+/// resident memory (20 MB against 11 MB after a burst). The Lambda functions keep the
+/// system allocator: one request at a time, and their size and memory budgets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
