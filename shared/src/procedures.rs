@@ -100,8 +100,8 @@ impl Procedure {
     ///   table (`enable_seqscan = off`; every statement reaches its rows through the owner's
     ///   or the task's index). Left to choose, Postgres plans the statement anew at every
     ///   call as soon as a few users hold a large share of the table (their tasks make the
-    ///   average look worse than any one user's), which tripled the list's Postgres CPU per
-    ///   request in the benchmark; and with only a handful of users, the average plan scans
+    ///   average look worse than any one user's), which cost the list two to three times its
+    ///   Postgres CPU per request in the benchmark; and with only a handful of users, the average plan scans
     ///   the whole table. So a request costs in proportion to its own user's rows;
     /// - runs the statement (`RETURN QUERY`).
     ///

@@ -117,7 +117,8 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
 
 /// When a few users hold most of the table, Postgres's plan for an average user looks worse
 /// than the plan for any one small user, and left to choose, Postgres plans the listing
-/// anew at every call (three times the Postgres CPU of a list request in the benchmark).
+/// anew at every call (two to three times the Postgres CPU of a list request in the
+/// benchmark).
 /// The functions plan each statement once per connection.
 #[tokio::test]
 async fn on_a_skewed_table_the_listing_is_planned_once_per_connection() {
