@@ -28,7 +28,46 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "2";
+const TEMPLATE_VERSION: &str = "3";
+
+/// What a statement's function sets up before the statement, besides the role and
+/// `app.user_id` (which every function sets). Each costs Postgres a few microseconds per
+/// call, so a function does only what its statement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Guards {
+    /// Refuse to start after the request's deadline, and bound lock waits by the time left:
+    /// what makes an error answer to a write final. Reads need neither: a late read changes
+    /// nothing, and the client cancels one that outlives the deadline.
+    pub deadline: bool,
+    /// One plan per connection, never a sequential scan of the table: for statements that
+    /// reach their rows through a non-unique index (the listings, the idempotency keys'
+    /// purge), whose plans Postgres would otherwise choose per call from the table's
+    /// skew. A statement that reaches one row by its primary key has one plan anyway.
+    pub pinned_plan: bool,
+}
+
+impl Guards {
+    /// A read of one row by its key.
+    pub const READ: Guards = Guards {
+        deadline: false,
+        pinned_plan: false,
+    };
+    /// A listing.
+    pub const LIST: Guards = Guards {
+        deadline: false,
+        pinned_plan: true,
+    };
+    /// A write of one row by its key.
+    pub const WRITE: Guards = Guards {
+        deadline: true,
+        pinned_plan: false,
+    };
+    /// Everything: the default for a statement the repository does not list.
+    pub const ALL: Guards = Guards {
+        deadline: true,
+        pinned_plan: true,
+    };
+}
 
 /// The context every function takes after the statement's own parameters: the user the
 /// policies compare with, the request's deadline (Unix milliseconds), the most a lock may be
@@ -47,6 +86,8 @@ pub struct Procedure {
     pub sql: String,
     /// The statement's parameter types.
     pub types: Vec<Type>,
+    /// What the function sets up before the statement.
+    pub guards: Guards,
     /// The schema-qualified name of the function.
     pub name: String,
     /// What the client sends: the function called with the statement's parameters and the
@@ -55,10 +96,15 @@ pub struct Procedure {
 }
 
 impl Procedure {
-    pub fn new(sql: &str, types: &[Type]) -> Self {
+    pub fn new(sql: &str, types: &[Type], guards: Guards) -> Self {
         let mut hash = Sha256::new();
         hash.update(TEMPLATE_VERSION);
-        hash.update([0]);
+        hash.update([
+            0,
+            u8::from(guards.deadline),
+            u8::from(guards.pinned_plan),
+            0,
+        ]);
         hash.update(sql);
         for ty in types {
             hash.update([0]);
@@ -76,6 +122,7 @@ impl Procedure {
         Procedure {
             sql: sql.to_owned(),
             types: types.to_vec(),
+            guards,
             name,
             call,
         }
@@ -90,19 +137,21 @@ impl Procedure {
     /// columns, as Postgres describes them).
     ///
     /// The function, in the caller's implicit transaction:
-    /// - refuses to start after the deadline (a request queued in a pooler past it);
-    /// - switches to `todo_app` when told to, sets `app.user_id`, and bounds lock waits by
-    ///   the time left (`lock_timeout`: `statement_timeout` cannot be changed for the
-    ///   statement already running, the call itself; the client cancels a call that
-    ///   outlives the deadline);
-    /// - plans the statement once per connection, from the table's average statistics
-    ///   (`plan_cache_mode = force_generic_plan`), and never with a sequential scan of the
-    ///   table (`enable_seqscan = off`; every statement reaches its rows through the owner's
-    ///   or the task's index). Left to choose, Postgres plans the statement anew at every
-    ///   call as soon as a few users hold a large share of the table (their tasks make the
-    ///   average look worse than any one user's), which cost the list two to three times its
-    ///   Postgres CPU per request in the benchmark; and with only a handful of users, the average plan scans
-    ///   the whole table. So a request costs in proportion to its own user's rows;
+    /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
+    ///   queued in a pooler past it);
+    /// - switches to `todo_app` when told to and sets `app.user_id`;
+    /// - for a write, bounds lock waits by the time left (`lock_timeout`: `statement_timeout`
+    ///   cannot be changed for the statement already running, the call itself; the client
+    ///   cancels a call that outlives the deadline);
+    /// - for a listing ([`Guards::pinned_plan`]), plans the statement once per connection,
+    ///   from the table's average statistics (`plan_cache_mode = force_generic_plan`), and
+    ///   never with a sequential scan of the table (`enable_seqscan = off`; the listing
+    ///   reaches its rows through the owner's index). Left to choose, Postgres plans the
+    ///   listing anew at every call as soon as a few users hold a large share of the table
+    ///   (their tasks make the average look worse than any one user's), which cost the list
+    ///   two to three times its Postgres CPU per request in the benchmark; and with only a
+    ///   handful of users, the average plan scans the whole table. So a request costs in
+    ///   proportion to its own user's rows;
     /// - runs the statement (`RETURN QUERY`).
     ///
     /// `SECURITY INVOKER`: the statement runs as the caller (or `todo_app`), under the
@@ -130,31 +179,48 @@ impl Procedure {
                 .collect();
             (format!("TABLE({})", columns.join(", ")), "RETURN QUERY ")
         };
+        let Guards {
+            deadline,
+            pinned_plan,
+        } = self.guards;
+        let mut declare = String::new();
+        let mut check = String::new();
+        let mut settings = vec!["set_config('app.user_id', ctx_user, true)"];
+        if deadline {
+            declare = "DECLARE\n    ctx_left_ms bigint := ctx_deadline_ms - (extract(epoch FROM clock_timestamp()) * 1000)::bigint;\n".to_owned();
+            check = format!(
+                "    IF ctx_left_ms <= 0 THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
+            );
+            settings.push(
+                "set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true)",
+            );
+        }
+        if pinned_plan {
+            settings.extend([
+                "set_config('plan_cache_mode', 'force_generic_plan', true)",
+                "set_config('enable_seqscan', 'off', true)",
+            ]);
+        }
         format!(
             "CREATE OR REPLACE FUNCTION {name}({parameters})\n\
              RETURNS {returns}\n\
              LANGUAGE plpgsql VOLATILE SECURITY INVOKER\n\
              AS $procedure$\n\
              #variable_conflict use_column\n\
-             DECLARE\n\
-             \x20   ctx_left_ms bigint := ctx_deadline_ms - (extract(epoch FROM clock_timestamp()) * 1000)::bigint;\n\
+             {declare}\
              BEGIN\n\
-             \x20   IF ctx_left_ms <= 0 THEN\n\
-             \x20       RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n\
-             \x20   END IF;\n\
+             {check}\
              \x20   IF ctx_switch_role THEN\n\
              \x20       PERFORM set_config('role', '{role}', true);\n\
              \x20   END IF;\n\
-             \x20   PERFORM set_config('app.user_id', ctx_user, true),\n\
-             \x20       set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true),\n\
-             \x20       set_config('plan_cache_mode', 'force_generic_plan', true),\n\
-             \x20       set_config('enable_seqscan', 'off', true);\n\
+             \x20   PERFORM {settings};\n\
              \x20   {run}{sql};\n\
              END\n\
              $procedure$",
             name = self.name,
             parameters = parameters.join(", "),
             role = crate::db::APP_ROLE,
+            settings = settings.join(",\n        "),
             sql = self.sql,
         )
     }
@@ -164,7 +230,7 @@ impl Procedure {
 static PROCEDURES: LazyLock<HashMap<&'static str, Procedure>> = LazyLock::new(|| {
     crate::repo::statements()
         .into_iter()
-        .map(|(sql, types)| (sql, Procedure::new(sql, &types)))
+        .map(|(sql, types, guards)| (sql, Procedure::new(sql, &types, guards)))
         .collect()
 });
 
@@ -174,12 +240,12 @@ pub fn all() -> impl Iterator<Item = &'static Procedure> {
 }
 
 /// The procedure of a statement: one of [`crate::repo::statements`] (worked out once), or
-/// any other (worked out on each call; its function exists only where something installed
-/// it, as the row-level security tests do).
+/// any other (worked out on each call, with [`Guards::ALL`]; its function exists only where
+/// something installed it, as the row-level security tests do).
 pub fn for_statement(sql: &str, types: &[Type]) -> Cow<'static, Procedure> {
     match PROCEDURES.get(sql) {
         Some(procedure) if procedure.types == types => Cow::Borrowed(procedure),
-        _ => Cow::Owned(Procedure::new(sql, types)),
+        _ => Cow::Owned(Procedure::new(sql, types, Guards::ALL)),
     }
 }
 
@@ -201,12 +267,17 @@ mod tests {
 
     #[test]
     fn names_follow_the_statement_and_its_types() {
-        let a = Procedure::new("SELECT $1", &[Type::TEXT]);
-        let b = Procedure::new("SELECT $1", &[Type::INT8]);
-        let c = Procedure::new("SELECT $1 ", &[Type::TEXT]);
+        let a = Procedure::new("SELECT $1", &[Type::TEXT], Guards::ALL);
+        let b = Procedure::new("SELECT $1", &[Type::INT8], Guards::ALL);
+        let c = Procedure::new("SELECT $1 ", &[Type::TEXT], Guards::ALL);
+        let d = Procedure::new("SELECT $1", &[Type::TEXT], Guards::READ);
         assert_ne!(a.name, b.name);
         assert_ne!(a.name, c.name);
-        assert_eq!(a.name, Procedure::new("SELECT $1", &[Type::TEXT]).name);
+        assert_ne!(a.name, d.name);
+        assert_eq!(
+            a.name,
+            Procedure::new("SELECT $1", &[Type::TEXT], Guards::ALL).name
+        );
         assert_eq!(
             a.call,
             format!("SELECT * FROM {}($1, $2, $3, $4, $5)", a.name)
@@ -219,20 +290,57 @@ mod tests {
     /// [`Procedure::definition`], bump the version and then update the digest here.
     #[test]
     fn the_template_changes_only_with_its_version() {
-        let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT]);
-        let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
-        let digest: String = Sha256::digest(definition.replace(&procedure.name, "f"))
+        let mut hash = Sha256::new();
+        for guards in [Guards::READ, Guards::LIST, Guards::WRITE, Guards::ALL] {
+            let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT], guards);
+            let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+            hash.update(definition.replace(&procedure.name, "f"));
+        }
+        let digest: String = hash
+            .finalize()
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "2",
-                "d8b9c3e9e9bc16affa7a8ebfb66e505c2c5a74a1cf944a51d4dd2ed035cc9221"
+                "3",
+                "96f2c7280539ddc777809e9a2c1ebec6219b32305c9bf1a9c8a0862aaff8acc0"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
+    }
+
+    /// Each function sets up what its statement needs, and no more: every write refuses a
+    /// late start and bounds its lock waits; only the listings (and the keyed create's
+    /// purge) pin their plans.
+    #[test]
+    fn each_function_guards_what_its_statement_needs() {
+        for procedure in all() {
+            let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+            let writes = ["INSERT ", "UPDATE ", "DELETE "]
+                .iter()
+                .any(|verb| procedure.sql.contains(verb));
+            assert_eq!(procedure.guards.deadline, writes, "{}", procedure.sql);
+            assert_eq!(definition.contains(DEADLINE_PASSED), writes);
+            assert_eq!(definition.contains("'lock_timeout'"), writes);
+            let lists = procedure.sql.contains(" LIMIT $4 OFFSET $5");
+            let purges = procedure.sql.contains("purge AS");
+            assert_eq!(
+                procedure.guards.pinned_plan,
+                lists || purges,
+                "{}",
+                procedure.sql
+            );
+            assert_eq!(definition.contains("force_generic_plan"), lists || purges);
+            assert_eq!(
+                definition.contains("'enable_seqscan', 'off'"),
+                lists || purges
+            );
+            assert!(definition.contains("set_config('app.user_id', ctx_user, true)"));
+        }
+        assert_eq!(all().filter(|p| p.guards == Guards::LIST).count(), 6);
+        assert_eq!(all().filter(|p| p.guards == Guards::READ).count(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::listing::{ListQuery, SortField, SortOrder};
 use crate::owner::Owner;
 use crate::precondition::{create_fingerprint, IdempotencyKey};
+use crate::procedures::Guards;
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::validation::{FieldError, Source};
 
@@ -197,10 +198,11 @@ const CREATE_IDEMPOTENT: &str = concat!(
     " FROM tasks WHERE id = claim.task_id AND user_id = $2) t ON true"
 );
 
-/// Every statement a [`TaskRepo`] runs on behalf of an owner, with its parameter types: the
+/// Every statement a [`TaskRepo`] runs on behalf of an owner, with its parameter types and
+/// what its function sets up before it ([`Guards`]: every write refuses a late start): the
 /// statements `migrate` installs as functions ([`crate::procedures`]). A statement missing
 /// here, or run with other types, has no function, and fails with a 500.
-pub fn statements() -> Vec<(&'static str, Vec<Type>)> {
+pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
     use SortField::*;
     use SortOrder::*;
     let list = [Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
@@ -215,14 +217,17 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>)> {
     let complete = [Type::UUID, Type::TEXT, Type::BOOL];
     let one = [Type::UUID, Type::TEXT];
     let guarded = |params: &[Type]| [params, &[Type::INT8_ARRAY]].concat();
-    let mut statements: Vec<(&'static str, Vec<Type>)> = [CreatedAt, UpdatedAt, Title]
+    let mut statements: Vec<(&'static str, Vec<Type>, Guards)> = [CreatedAt, UpdatedAt, Title]
         .into_iter()
-        .flat_map(|sort| [Asc, Desc].map(|order| (list_statement(sort, order), list.to_vec())))
+        .flat_map(|sort| {
+            [Asc, Desc].map(|order| (list_statement(sort, order), list.to_vec(), Guards::LIST))
+        })
         .collect();
     statements.extend([
         (
             INSERT,
             vec![Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL],
+            Guards::WRITE,
         ),
         (
             CREATE_IDEMPOTENT,
@@ -235,14 +240,16 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>)> {
                 Type::TEXT,
                 Type::BYTEA,
             ],
+            // The purge of expired keys reaches them through `created_at`'s index.
+            Guards::ALL,
         ),
-        (SELECT_ONE, one.to_vec()),
-        (UPDATE, update.to_vec()),
-        (UPDATE_IF_MATCH, guarded(&update)),
-        (COMPLETE, complete.to_vec()),
-        (COMPLETE_IF_MATCH, guarded(&complete)),
-        (DELETE, one.to_vec()),
-        (DELETE_IF_MATCH, guarded(&one)),
+        (SELECT_ONE, one.to_vec(), Guards::READ),
+        (UPDATE, update.to_vec(), Guards::WRITE),
+        (UPDATE_IF_MATCH, guarded(&update), Guards::WRITE),
+        (COMPLETE, complete.to_vec(), Guards::WRITE),
+        (COMPLETE_IF_MATCH, guarded(&complete), Guards::WRITE),
+        (DELETE, one.to_vec(), Guards::WRITE),
+        (DELETE_IF_MATCH, guarded(&one), Guards::WRITE),
     ]);
     statements
 }

@@ -308,9 +308,8 @@ async fn assert_alice_cannot_reach_bobs(
             &[Type::TEXT],
         ),
     ] {
-        migrations::install(&admin, &shared::procedures::Procedure::new(sql, types))
-            .await
-            .unwrap();
+        let procedure = shared::procedures::for_statement(sql, types);
+        migrations::install(&admin, &procedure).await.unwrap();
     }
     // A buggy statement that asks for Bob's rows while running as Alice sees nothing...
     let rows = database
