@@ -97,8 +97,9 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
 }
 
 /// Creates (or replaces) the function of one statement, with the columns the statement
-/// returns as Postgres describes them. Public for the tests that install functions of
-/// statements the API does not have (to show that row-level security holds for any SQL).
+/// returns as Postgres describes them, and first the composite type of those columns if no
+/// earlier function created it. Public for the tests that install functions of statements
+/// the API does not have (to show that row-level security holds for any SQL).
 pub async fn install(
     client: &impl tokio_postgres::GenericClient,
     procedure: &shared::procedures::Procedure,
@@ -114,6 +115,21 @@ pub async fn install(
             .map(|column| (column.name().to_owned(), column.type_().clone()))
             .collect()
     };
+    if let Some(row) = shared::procedures::RowType::of(&columns) {
+        let exists = client
+            .query_typed_one(
+                "SELECT to_regtype($1) IS NOT NULL",
+                &[(&row.name, tokio_postgres::types::Type::TEXT)],
+            )
+            .await?
+            .get::<_, bool>(0);
+        if !exists {
+            client
+                .batch_execute(&row.definition)
+                .await
+                .with_context(|| format!("cannot create the type {}", row.name))?;
+        }
+    }
     client
         .batch_execute(&procedure.definition(&columns))
         .await
