@@ -13,8 +13,10 @@
 use anyhow::Context as _;
 use refinery_core::traits::r#async::{AsyncMigrate, AsyncQuery, AsyncTransaction};
 use refinery_core::Migration;
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
 
 mod embedded {
@@ -26,6 +28,32 @@ const MIGRATION_LOCK_KEY: i64 = 0x746f_646f;
 
 /// Applies every pending migration and returns the names of those it applied.
 pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    Ok(run(client, false).await?.0)
+}
+
+/// What [`prune`] dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// The releases forgotten (their ids), oldest first.
+    pub releases: Vec<String>,
+    /// The functions dropped (schema-qualified names), sorted.
+    pub functions: Vec<String>,
+    /// The row types dropped (schema-qualified names), sorted.
+    pub types: Vec<String>,
+}
+
+/// [`apply`], then, in the same transaction, drops the statement functions that neither
+/// this release nor the one recorded before it calls, and the row types no remaining
+/// function returns. The release before is kept so that a rollback to it works without
+/// running its `migrate` again; anything older must not be serving when this runs.
+pub async fn prune(client: &mut tokio_postgres::Client) -> anyhow::Result<(Vec<String>, Pruned)> {
+    run(client, true).await
+}
+
+async fn run(
+    client: &mut tokio_postgres::Client,
+    prune: bool,
+) -> anyhow::Result<(Vec<String>, Pruned)> {
     let transaction = client
         .transaction()
         .await
@@ -46,16 +74,24 @@ pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<St
     install_procedures(&locked.0)
         .await
         .context("cannot install the statement functions")?;
+    let pruned = if prune {
+        prune_releases(&locked.0)
+            .await
+            .context("cannot prune the functions of earlier releases")?
+    } else {
+        Pruned::default()
+    };
     locked
         .0
         .commit()
         .await
         .context("cannot commit the migrations")?;
-    Ok(report
+    let applied = report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
-        .collect())
+        .collect();
+    Ok((applied, pruned))
 }
 
 /// Creates the function of every task statement that does not have one yet (see
@@ -85,6 +121,19 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
     }
     let mut procedures: Vec<_> = shared::procedures::all().collect();
     procedures.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
+    // A database that has functions but no release recorded was migrated by a release from
+    // before the record began: those functions are that release's, recorded as the one
+    // before this, so that pruning keeps them for a rollback.
+    let recorded: i64 = transaction
+        .query_typed_one(&format!("SELECT count(*) FROM {schema}.releases"), &[])
+        .await?
+        .get(0);
+    if recorded == 0 && !existing.is_empty() {
+        let mut earlier: Vec<String> = existing.iter().cloned().collect();
+        earlier.sort();
+        record_release(transaction, "before-release-records", &earlier).await?;
+    }
     for procedure in procedures {
         if existing.contains(&procedure.name) {
             continue;
@@ -93,7 +142,105 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
             .await
             .with_context(|| format!("cannot create {}", procedure.name))?;
     }
+    let mut id = Sha256::new();
+    for name in &names {
+        id.update(name);
+        id.update([0]);
+    }
+    let id: String = id.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    record_release(transaction, &id, &names).await
+}
+
+/// Records (or re-records) a release as the most recent one.
+async fn record_release(
+    transaction: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    functions: &[String],
+) -> anyhow::Result<()> {
+    let schema = shared::procedures::SCHEMA;
+    transaction
+        .query_typed(
+            &format!(
+                "INSERT INTO {schema}.releases (id, functions, installed_at) \
+                 VALUES ($1, $2, clock_timestamp()) \
+                 ON CONFLICT (id) DO UPDATE SET installed_at = EXCLUDED.installed_at"
+            ),
+            &[(&id, Type::TEXT), (&functions, Type::TEXT_ARRAY)],
+        )
+        .await?;
     Ok(())
+}
+
+/// Drops what neither of the two most recently recorded releases uses (see [`prune`]).
+async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow::Result<Pruned> {
+    let schema = shared::procedures::SCHEMA;
+    let releases = transaction
+        .query_typed(
+            &format!("SELECT id, functions FROM {schema}.releases ORDER BY installed_at DESC"),
+            &[],
+        )
+        .await?;
+    let kept: std::collections::HashSet<String> = releases
+        .iter()
+        .take(2)
+        .flat_map(|row| row.get::<_, Vec<String>>(1))
+        .collect();
+    let mut pruned = Pruned {
+        releases: releases
+            .iter()
+            .skip(2)
+            .rev()
+            .map(|row| row.get::<_, String>(0))
+            .collect(),
+        ..Pruned::default()
+    };
+    if !pruned.releases.is_empty() {
+        transaction
+            .query_typed(
+                &format!("DELETE FROM {schema}.releases WHERE id = ANY($1)"),
+                &[(&pruned.releases, Type::TEXT_ARRAY)],
+            )
+            .await?;
+    }
+    // Every statement function is `q_<hex>`, every row type `r_<hex>` (shared::procedures):
+    // nothing else in the schema is touched.
+    for row in transaction
+        .query_typed(
+            "SELECT n.nspname || '.' || p.proname FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = $1 AND p.proname ~ '^q_[0-9a-f]+$' ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        if !kept.contains(&name) {
+            transaction
+                .batch_execute(&format!("DROP FUNCTION {name}"))
+                .await?;
+            pruned.functions.push(name);
+        }
+    }
+    for row in transaction
+        .query_typed(
+            "SELECT n.nspname || '.' || t.typname FROM pg_type t \
+             JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname = $1 AND t.typtype = 'c' AND t.typname ~ '^r_[0-9a-f]+$' \
+             AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.prorettype = t.oid) ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        transaction
+            .batch_execute(&format!("DROP TYPE {name}"))
+            .await?;
+        pruned.types.push(name);
+    }
+    Ok(pruned)
 }
 
 /// Creates (or replaces) the function of one statement, with the columns the statement
@@ -119,7 +266,7 @@ pub async fn install(
         let exists = client
             .query_typed_one(
                 "SELECT to_regtype($1) IS NOT NULL",
-                &[(&row.name, tokio_postgres::types::Type::TEXT)],
+                &[(&row.name, Type::TEXT)],
             )
             .await?
             .get::<_, bool>(0);

@@ -102,6 +102,34 @@ pub fn user_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// `url` pointing at database `name` instead.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (server, _database) = base.rsplit_once('/').expect("a URL with a database");
+    format!("{server}/{name}?{query}")
+}
+
+/// A new, empty database on the test cluster, and its URL (for tests that change what
+/// other tests rely on, such as the statement functions or the statistics).
+pub async fn new_database(prefix: &str) -> String {
+    let name = format!("{prefix}_{}", user_id());
+    db().await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a database");
+    with_database(database_url(), &name)
+}
+
+/// Drops a database made by [`new_database`], with whatever is still connected to it.
+pub async fn drop_database(url: &str) {
+    let config: tokio_postgres::Config = url.parse().expect("a Postgres URL");
+    let name = config.get_dbname().expect("a database name");
+    db().await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .expect("drop the database");
+}
+
 /// A plain client on the test database, for arranging rows and checking them afterwards.
 pub async fn db() -> tokio_postgres::Client {
     shared::db::connect_once(database_url(), None, std::time::Duration::from_secs(10))

@@ -11,6 +11,7 @@ mod listing;
 mod outcomes;
 mod plans;
 mod pooler;
+mod pruning;
 mod round_trips;
 mod routes_agree;
 mod status_matrix;

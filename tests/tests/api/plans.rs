@@ -9,25 +9,12 @@ use shared::{procedures, repo};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-/// `url` pointing at database `name` instead.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let (server, _database) = base.rsplit_once('/').expect("a URL with a database");
-    format!("{server}/{name}?{query}")
-}
-
 /// The plans Postgres makes during each of 16 calls of the listing's function on a warm
 /// connection, as it prints them, in a database of its own filled by `seed` (with `$1`, the
 /// lister, who gets 20 tasks).
 async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
     // A database of its own: its statistics must not change under the other tests.
-    let admin = tests::db().await;
-    let name = format!("plans_{}", tests::user_id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create a database");
-    let url = with_database(tests::database_url(), &name);
+    let url = tests::new_database("plans").await;
     tests::migrate_with(&url, None);
 
     let (client, mut connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
@@ -108,10 +95,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
 
     drop(client);
     messages.abort();
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    tests::drop_database(&url).await;
     per_call
 }
 
