@@ -147,10 +147,7 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
         id.update(name);
         id.update([0]);
     }
-    let id: String = id.finalize()[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let id = shared::procedures::hex(&id.finalize()[..8]);
     record_release(transaction, &id, &names).await
 }
 

@@ -110,11 +110,7 @@ impl Procedure {
             hash.update([0]);
             hash.update(type_sql(ty));
         }
-        let digest = hash.finalize();
-        let mut name = format!("{SCHEMA}.q_");
-        for byte in &digest[..10] {
-            let _ = write!(name, "{byte:02x}");
-        }
+        let name = format!("{SCHEMA}.q_{}", hex(&hash.finalize()[..10]));
         let arguments: Vec<String> = (1..=types.len() + CONTEXT_TYPES.len())
             .map(|n| format!("${n}"))
             .collect();
@@ -266,10 +262,7 @@ impl RowType {
                 format!("{} {}", quote_ident(column), type_sql(ty))
             })
             .collect();
-        let mut name = format!("{SCHEMA}.r_");
-        for byte in &hash.finalize()[..10] {
-            let _ = write!(name, "{byte:02x}");
-        }
+        let name = format!("{SCHEMA}.r_{}", hex(&hash.finalize()[..10]));
         let definition = format!("CREATE TYPE {name} AS ({})", attributes.join(", "));
         Some(RowType { name, definition })
     }
@@ -296,6 +289,15 @@ pub fn for_statement(sql: &str, types: &[Type]) -> Cow<'static, Procedure> {
         Some(procedure) if procedure.types == types => Cow::Borrowed(procedure),
         _ => Cow::Owned(Procedure::new(sql, types, Guards::ALL)),
     }
+}
+
+/// `bytes` in lowercase hex (the names' digests).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
 }
 
 /// A type as SQL: arrays as `element[]`.
@@ -345,11 +347,7 @@ mod tests {
             let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
             hash.update(definition.replace(&procedure.name, "f"));
         }
-        let digest: String = hash
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let digest = hex(&hash.finalize());
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
