@@ -46,20 +46,22 @@ async fn record(client: &Client, id: &str, functions: &[&str], days_ago: i32) {
         .expect("record a release");
 }
 
-async fn exists(client: &Client, function: &str) -> bool {
+/// Whether the function `name` exists (`lookup` = `to_regproc`), or the type
+/// (`to_regtype`).
+async fn found(client: &Client, lookup: &str, name: &str) -> bool {
     client
-        .query_one("SELECT to_regproc($1) IS NOT NULL", &[&function])
+        .query_one(&format!("SELECT {lookup}($1) IS NOT NULL"), &[&name])
         .await
         .unwrap()
         .get(0)
 }
 
+async fn exists(client: &Client, function: &str) -> bool {
+    found(client, "to_regproc", function).await
+}
+
 async fn type_exists(client: &Client, name: &str) -> bool {
-    client
-        .query_one("SELECT to_regtype($1) IS NOT NULL", &[&name])
-        .await
-        .unwrap()
-        .get(0)
+    found(client, "to_regtype", name).await
 }
 
 fn current() -> Vec<String> {
