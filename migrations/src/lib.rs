@@ -260,19 +260,10 @@ pub async fn install(
             .collect()
     };
     if let Some(row) = shared::procedures::RowType::of(&columns) {
-        let exists = client
-            .query_typed_one(
-                "SELECT to_regtype($1) IS NOT NULL",
-                &[(&row.name, Type::TEXT)],
-            )
-            .await?
-            .get::<_, bool>(0);
-        if !exists {
-            client
-                .batch_execute(&row.definition)
-                .await
-                .with_context(|| format!("cannot create the type {}", row.name))?;
-        }
+        client
+            .batch_execute(&row.definition)
+            .await
+            .with_context(|| format!("cannot create the type {}", row.name))?;
     }
     client
         .batch_execute(&procedure.definition(&columns))

@@ -241,7 +241,9 @@ impl Procedure {
 pub struct RowType {
     /// The schema-qualified name of the type.
     pub name: String,
-    /// `CREATE TYPE` for it.
+    /// Creates the type unless it exists, also when another session creates it at the same
+    /// moment (whose `CREATE TYPE` commits first: this one then fails on the catalog's
+    /// unique index, and the error is caught).
     pub definition: String,
 }
 
@@ -263,7 +265,11 @@ impl RowType {
             })
             .collect();
         let name = format!("{SCHEMA}.r_{}", hex(&hash.finalize()[..10]));
-        let definition = format!("CREATE TYPE {name} AS ({})", attributes.join(", "));
+        let definition = format!(
+            "DO $row_type$ BEGIN CREATE TYPE {name} AS ({}); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $row_type$",
+            attributes.join(", ")
+        );
         Some(RowType { name, definition })
     }
 }
@@ -425,9 +431,13 @@ mod tests {
         };
         let a = row(&[("id", Type::UUID), ("title", Type::TEXT)]).unwrap();
         assert!(a.name.starts_with("todo_api.r_"));
-        assert_eq!(
-            a.definition,
-            format!("CREATE TYPE {} AS (\"id\" uuid, \"title\" text)", a.name)
+        assert!(
+            a.definition.contains(&format!(
+                "CREATE TYPE {} AS (\"id\" uuid, \"title\" text);",
+                a.name
+            )),
+            "{}",
+            a.definition
         );
         assert_eq!(
             Some(&a),
