@@ -294,23 +294,12 @@ async fn assert_alice_cannot_reach_bobs(
     let database = state.tasks.database();
     // The API runs only its own statements, each through a function that `migrate`
     // installs; these are installed the same way, so that they run as the API's would.
-    let admin = db().await;
-    for (sql, types) in [
-        ("SELECT id FROM tasks WHERE user_id = $1", &[Type::TEXT][..]),
-        ("SELECT id FROM tasks", &[]),
-        (
-            "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
-            &[Type::TEXT],
-        ),
-        ("DELETE FROM tasks RETURNING id", &[]),
-        (
-            "INSERT INTO tasks (id, user_id, title) VALUES (gen_random_uuid(), $1, 'forged')",
-            &[Type::TEXT],
-        ),
-    ] {
-        let procedure = shared::procedures::for_statement(sql, types);
-        migrations::install(&admin, &procedure).await.unwrap();
-    }
+    // Once, by whichever test gets here first: two sessions creating the same function at
+    // the same moment make one of them fail (as `migrate`, which holds a lock, never does).
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(install_statements_of_other_code)
+        .await;
     // A buggy statement that asks for Bob's rows while running as Alice sees nothing...
     let rows = database
         .query_as(
@@ -504,4 +493,26 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
     assert_eq!(call(in_time).await.unwrap().len(), 1);
     let stored = crate::get(&state, &user, &id.to_string()).await.json();
     assert_eq!(stored["completed"], true);
+}
+
+/// Installs the functions of statements the API does not have (see
+/// `assert_alice_cannot_reach_bobs`).
+async fn install_statements_of_other_code() {
+    let admin = db().await;
+    for (sql, types) in [
+        ("SELECT id FROM tasks WHERE user_id = $1", &[Type::TEXT][..]),
+        ("SELECT id FROM tasks", &[]),
+        (
+            "UPDATE tasks SET title = 'pwned' WHERE user_id = $1 RETURNING id",
+            &[Type::TEXT],
+        ),
+        ("DELETE FROM tasks RETURNING id", &[]),
+        (
+            "INSERT INTO tasks (id, user_id, title) VALUES (gen_random_uuid(), $1, 'forged')",
+            &[Type::TEXT],
+        ),
+    ] {
+        let procedure = shared::procedures::for_statement(sql, types);
+        migrations::install(&admin, &procedure).await.unwrap();
+    }
 }
