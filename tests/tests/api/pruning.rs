@@ -4,6 +4,7 @@
 //! that other tests install.
 
 use serde_json::json;
+use shared::db::Effect;
 use shared::procedures::{self, Guards, Procedure, RowType};
 use tests::{env, state_with, user_id, ApiEvent};
 use tokio_postgres::types::Type;
@@ -121,6 +122,17 @@ async fn prune_drops_what_neither_this_release_nor_the_one_before_calls() {
         .get(0);
     assert_eq!(releases, 2);
     api_works(&url).await;
+    // An instance of the pruned release still running would fail its calls with a 500,
+    // having done nothing.
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let user = user_id();
+    let pruned_call = state
+        .tasks
+        .database()
+        .query_as(Effect::Write, &user, &oldest.sql, &[(&user, Type::TEXT)])
+        .await
+        .expect_err("the function of a pruned release is gone");
+    assert_eq!(pruned_call.status(), 500);
 
     // Nothing more to drop: pruning again changes nothing.
     let (_, again) = migrations::prune(&mut client).await.expect("prune again");
