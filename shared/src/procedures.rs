@@ -28,7 +28,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "4";
+const TEMPLATE_VERSION: &str = "5";
 
 /// What a statement's function sets up before the statement, besides the role and
 /// `app.user_id` (which every function sets). Each costs Postgres a few microseconds per
@@ -44,6 +44,11 @@ pub struct Guards {
     /// purge), whose plans Postgres would otherwise choose per call from the table's
     /// skew. A statement that reaches one row by its primary key has one plan anyway.
     pub pinned_plan: bool,
+    /// Read through an index in its order, never through a bitmap scan (which returns the
+    /// rows in the table's order, to be sorted): for a statement written to stop after the
+    /// rows it needs in the index's order (the unfiltered listings by creation time). A
+    /// pinned plan, estimated for an average owner, would otherwise take the bitmap scan.
+    pub index_order: bool,
 }
 
 impl Guards {
@@ -51,21 +56,32 @@ impl Guards {
     pub const READ: Guards = Guards {
         deadline: false,
         pinned_plan: false,
+        index_order: false,
     };
     /// A listing.
     pub const LIST: Guards = Guards {
         deadline: false,
         pinned_plan: true,
+        index_order: false,
+    };
+    /// A listing that reads its page in the index's order.
+    pub const LIST_IN_INDEX_ORDER: Guards = Guards {
+        deadline: false,
+        pinned_plan: true,
+        index_order: true,
     };
     /// A write of one row by its key.
     pub const WRITE: Guards = Guards {
         deadline: true,
         pinned_plan: false,
+        index_order: false,
     };
-    /// Everything: the default for a statement the repository does not list.
+    /// The deadline and a pinned plan: the default for a statement the repository does not
+    /// list (the index order suits only a statement written for it).
     pub const ALL: Guards = Guards {
         deadline: true,
         pinned_plan: true,
+        index_order: false,
     };
 }
 
@@ -103,6 +119,7 @@ impl Procedure {
             0,
             u8::from(guards.deadline),
             u8::from(guards.pinned_plan),
+            u8::from(guards.index_order),
             0,
         ]);
         hash.update(sql);
@@ -182,6 +199,7 @@ impl Procedure {
         let Guards {
             deadline,
             pinned_plan,
+            index_order,
         } = self.guards;
         let mut declare = vec!["ctx_set text;"];
         let mut check = String::new();
@@ -203,6 +221,9 @@ impl Procedure {
                 "set_config('plan_cache_mode', 'force_generic_plan', true)",
                 "set_config('enable_seqscan', 'off', true)",
             ]);
+        }
+        if index_order {
+            settings.push("set_config('enable_bitmapscan', 'off', true)");
         }
         let settings: String = settings
             .iter()
@@ -348,7 +369,13 @@ mod tests {
     #[test]
     fn the_template_changes_only_with_its_version() {
         let mut hash = Sha256::new();
-        for guards in [Guards::READ, Guards::LIST, Guards::WRITE, Guards::ALL] {
+        for guards in [
+            Guards::READ,
+            Guards::LIST,
+            Guards::LIST_IN_INDEX_ORDER,
+            Guards::WRITE,
+            Guards::ALL,
+        ] {
             let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT], guards);
             let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
             hash.update(definition.replace(&procedure.name, "f"));
@@ -357,8 +384,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "4",
-                "ade7b61ce4972aebde790bf1acf64ff4b467b6e939f69fd3d463bf4686a79e8d"
+                "5",
+                "d80dbf7861c3d2de1c2e15a999bfe95ac5472dcf4b4ded86c03c913265f1922a"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -391,8 +418,20 @@ mod tests {
                 lists || purges
             );
             assert!(definition.contains("set_config('app.user_id', ctx_user, true)"));
+            let in_index_order = procedure.sql.contains("WITH matched AS NOT MATERIALIZED");
+            assert_eq!(procedure.guards.index_order, in_index_order);
+            assert_eq!(
+                definition.contains("'enable_bitmapscan', 'off'"),
+                in_index_order
+            );
         }
         assert_eq!(all().filter(|p| p.guards == Guards::LIST).count(), 6);
+        assert_eq!(
+            all()
+                .filter(|p| p.guards == Guards::LIST_IN_INDEX_ORDER)
+                .count(),
+            2
+        );
         assert_eq!(all().filter(|p| p.guards == Guards::READ).count(), 1);
     }
 

@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         let user = std::env::args()
             .nth(2)
             .context("usage: bench-warm list-sql <user>")?;
-        let sql = repo::list_statement(SortField::CreatedAt, SortOrder::Desc)
+        let sql = repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false)
             .replace("$1", &format!("'{}'", user.replace('\'', "''")))
             .replace("$2", "NULL::boolean")
             .replace("$3", "NULL::text")
@@ -388,7 +388,7 @@ fn write_pgbench_scripts(
     let user = quote(writer);
     let ids: Vec<String> = ids.split(',').map(|id| format!("'{id}'::uuid")).collect();
     let id = ids[0].clone();
-    let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc);
+    let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false);
     let scripts = [
         (
             "list".to_owned(),
@@ -509,7 +509,7 @@ async fn raw_statement(
         "list" => {
             raw_sql(
                 client,
-                repo::list_statement(SortField::CreatedAt, SortOrder::Desc),
+                repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false),
                 &[
                     (&list_user, Type::TEXT),
                     (&None::<bool>, Type::BOOL),
