@@ -83,6 +83,20 @@ impl Guards {
         pinned_plan: true,
         index_order: false,
     };
+
+    /// The planner settings these guards make (name, value), for the function's
+    /// transaction; also for a benchmark's bare statement, which must be planned the same.
+    pub fn plan_settings(self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        let pinned = [
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ];
+        let ordered = [("enable_bitmapscan", "off")];
+        pinned
+            .into_iter()
+            .filter(move |_| self.pinned_plan)
+            .chain(ordered.into_iter().filter(move |_| self.index_order))
+    }
 }
 
 /// The context every function takes after the statement's own parameters: the user the
@@ -196,14 +210,10 @@ impl Procedure {
             Some(row) => (format!("SETOF {}", row.name), "RETURN QUERY "),
             None => ("void".to_owned(), ""),
         };
-        let Guards {
-            deadline,
-            pinned_plan,
-            index_order,
-        } = self.guards;
+        let deadline = self.guards.deadline;
         let mut declare = vec!["ctx_set text;"];
         let mut check = String::new();
-        let mut settings = vec!["set_config('app.user_id', ctx_user, true)"];
+        let mut settings = vec!["set_config('app.user_id', ctx_user, true)".to_owned()];
         if deadline {
             declare.insert(
                 0,
@@ -213,18 +223,15 @@ impl Procedure {
                 "    IF ctx_left_ms <= 0 THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
             );
             settings.push(
-                "set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true)",
+                "set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true)"
+                    .to_owned(),
             );
         }
-        if pinned_plan {
-            settings.extend([
-                "set_config('plan_cache_mode', 'force_generic_plan', true)",
-                "set_config('enable_seqscan', 'off', true)",
-            ]);
-        }
-        if index_order {
-            settings.push("set_config('enable_bitmapscan', 'off', true)");
-        }
+        settings.extend(
+            self.guards
+                .plan_settings()
+                .map(|(name, value)| format!("set_config('{name}', '{value}', true)")),
+        );
         let settings: String = settings
             .iter()
             .map(|setting| format!("    ctx_set := {setting};\n"))

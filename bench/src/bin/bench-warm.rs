@@ -14,6 +14,8 @@
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
 //!                                     `seed_population`), unless it has one
+//!        bench-warm plan-options     prints the listing function's planner settings as
+//!                                     `PGOPTIONS`, for the bare statements under pgbench
 //!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task ids, a,b,…>
 //!                                     writes, for list, get, create and toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
@@ -163,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("plan-options") {
+        println!("{}", plan_options());
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("pgbench-scripts") {
         let args: Vec<String> = std::env::args().skip(2).collect();
         let [dir, lister, writer, id] = &args[..] else {
@@ -171,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
         return write_pgbench_scripts(std::path::Path::new(dir), lister, writer, id);
     }
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    // The bare and raw statements are planned as the functions plan them (the listing's
+    // guards: a generic plan, no sequential scan, the index's order), so that they differ
+    // from the handler's call by the RLS context only.
+    let url = with_plan_settings(&url);
     let iterations: usize = std::env::args()
         .nth(1)
         .map(|n| n.parse().expect("iterations"))
@@ -570,4 +580,24 @@ async fn raw_statement(
             .await
         }
     }
+}
+
+/// The listing function's planner settings as `options` for a session (`-c name=value …`);
+/// they change nothing for the statements that reach one row by its key.
+fn plan_options() -> String {
+    let types = [Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
+    let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false);
+    let options: Vec<String> = shared::procedures::for_statement(list, &types)
+        .guards
+        .plan_settings()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect();
+    options.join(" ")
+}
+
+/// `url` with [`plan_options`] for its sessions.
+fn with_plan_settings(url: &str) -> String {
+    let options = plan_options().replace(' ', "%20").replace('=', "%3D");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options={options}")
 }
