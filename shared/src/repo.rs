@@ -76,8 +76,8 @@ macro_rules! list_sql {
 /// count and a sort: there the page needs every row anyway (no index has that order), and
 /// a selective filter would otherwise be evaluated on every row twice. Instructions per call
 /// of the function (callgrind, BENCHMARKS.md), unfiltered by creation, the first page of 20:
-/// 381,623 → 365,447 for an owner of 20 tasks, 852,650 → 524,157 for 100, 5,894,350 →
-/// 2,259,519 for 1,000; the same form filtered by a search costs about twice the shared
+/// 381,598 → 365,425 for an owner of 20 tasks, 852,631 → 524,136 for 100, 5,894,331 →
+/// 2,259,499 for 1,000; the same form filtered by a search costs about twice the shared
 /// read, and sorted by title 10–36% more.
 pub fn list_statement(sort: SortField, order: SortOrder, filtered: bool) -> &'static str {
     use SortField::*;

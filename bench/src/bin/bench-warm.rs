@@ -585,9 +585,11 @@ async fn raw_statement(
 /// The listing function's planner settings as `options` for a session (`-c name=value …`);
 /// they change nothing for the statements that reach one row by its key.
 fn plan_options() -> String {
-    let types = [Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
     let list = repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false);
-    let options: Vec<String> = shared::procedures::for_statement(list, &types)
+    let procedure = shared::procedures::all()
+        .find(|procedure| procedure.sql == list)
+        .expect("the listing is one of the repository's statements");
+    let options: Vec<String> = procedure
         .guards
         .plan_settings()
         .map(|(name, value)| format!("-c {name}={value}"))
