@@ -148,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             .nth(2)
             .context("usage: bench-warm list-sql <user>")?;
         let sql = repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false)
+            .replace(repo::OWNER, "$1")
             .replace("$1", &format!("'{}'", user.replace('\'', "''")))
             .replace("$2", "NULL::boolean")
             .replace("$3", "NULL::text")
@@ -338,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
                             time(raw_sql(
                                 &raw,
                                 repo::DELETE,
+                                "$2",
                                 &[(id, Type::UUID), (&user, Type::TEXT)],
                             ))
                             .await
@@ -435,7 +437,7 @@ fn write_pgbench_scripts(
     });
     for (op, sql, values) in scripts.into_iter().chain(toggles) {
         let owner = if op == "list" { &lister } else { &user };
-        let statement = with_literals(sql, &values);
+        let statement = with_literals(&sql.replace(repo::OWNER, owner), &values);
         let procedure = shared::procedures::all()
             .find(|procedure| procedure.sql == sql)
             .context("a benchmarked statement without a function")?;
@@ -468,10 +470,12 @@ fn write_pgbench_scripts(
 }
 
 /// A raw round trip of `sql` as a prepared statement (prepared once per statement), the
-/// way the API sends it by default.
+/// way the API sends it by default, with the parameter `owner` (`$1`, `$2`) where the
+/// statement reads the owner from the row-level security context ([`repo::OWNER`]).
 async fn raw_sql(
     client: &tokio_postgres::Client,
     sql: &str,
+    owner: &str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> usize {
     use std::collections::HashMap;
@@ -488,7 +492,7 @@ async fn raw_sql(
         None => {
             let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
             let statement = client
-                .prepare_typed(sql, &types)
+                .prepare_typed(&sql.replace(repo::OWNER, owner), &types)
                 .await
                 .expect("prepare the raw statement");
             PREPARED
@@ -520,6 +524,7 @@ async fn raw_statement(
             raw_sql(
                 client,
                 repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false),
+                "$1",
                 &[
                     (&list_user, Type::TEXT),
                     (&None::<bool>, Type::BOOL),
@@ -534,6 +539,7 @@ async fn raw_statement(
             raw_sql(
                 client,
                 repo::SELECT_ONE,
+                "$2",
                 &[(target, Type::UUID), (&user, Type::TEXT)],
             )
             .await
@@ -542,6 +548,7 @@ async fn raw_statement(
             raw_sql(
                 client,
                 repo::INSERT,
+                "$2",
                 &[
                     (&Uuid::now_v7(), Type::UUID),
                     (&user, Type::TEXT),
@@ -556,6 +563,7 @@ async fn raw_statement(
             raw_sql(
                 client,
                 repo::UPDATE,
+                "$2",
                 &[
                     (target, Type::UUID),
                     (&user, Type::TEXT),
@@ -571,6 +579,7 @@ async fn raw_statement(
             raw_sql(
                 client,
                 repo::COMPLETE,
+                "$2",
                 &[
                     (target, Type::UUID),
                     (&user, Type::TEXT),
