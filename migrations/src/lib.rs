@@ -28,7 +28,18 @@ const MIGRATION_LOCK_KEY: i64 = 0x746f_646f;
 
 /// Applies every pending migration and returns the names of those it applied.
 pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
-    Ok(run(client, false).await?.0)
+    Ok(run(client, false, None).await?.0)
+}
+
+/// Applies the pending migrations up to `version` only, and installs no statement
+/// function: a database as an earlier release left it, for the tests of what a later
+/// migration does to it.
+#[doc(hidden)]
+pub async fn apply_up_to(
+    client: &mut tokio_postgres::Client,
+    version: i32,
+) -> anyhow::Result<Vec<String>> {
+    Ok(run(client, false, Some(version)).await?.0)
 }
 
 /// What [`prune`] dropped.
@@ -47,12 +58,13 @@ pub struct Pruned {
 /// function returns. The release before is kept so that a rollback to it works without
 /// running its `migrate` again; anything older must not be serving when this runs.
 pub async fn prune(client: &mut tokio_postgres::Client) -> anyhow::Result<(Vec<String>, Pruned)> {
-    run(client, true).await
+    run(client, true, None).await
 }
 
 async fn run(
     client: &mut tokio_postgres::Client,
     prune: bool,
+    up_to: Option<i32>,
 ) -> anyhow::Result<(Vec<String>, Pruned)> {
     let transaction = client
         .transaction()
@@ -66,14 +78,21 @@ async fn run(
         .await
         .context("cannot take the migration lock")?;
     let mut locked = Locked(transaction);
+    let target = match up_to {
+        Some(version) => refinery::Target::Version(version),
+        None => refinery::Target::Latest,
+    };
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
+        .set_target(target)
         .run_async(&mut locked)
         .await
         .context("migration failed")?;
-    install_procedures(&locked.0)
-        .await
-        .context("cannot install the statement functions")?;
+    if up_to.is_none() {
+        install_procedures(&locked.0)
+            .await
+            .context("cannot install the statement functions")?;
+    }
     let pruned = if prune {
         prune_releases(&locked.0)
             .await

@@ -50,9 +50,33 @@ macro_rules! owner {
 /// in its place) and the tests.
 pub const OWNER: &str = owner!();
 
+/// A task's columns, as every statement returns them. The text columns are domains (their
+/// length checks, migration V4) and are returned as text: each statement's function
+/// returns a row type that `migrate` builds from the columns as Postgres describes them,
+/// which is as text.
 macro_rules! columns {
     () => {
-        "id, user_id, title, description, completed, created_at, updated_at, version"
+        columns!("")
+    };
+    ($table:literal) => {
+        concat!(
+            $table,
+            "id, ",
+            $table,
+            "user_id::text AS user_id, ",
+            $table,
+            "title::text AS title, ",
+            $table,
+            "description::text AS description, ",
+            $table,
+            "completed, ",
+            $table,
+            "created_at, ",
+            $table,
+            "updated_at, ",
+            $table,
+            "version"
+        )
     };
 }
 
@@ -178,7 +202,9 @@ macro_rules! guarded {
             $write,
             " AND target.locked_version = ANY(",
             $versions,
-            "::bigint[]) RETURNING t.id, t.user_id, t.title, t.description, t.completed, t.created_at, t.updated_at, t.version) ",
+            "::bigint[]) RETURNING ",
+            columns!("t."),
+            ") ",
             "SELECT (SELECT count(*) FROM target) AS found, w.* FROM (SELECT 1) AS one LEFT JOIN written w ON true"
         )
     };

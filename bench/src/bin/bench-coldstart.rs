@@ -266,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let target = Uuid::now_v7();
     client
         .execute(
-            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'cold')",
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, 'cold')",
             &[&target, &user],
         )
         .await?;
@@ -435,7 +435,7 @@ async fn concurrency(url: &str, dir: &Path, run: Duration) -> anyhow::Result<()>
     for i in 0..20 {
         client
             .execute(
-                "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, $3)",
+                "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, $3::text)",
                 &[&Uuid::now_v7(), &lister, &format!("task {i}")],
             )
             .await?;

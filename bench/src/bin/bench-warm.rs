@@ -224,14 +224,14 @@ async fn main() -> anyhow::Result<()> {
     let list_user = Uuid::new_v4().simple().to_string();
     for n in 0..20 {
         raw.execute(
-            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, $3)",
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, $3::text)",
             &[&Uuid::now_v7(), &list_user, &format!("task {n}")],
         )
         .await?;
     }
     let target = Uuid::now_v7();
     raw.execute(
-        "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'target')",
+        "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, 'target')",
         &[&target, &user],
     )
     .await?;
@@ -239,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..3 * rounds {
         let id = Uuid::now_v7();
         raw.execute(
-            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'doomed')",
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, 'doomed')",
             &[&id, &user],
         )
         .await?;

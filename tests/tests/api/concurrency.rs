@@ -236,7 +236,7 @@ async fn keys_expire_after_24_hours_and_old_keys_are_cleaned_up() {
         client
             .execute(
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id, created_at)
-                 VALUES ($1, $2, '\\x00', gen_random_uuid(), now() - interval '30 hours')",
+                 VALUES ($1, $2::text, '\\x00', gen_random_uuid(), now() - interval '30 hours')",
                 &[&idle, &format!("old-{n}")],
             )
             .await

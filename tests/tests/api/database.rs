@@ -127,3 +127,149 @@ async fn statement_functions_installed_at_once_share_their_new_row_type() {
         .get(0);
     assert_eq!(functions, 4);
 }
+
+/// The length rules hold in the database itself, for whoever writes there, as the columns'
+/// domains (migration V4). Not as table checks: Postgres parses those anew from their text
+/// at every INSERT and UPDATE, about 97,000 instructions of a toggle's 220,000.
+#[tokio::test]
+async fn the_database_holds_the_length_rules_without_table_checks() {
+    use tokio_postgres::error::SqlState;
+
+    database_url();
+    let client = db().await;
+    let checks: Vec<String> = client
+        .query(
+            "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint \
+             WHERE contype = 'c' AND conrelid IN ('tasks'::regclass, 'idempotency_keys'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        checks,
+        Vec::<String>::new(),
+        "table checks, parsed at every write"
+    );
+
+    let insert = "INSERT INTO tasks (id, user_id, title, description) \
+                  VALUES (gen_random_uuid(), $1::text, $2::text, $3::text) RETURNING id";
+    let owner = user_id();
+    let at_most = client
+        .query_one(insert, &[&owner, &"é".repeat(255), &"d".repeat(1000)])
+        .await
+        .expect("the longest title and description");
+    let id: uuid::Uuid = at_most.get(0);
+    let long_owner = "u".repeat(256);
+    let refused: [(&str, &str, Option<String>); 5] = [
+        ("an empty title", "", None),
+        ("a title of 256 characters", &"t".repeat(256), None),
+        ("a description of 1,001", "t", Some("d".repeat(1001))),
+        ("an empty owner", "t", None),
+        ("an owner of 256", "t", None),
+    ];
+    for (case, title, description) in refused {
+        let user = match case {
+            "an empty owner" => "",
+            "an owner of 256" => long_owner.as_str(),
+            _ => owner.as_str(),
+        };
+        let err = client
+            .query_one(insert, &[&user, &title, &description])
+            .await
+            .expect_err(case);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::CHECK_VIOLATION),
+            "{case}: {err}"
+        );
+    }
+    let err = client
+        .execute("UPDATE tasks SET title = '' WHERE id = $1", &[&id])
+        .await
+        .expect_err("an update to an empty title");
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err}");
+    for key in [String::new(), "k".repeat(256)] {
+        let err = client
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id) \
+                 VALUES ($1, $2::text, '\\x00', gen_random_uuid())",
+                &[&owner, &key],
+            )
+            .await
+            .expect_err("a key of 0 or 256 characters");
+        assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err}");
+    }
+}
+
+/// The get of the release before migration V4, exactly as template 5 created it: its row
+/// type says text where V4 makes the columns domains.
+const GET_BEFORE_THE_LENGTH_DOMAINS: &str = r#"
+CREATE TYPE todo_api.r_b29b3e00627a69ce3f55 AS ("id" uuid, "user_id" text, "title" text, "description" text, "completed" boolean, "created_at" timestamp with time zone, "updated_at" timestamp with time zone, "version" bigint);
+CREATE FUNCTION todo_api.q_eea97f31934d060f0654(p1 uuid, p2 text, ctx_user text, ctx_deadline_ms bigint, ctx_lock_budget_ms bigint, ctx_switch_role boolean)
+RETURNS SETOF todo_api.r_b29b3e00627a69ce3f55
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $procedure$
+#variable_conflict use_column
+DECLARE
+    ctx_set text;
+BEGIN
+    IF ctx_switch_role THEN
+        ctx_set := set_config('role', 'todo_app', true);
+    END IF;
+    ctx_set := set_config('app.user_id', ctx_user, true);
+    RETURN QUERY SELECT id, user_id, title, description, completed, created_at, updated_at, version FROM tasks WHERE id = $1 AND user_id = $2;
+END
+$procedure$;
+"#;
+
+/// Migration V4 changes the text columns to the length domains while the release before it
+/// may still be serving (or be rolled back to, without its `migrate`). Its functions keep
+/// answering, on its connections from before the migration and on new ones.
+#[tokio::test]
+async fn the_release_before_the_length_domains_keeps_working_after_them() {
+    let url = tests::new_database("domains").await;
+    let connect = || shared::db::connect_once(&url, None, Duration::from_secs(10));
+    let mut migrator = connect().await.unwrap();
+    migrations::apply_up_to(&mut migrator, 3).await.unwrap();
+    migrator
+        .batch_execute(GET_BEFORE_THE_LENGTH_DOMAINS)
+        .await
+        .unwrap();
+    let (id, owner) = (uuid::Uuid::new_v4(), user_id());
+    migrator
+        .execute(
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'before V4')",
+            &[&id, &owner],
+        )
+        .await
+        .unwrap();
+    let get =
+        "SELECT title FROM todo_api.q_eea97f31934d060f0654($1, $2, $2, 99999999999999, 5000, true)";
+    let earlier = connect().await.unwrap();
+    let title = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter().map(|row| row.get(0)).collect()
+    };
+    let before = earlier.query(get, &[&id, &owner]).await.unwrap();
+    assert_eq!(title(before), ["before V4"]);
+
+    let applied = migrations::apply(&mut migrator).await.unwrap();
+    assert!(
+        applied.iter().any(|name| name.contains("V4")),
+        "{applied:?}"
+    );
+    for (client, which) in [
+        (&earlier, "its connection from before"),
+        (&connect().await.unwrap(), "a new connection"),
+    ] {
+        let after = client
+            .query(get, &[&id, &owner])
+            .await
+            .unwrap_or_else(|err| panic!("the earlier release's get on {which}: {err}"));
+        assert_eq!(title(after), ["before V4"], "{which}");
+    }
+    drop((migrator, earlier));
+    tests::drop_database(&url).await;
+}

@@ -66,7 +66,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
     client
         .execute(
             "INSERT INTO tasks (id, user_id, title) \
-             SELECT gen_random_uuid(), $1, 'task' FROM generate_series(1, 20)",
+             SELECT gen_random_uuid(), $1::text, 'task' FROM generate_series(1, 20)",
             &[&lister],
         )
         .await
@@ -173,7 +173,7 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
     let id = uuid::Uuid::new_v4();
     client
         .execute(
-            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2, 'task')",
+            "INSERT INTO tasks (id, user_id, title) VALUES ($1, $2::text, 'task')",
             &[&id, &owner],
         )
         .await
