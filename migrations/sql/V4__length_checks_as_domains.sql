@@ -64,3 +64,8 @@ BEGIN
     END LOOP;
 END
 $row_types$;
+
+-- A column's type change drops its statistics; the planner gets them back now rather than
+-- at the next autovacuum analyze, which the change itself does not bring about.
+ANALYZE tasks (user_id, title, description);
+ANALYZE idempotency_keys (key);

@@ -260,6 +260,16 @@ async fn the_release_before_the_length_domains_keeps_working_after_them() {
         applied.iter().any(|name| name.contains("V4")),
         "{applied:?}"
     );
+    // The type change dropped the owner column's statistics; V4 gathers them again.
+    let analyzed: i64 = migrator
+        .query_one(
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'tasks' AND attname = 'user_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(analyzed, 1, "no statistics on tasks.user_id after V4");
     for (client, which) in [
         (&earlier, "its connection from before"),
         (&connect().await.unwrap(), "a new connection"),
