@@ -9,7 +9,8 @@
 //! backends run on one CPU (`BENCH_CPU`, default 0; `none` to leave them: see
 //! `pin_to_one_cpu`).
 //!
-//! Usage: DATABASE_URL=… bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
+//! Usage: DATABASE_URL=… [BENCH_APP_DATABASE_URL=…] [BENCH_BARE_DATABASE_URL=…]
+//!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
@@ -177,10 +178,14 @@ async fn main() -> anyhow::Result<()> {
         };
         return write_pgbench_scripts(std::path::Path::new(dir), lister, writer, id);
     }
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    // The bare and raw statements are planned as the functions plan them (the listing's
-    // guards: a generic plan, no sequential scan, the index's order), so that they differ
-    // from the handler's call by the RLS context only.
+    // The bare and raw statements log in as `BENCH_BARE_DATABASE_URL` when set (a role that
+    // bypasses row-level security without being a superuser, whose privileges Postgres
+    // checks as it checks the handler's), else `DATABASE_URL`; and they are planned as the
+    // functions plan them (the listing's guards: a generic plan, no sequential scan, the
+    // index's order). So they differ from the handler's call by the RLS context only.
+    let url = std::env::var("BENCH_BARE_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .context("DATABASE_URL must be set")?;
     let url = with_plan_settings(&url);
     let iterations: usize = std::env::args()
         .nth(1)
