@@ -244,3 +244,50 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
     drop(client);
     messages.abort();
 }
+
+/// A keyed create purges up to 10 expired keys by their row addresses, found first: its
+/// cost does not depend on how many keys the table holds, nor on its statistics. (Planned
+/// on a table without statistics, as a new deployment's is, the purge written as
+/// `(user_id, key) IN (…)` read every key and searched for expired ones again for each.)
+#[tokio::test]
+async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
+    let url = tests::new_database("purge").await;
+    tests::migrate_with(&url, None);
+    let (client, plans, messages) = printing_plans(&url).await;
+    let procedure = procedures::all()
+        .find(|procedure| procedure.sql.contains("INSERT INTO idempotency_keys"))
+        .expect("the keyed create's statement");
+    let owner = tests::user_id();
+    let (title, description, completed) = ("task", None::<String>, false);
+    let (deadline_ms, budget_ms, switch_role) = (deadline_ms(), 5000_i64, true);
+    for n in 0..3 {
+        let (id, key, hash) = (uuid::Uuid::new_v4(), format!("key-{n}"), vec![n as u8]);
+        let arguments: [&(dyn ToSql + Sync); 11] = [
+            &id,
+            &owner,
+            &title,
+            &description,
+            &completed,
+            &key,
+            &hash,
+            &owner,
+            &deadline_ms,
+            &budget_ms,
+            &switch_role,
+        ];
+        let rows = client.query(&procedure.call, &arguments).await.unwrap();
+        assert_eq!(rows.len(), 1, "the created task");
+    }
+    let printed = std::mem::take(&mut *plans.lock().unwrap());
+    let statement = printed
+        .iter()
+        .find(|plan| plan.contains(":relname idempotency_keys") || plan.contains("{MODIFYTABLE"))
+        .expect("the statement's plan");
+    assert!(
+        printed.iter().any(|plan| plan.contains("{TIDSCAN")),
+        "the purge does not delete by row address: {statement}"
+    );
+    drop(client);
+    messages.abort();
+    tests::drop_database(&url).await;
+}
