@@ -278,7 +278,7 @@ macro_rules! key_expired {
 /// chosen on a table without statistics (a new deployment's) read every key and ran the
 /// search for expired ones again for each: 2,578,743 instructions per keyed create with a
 /// few hundred keys, growing with them, against 494,501 now (callgrind, BENCHMARKS.md).
-const CREATE_IDEMPOTENT: &str = concat!(
+pub const CREATE_IDEMPOTENT: &str = concat!(
     "WITH claim AS (",
     "INSERT INTO idempotency_keys AS k (user_id, key, request_hash, task_id) VALUES ($2, $6, $7, $1) ",
     "ON CONFLICT (user_id, key) DO UPDATE SET ",

@@ -18,7 +18,8 @@
 //!        bench-warm plan-options     prints the listing function's planner settings as
 //!                                     `PGOPTIONS`, for the bare statements under pgbench
 //!        bench-warm pgbench-scripts <dir> <list user> <writer> <writer's task ids, a,b,…>
-//!                                     writes, for list, get, create and toggle, a pgbench
+//!                                     writes, for list, get, create, keyed create and
+//!                                     toggle, a pgbench
 //!                                     script of the bare statement (`<op>-bare.sql`) and
 //!                                     one of exactly what the API sends for it
 //!                                     (`<op>-api.sql`: the call of the statement's
@@ -133,7 +134,7 @@ async fn invoke(state: &AppState, op: &str, event: &str) -> u16 {
     let response = match op {
         "list" => handlers::list_tasks(state, req).await,
         "get" => handlers::get_task(state, req).await,
-        "create" => handlers::create_task(state, req).await,
+        "create" | "keyed" => handlers::create_task(state, req).await,
         "update" => handlers::update_task(state, req).await,
         "toggle" => handlers::complete_task(state, req).await,
         "delete" => handlers::delete_task(state, req).await,
@@ -274,6 +275,25 @@ async fn main() -> anyhow::Result<()> {
         params(None),
     )
     .to_string();
+    // A create with an `Idempotency-Key` of its own, as the TypeScript client sends every
+    // create.
+    let mut keys = 0u64;
+    let mut new_key = || {
+        keys += 1;
+        format!("bench-{keys}")
+    };
+    let keyed_event = |key: String| {
+        let mut keyed = event(
+            "POST",
+            &tasks_path,
+            "",
+            &tok,
+            Some(&create_body),
+            params(None),
+        );
+        keyed["headers"]["idempotency-key"] = json!(key);
+        keyed.to_string()
+    };
     let update_body = json!({"title": "renamed"});
     let update_event = event(
         "PUT",
@@ -299,7 +319,9 @@ async fn main() -> anyhow::Result<()> {
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>11} {:>8}",
         "op", "fn p50", "fn p99", "raw p50", "raw p99", "p50 x", "p99 x", "noRLS p50", "RLS +%"
     );
-    for op in ["list", "get", "create", "update", "toggle", "delete"] {
+    for op in [
+        "list", "get", "create", "keyed", "update", "toggle", "delete",
+    ] {
         let mut s = Samples {
             handler: Vec::with_capacity(rounds),
             bare: Vec::with_capacity(rounds),
@@ -323,13 +345,16 @@ async fn main() -> anyhow::Result<()> {
                 };
                 (ev(&a), ev(&b), c)
             });
-            let (handler_event, bare_event) = match (&delete, op) {
-                (Some((a, b, _)), _) => (a, b),
-                (None, "list") => (&list_event, &list_event),
-                (None, "get") => (&get_event, &get_event),
-                (None, "create") => (&create_event, &create_event),
-                (None, "update") => (&update_event, &update_event),
-                (None, _) => (&toggle_event, &toggle_event),
+            // So does a keyed create: a key of its own for each of the three.
+            let keyed = (op == "keyed")
+                .then(|| (keyed_event(new_key()), keyed_event(new_key()), new_key()));
+            let (handler_event, bare_event) = match (&delete, &keyed, op) {
+                (Some((a, b, _)), _, _) | (None, Some((a, b, _)), _) => (a, b),
+                (None, None, "list") => (&list_event, &list_event),
+                (None, None, "get") => (&get_event, &get_event),
+                (None, None, "create") => (&create_event, &create_event),
+                (None, None, "update") => (&update_event, &update_event),
+                (None, None, _) => (&toggle_event, &toggle_event),
             };
             // Each of the three goes first in one round out of three: none always pays for
             // being first after the previous round.
@@ -349,7 +374,26 @@ async fn main() -> anyhow::Result<()> {
                             ))
                             .await
                         }
-                        None => time(raw_statement(&raw, op, &user, &list_user, &target)).await,
+                        None => match &keyed {
+                            Some((_, _, key)) => {
+                                time(raw_sql(
+                                    &raw,
+                                    repo::CREATE_IDEMPOTENT,
+                                    "$2",
+                                    &[
+                                        (&Uuid::now_v7(), Type::UUID),
+                                        (&user, Type::TEXT),
+                                        (&"benchmark", Type::TEXT),
+                                        (&None::<String>, Type::TEXT),
+                                        (&false, Type::BOOL),
+                                        (&key, Type::TEXT),
+                                        (&key.as_bytes(), Type::BYTEA),
+                                    ],
+                                ))
+                                .await
+                            }
+                            None => time(raw_statement(&raw, op, &user, &list_user, &target)).await,
+                        },
                     },
                 };
             }
@@ -392,6 +436,9 @@ fn with_literals(sql: &str, values: &[&str]) -> String {
     sql
 }
 
+/// A new number per transaction, for the keyed create's id and key (pgbench).
+const KEYED_PRELUDE: &str = "\\set n random(1, 999999999999)\n";
+
 /// The list reads `lister`'s tasks; get, create and toggle work on `writer`'s, so that
 /// the creates do not grow the list.
 fn write_pgbench_scripts(
@@ -430,6 +477,21 @@ fn write_pgbench_scripts(
                 "false",
             ],
         ),
+        // The id and the key from one random number per transaction (`KEYED_PRELUDE`): the
+        // bare statement names the id four times, and each must be the same id.
+        (
+            "keyed".to_owned(),
+            repo::CREATE_IDEMPOTENT,
+            vec![
+                "md5(:n::text)::uuid",
+                user.as_str(),
+                "'benchmark'",
+                "NULL::text",
+                "false",
+                "('k' || :n)",
+                "'\\x00'::bytea",
+            ],
+        ),
     ];
     // Toggles spread over the writer's tasks, one script each (pgbench picks one at random
     // per transaction), rather than all queueing for one row's lock.
@@ -451,9 +513,10 @@ fn write_pgbench_scripts(
             Some((op, n)) => (op.to_owned(), format!("-{n}")),
             None => (op, String::new()),
         };
+        let prelude = if op == "keyed" { KEYED_PRELUDE } else { "" };
         std::fs::write(
             dir.join(format!("{op}-bare{n}.sql")),
-            format!("{statement};\n"),
+            format!("{prelude}{statement};\n"),
         )?;
         // What the API sends: the statement's function, with the context (a deadline far
         // ahead, the default 5 s budget) and the role switch for a superuser login only.
@@ -467,7 +530,7 @@ fn write_pgbench_scripts(
             ]);
             std::fs::write(
                 dir.join(format!("{op}-{suffix}{n}.sql")),
-                format!("{};\n", with_literals(&procedure.call, &arguments)),
+                format!("{prelude}{};\n", with_literals(&procedure.call, &arguments)),
             )?;
         }
     }
