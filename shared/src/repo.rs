@@ -132,9 +132,9 @@ macro_rules! filters {
 /// keeps both on that index). Called only without filters, its statement has none, so the
 /// count needs no column but the owner's and reads the index alone wherever the table's
 /// pages are all visible (vacuumed): 354,915 → 307,554 instructions per call for an owner
-/// of 20 tasks, 2,126,765 → 1,334,322 for 1,000. The other listings read the matching rows once, for the
-/// count and a sort: there the page needs every row anyway (no index has that order), and
-/// a selective filter would otherwise be evaluated on every row twice. Instructions per call
+/// of 20 tasks, 2,126,765 → 1,334,322 for 1,000. The other listings read the matching rows
+/// once, for the count and a sort: there the page needs every row anyway (no index has
+/// that order), and a selective filter would otherwise be evaluated on every row twice. Instructions per call
 /// of the function (callgrind, BENCHMARKS.md), unfiltered by creation, the first page of 20:
 /// 381,598 → 365,425 for an owner of 20 tasks, 852,631 → 524,136 for 100, 5,894,331 →
 /// 2,259,499 for 1,000; the same form filtered by a search costs about twice the shared
@@ -203,8 +203,8 @@ pub const DELETE: &str = concat!(
     columns!()
 );
 
-/// A write guarded by `If-Match`: `$1` id, `$2` owner (unread), and the allowed versions in the
-/// last parameter. One statement tells apart "no such task" (`found` = 0) from "changed
+/// A write guarded by `If-Match`: `$1` id, `$2` owner (unread), and the allowed versions
+/// in the last parameter. One statement tells apart "no such task" (`found` = 0) from "changed
 /// since" (`found` = 1, no row written). `target` locks the row first (`FOR UPDATE`), so it
 /// sees the row as the last committed write left it: a task deleted by a racing request
 /// is not found (404), and the version compared is the one the write then applies to, so
