@@ -374,26 +374,10 @@ async fn main() -> anyhow::Result<()> {
                             ))
                             .await
                         }
-                        None => match &keyed {
-                            Some((_, _, key)) => {
-                                time(raw_sql(
-                                    &raw,
-                                    repo::CREATE_IDEMPOTENT,
-                                    "$2",
-                                    &[
-                                        (&Uuid::now_v7(), Type::UUID),
-                                        (&user, Type::TEXT),
-                                        (&"benchmark", Type::TEXT),
-                                        (&None::<String>, Type::TEXT),
-                                        (&false, Type::BOOL),
-                                        (&key, Type::TEXT),
-                                        (&key.as_bytes(), Type::BYTEA),
-                                    ],
-                                ))
-                                .await
-                            }
-                            None => time(raw_statement(&raw, op, &user, &list_user, &target)).await,
-                        },
+                        None => {
+                            let key = keyed.as_ref().map_or("", |(_, _, key)| key.as_str());
+                            time(raw_statement(&raw, op, &user, &list_user, &target, key)).await
+                        }
                     },
                 };
             }
@@ -579,13 +563,15 @@ async fn raw_sql(
         .len()
 }
 
-/// The statement the handler of `op` runs, with the same parameters.
+/// The statement the handler of `op` runs, with the same parameters (`key`: the keyed
+/// create's).
 async fn raw_statement(
     client: &tokio_postgres::Client,
     op: &str,
     user: &str,
     list_user: &str,
     target: &Uuid,
+    key: &str,
 ) -> usize {
     match op {
         "list" => {
@@ -612,18 +598,28 @@ async fn raw_statement(
             )
             .await
         }
-        "create" => {
+        "create" | "keyed" => {
+            let id = Uuid::now_v7();
+            let create: [(&(dyn ToSql + Sync), Type); 5] = [
+                (&id, Type::UUID),
+                (&user, Type::TEXT),
+                (&"benchmark", Type::TEXT),
+                (&None::<String>, Type::TEXT),
+                (&false, Type::BOOL),
+            ];
+            if op == "create" {
+                return raw_sql(client, repo::INSERT, "$2", &create).await;
+            }
+            let hash = key.as_bytes();
+            let keyed = [
+                (&key as &(dyn ToSql + Sync), Type::TEXT),
+                (&hash, Type::BYTEA),
+            ];
             raw_sql(
                 client,
-                repo::INSERT,
+                repo::CREATE_IDEMPOTENT,
                 "$2",
-                &[
-                    (&Uuid::now_v7(), Type::UUID),
-                    (&user, Type::TEXT),
-                    (&"benchmark", Type::TEXT),
-                    (&None::<String>, Type::TEXT),
-                    (&false, Type::BOOL),
-                ],
+                &[&create[..], &keyed].concat(),
             )
             .await
         }
