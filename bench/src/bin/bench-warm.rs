@@ -266,31 +266,24 @@ async fn main() -> anyhow::Result<()> {
     let task_path = format!("{tasks_path}/{target}");
     let get_event = event("GET", &task_path, "", &tok, None, params(Some(&target))).to_string();
     let create_body = json!({"title": "benchmark"});
-    let create_event = event(
+    let create = event(
         "POST",
         &tasks_path,
         "",
         &tok,
         Some(&create_body),
         params(None),
-    )
-    .to_string();
-    // A create with an `Idempotency-Key` of its own, as the TypeScript client sends every
-    // create.
+    );
+    let create_event = create.to_string();
+    // The same create with an `Idempotency-Key` of its own, as the TypeScript client sends
+    // every create.
     let mut keys = 0u64;
     let mut new_key = || {
         keys += 1;
         format!("bench-{keys}")
     };
     let keyed_event = |key: String| {
-        let mut keyed = event(
-            "POST",
-            &tasks_path,
-            "",
-            &tok,
-            Some(&create_body),
-            params(None),
-        );
+        let mut keyed = create.clone();
         keyed["headers"]["idempotency-key"] = json!(key);
         keyed.to_string()
     };
