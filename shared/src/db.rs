@@ -15,12 +15,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::{Column, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::error::ApiError;
 use crate::procedures;
+use crate::record::Record;
 use crate::tls;
 
 /// A pool of connections, created once per cold start.
@@ -160,7 +161,8 @@ impl Database {
     /// one implicit transaction, so that the policies hold whatever the SQL says. One
     /// message group, one network round trip, one answer; nothing outlives the
     /// transaction, so the connection can be shared through Neon's pooler in transaction
-    /// mode.
+    /// mode. The answer is the statement's one row ([`crate::procedures`]), `None` when it
+    /// found none.
     ///
     /// **The answer is the outcome.** `Ok` means committed (the server's ReadyForQuery
     /// arrived, which follows the commit). An error means the statement did not and will
@@ -178,7 +180,7 @@ impl Database {
         user_id: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Option<Record>, ApiError> {
         let first = match self.attempt_as(user_id, sql, params, None).await {
             Ok(rows) => return Ok(rows),
             Err(failure) => failure,
@@ -208,7 +210,7 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
-    ) -> Result<Vec<Row>, Failure> {
+    ) -> Result<Option<Record>, Failure> {
         let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
         let procedure = procedures::for_statement(sql, &types);
         let client = match deadline {
@@ -325,7 +327,16 @@ impl Database {
                 deadline: None,
             });
         };
-        let outcome = call_outcome(answer);
+        let outcome = call_outcome(answer).and_then(|rows| {
+            // A row that cannot be read is a fault of this code (its types), found by the
+            // tests; the call's outcome stands, and the answer is a 500.
+            statement_row(&rows).map_err(|err| Failure {
+                error: anyhow!("cannot read the statement's row"),
+                status: Some(ApiError::Internal(err)),
+                connection_lost: false,
+                deadline: None,
+            })
+        });
         if client.is_closed() {
             drop(deadpool_postgres::Object::take(client));
         }
@@ -389,6 +400,19 @@ impl Database {
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.query_unscoped("SELECT 1", &[]).await.map(drop)
     }
+}
+
+/// The statement's row, from its function's answer: one row of one `record` (or of `void`,
+/// for a statement without result columns); `None` when the statement found no row.
+fn statement_row(rows: &[Row]) -> anyhow::Result<Option<Record>> {
+    let [row] = rows else {
+        return Err(anyhow!("a function answered with {} rows", rows.len()));
+    };
+    if row.columns().first().map(Column::type_) == Some(&Type::VOID) {
+        return Ok(None);
+    }
+    let record: Option<Record> = row.try_get(0).context("reading the function's record")?;
+    Ok(record.filter(|record| !record.is_no_row()))
 }
 
 /// The values of typed parameters, for a prepared statement (whose types are known).

@@ -27,6 +27,7 @@ pub mod listing;
 pub mod owner;
 pub mod precondition;
 pub mod procedures;
+pub mod record;
 pub mod repo;
 pub mod request;
 pub mod response;

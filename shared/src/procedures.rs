@@ -1,6 +1,7 @@
 //! Every task statement runs inside a PL/pgSQL function of its own, which sets the request's
-//! row-level security context and then runs the statement: one protocol message group
-//! (Bind, Execute, Sync) per request, one implicit transaction, one answer.
+//! row-level security context and then runs the statement, and returns the statement's row
+//! as one `record` value ([`crate::record`]): one protocol message group (Bind, Execute,
+//! Sync) per request, one implicit transaction, one answer.
 //!
 //! Why: the context (`app.user_id`, the role, the deadline) is transaction-scoped, as it
 //! must be behind a pooler in transaction mode. Sent from the client, it needs `BEGIN`, the
@@ -28,11 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "7";
-
-/// Changes when row types of the same columns must differ from those named before (and
-/// then, as the functions return them, [`TEMPLATE_VERSION`] too).
-const ROW_TYPE_SERIES: &str = "2";
+const TEMPLATE_VERSION: &str = "8";
 
 /// What a statement's function sets up before the statement, besides the role and
 /// `app.user_id` (which every function sets). Each costs Postgres a few microseconds per
@@ -125,7 +122,7 @@ pub struct Procedure {
     /// The schema-qualified name of the function.
     pub name: String,
     /// What the client sends: the function called with the statement's parameters and the
-    /// context's.
+    /// context's, in the select list (its one row is the statement's, [`crate::record`]).
     pub call: String,
 }
 
@@ -149,7 +146,7 @@ impl Procedure {
         let arguments: Vec<String> = (1..=types.len() + CONTEXT_TYPES.len())
             .map(|n| format!("${n}"))
             .collect();
-        let call = format!("SELECT * FROM {name}({})", arguments.join(", "));
+        let call = format!("SELECT {name}({})", arguments.join(", "));
         Procedure {
             sql: sql.to_owned(),
             types: types.to_vec(),
@@ -164,8 +161,8 @@ impl Procedure {
         self.types.iter().chain(&CONTEXT_TYPES).cloned().collect()
     }
 
-    /// `CREATE FUNCTION` for this statement, returning `columns` (the statement's result
-    /// columns, as Postgres describes them).
+    /// `CREATE FUNCTION` for this statement; `returns_rows` when the statement has result
+    /// columns (every statement of the API has).
     ///
     /// The function, in the caller's implicit transaction:
     /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
@@ -183,22 +180,24 @@ impl Procedure {
     ///   two to three times its Postgres CPU per request in the benchmark; and with only a
     ///   handful of users, the average plan scans the whole table. So a request costs in
     ///   proportion to its own user's rows;
-    /// - runs the statement (`RETURN QUERY`), its rows as the composite type of its columns
-    ///   ([`RowType`], which `migrate` creates first).
+    /// - runs the statement and returns its row as one `record` (`SELECT … INTO`; a row of
+    ///   NULLs when there is none, [`crate::record::Record::is_no_row`]). Every statement
+    ///   returns at most one row: a listing returns its page as an array in its one row.
     ///
     /// `SECURITY INVOKER`: the statement runs as the caller (or `todo_app`), under the
     /// policies. The settings are `set_config(…, true)`: they end with the transaction.
     ///
-    /// The forms are the cheaper of equivalent ones (`valgrind --tool=callgrind`, a
-    /// single-user backend, BENCHMARKS.md): the settings are one PL/pgSQL assignment (their
-    /// results concatenated), which PL/pgSQL evaluates as a simple expression, where
-    /// `PERFORM` would start an executor for a one-row `SELECT` through SPI, and each
-    /// further assignment would be an expression set up anew in every transaction; and the
-    /// rows are a named composite type, whose descriptor Postgres keeps in its type cache,
-    /// where `RETURNS TABLE(…)` has it rebuilt from the function's catalog entry at every
-    /// call. Together about 15,000 instructions less per call, on every operation. The
-    /// deadline reads the clock with `date_part` (a float), not `extract` (a numeric).
-    pub fn definition(&self, columns: &[(String, Type)]) -> String {
+    /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`, a
+    /// single-user backend, BENCHMARKS.md). One value, not a table: a function returning a
+    /// set is a table function, which Postgres runs through a scan node of its own and a
+    /// tuple store, about 24,000 instructions per call more than `SELECT … INTO` and
+    /// `RETURN` (get 118,263 → 94,627, toggle 195,428 → 171,055). The settings, the role
+    /// switch included, are one PL/pgSQL assignment (their results concatenated), which
+    /// PL/pgSQL evaluates as a simple expression, where `PERFORM` would start an executor
+    /// for a one-row `SELECT` through SPI, and each further assignment or `IF` would be an
+    /// expression set up anew in every transaction. The deadline reads the clock with
+    /// `date_part` (a float), not `extract` (a numeric).
+    pub fn definition(&self, returns_rows: bool) -> String {
         let mut parameters: Vec<String> = self
             .types
             .iter()
@@ -211,15 +210,29 @@ impl Procedure {
             "ctx_lock_budget_ms bigint".to_owned(),
             "ctx_switch_role boolean".to_owned(),
         ]);
-        // A statement without result columns (none of the API's) returns nothing.
-        let (returns, run) = match RowType::of(columns) {
-            Some(row) => (format!("SETOF {}", row.name), "RETURN QUERY "),
-            None => ("void".to_owned(), ""),
-        };
         let deadline = self.guards.deadline;
         let mut declare = vec!["ctx_set text;"];
+        // A statement without result columns (none of the API's) returns nothing.
+        let (returns, run) = if returns_rows {
+            declare.push("ctx_row record;");
+            (
+                "record",
+                format!(
+                    "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
+                    self.sql
+                ),
+            )
+        } else {
+            ("void", format!("    {};\n", self.sql))
+        };
         let mut check = String::new();
-        let mut settings = vec!["set_config('app.user_id', ctx_user, true)".to_owned()];
+        let mut settings = vec![
+            format!(
+                "CASE WHEN ctx_switch_role THEN set_config('role', '{}', true) ELSE '' END",
+                crate::db::APP_ROLE
+            ),
+            "set_config('app.user_id', ctx_user, true)".to_owned(),
+        ];
         if deadline {
             declare.insert(
                 0,
@@ -249,62 +262,14 @@ impl Procedure {
              \x20   {declare}\n\
              BEGIN\n\
              {check}\
-             \x20   IF ctx_switch_role THEN\n\
-             \x20       ctx_set := set_config('role', '{role}', true);\n\
-             \x20   END IF;\n\
              {settings}\
-             \x20   {run}{sql};\n\
+             {run}\
              END\n\
              $procedure$",
             name = self.name,
             parameters = parameters.join(", "),
             declare = declare.join("\n    "),
-            role = crate::db::APP_ROLE,
-            sql = self.sql,
         )
-    }
-}
-
-/// The composite type a statement's function returns its rows as: named after a hash of
-/// the columns (names and types), so statements with the same columns share one, and a
-/// changed column list is a new type, never a change to one a running function returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowType {
-    /// The schema-qualified name of the type.
-    pub name: String,
-    /// Creates the type unless it exists, also when another session creates it at the same
-    /// moment (whose `CREATE TYPE` commits first: this one then fails on the catalog's
-    /// unique index, and the error is caught).
-    pub definition: String,
-}
-
-impl RowType {
-    /// The type of `columns`; none for a statement without result columns.
-    pub fn of(columns: &[(String, Type)]) -> Option<RowType> {
-        if columns.is_empty() {
-            return None;
-        }
-        let mut hash = Sha256::new();
-        // A new series of names: the types named before it have the length domains as their
-        // text columns' types (migration V4), where this release's statements return text.
-        hash.update(ROW_TYPE_SERIES);
-        let attributes: Vec<String> = columns
-            .iter()
-            .map(|(column, ty)| {
-                hash.update(column);
-                hash.update([0]);
-                hash.update(type_sql(ty));
-                hash.update([0]);
-                format!("{} {}", quote_ident(column), type_sql(ty))
-            })
-            .collect();
-        let name = format!("{SCHEMA}.r_{}", hex(&hash.finalize()[..10]));
-        let definition = format!(
-            "DO $row_type$ BEGIN CREATE TYPE {name} AS ({}); \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $row_type$",
-            attributes.join(", ")
-        );
-        Some(RowType { name, definition })
     }
 }
 
@@ -348,10 +313,6 @@ fn type_sql(ty: &Type) -> String {
     }
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,10 +330,7 @@ mod tests {
             a.name,
             Procedure::new("SELECT $1", &[Type::TEXT], Guards::ALL).name
         );
-        assert_eq!(
-            a.call,
-            format!("SELECT * FROM {}($1, $2, $3, $4, $5)", a.name)
-        );
+        assert_eq!(a.call, format!("SELECT {}($1, $2, $3, $4, $5)", a.name));
         assert_eq!(type_sql(&Type::INT8_ARRAY), "int8[]");
     }
 
@@ -390,15 +348,15 @@ mod tests {
             Guards::ALL,
         ] {
             let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT], guards);
-            let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+            let definition = procedure.definition(true);
             hash.update(definition.replace(&procedure.name, "f"));
         }
         let digest = hex(&hash.finalize());
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "7",
-                "09d416a8c731adcd46123fd0e6dee014f6267fc8dd26d2e1ee0ca9deaa7fab0b"
+                "8",
+                "3950ddc3c6b72d869230b47b36bc4a67e935f45da58022f891e1946e37bfdef8"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -410,7 +368,7 @@ mod tests {
     #[test]
     fn each_function_guards_what_its_statement_needs() {
         for procedure in all() {
-            let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+            let definition = procedure.definition(true);
             let writes = ["INSERT ", "UPDATE ", "DELETE "]
                 .iter()
                 .any(|verb| procedure.sql.contains(verb));
@@ -448,69 +406,42 @@ mod tests {
         assert_eq!(all().filter(|p| p.guards == Guards::READ).count(), 1);
     }
 
-    /// The settings are assignments, never `PERFORM` (an executor per call), and the rows
-    /// are the columns' composite type, never `TABLE(…)` (a descriptor built per call).
+    /// The settings are one assignment, never `PERFORM` (an executor per call), and the row
+    /// is one `record`, never a set (a table function: a scan node and a tuple store).
     #[test]
     fn functions_take_the_cheaper_forms() {
-        let columns = [
-            ("id".to_owned(), Type::UUID),
-            ("title".to_owned(), Type::TEXT),
-        ];
-        let row = RowType::of(&columns).expect("columns make a type");
         for procedure in all() {
-            let definition = procedure.definition(&columns);
+            let definition = procedure.definition(true);
             assert!(!definition.contains("PERFORM"), "{definition}");
-            assert!(!definition.contains("TABLE("), "{definition}");
+            assert!(!definition.contains("SETOF"), "{definition}");
+            assert!(!definition.contains("RETURN QUERY"), "{definition}");
+            assert!(definition.contains("RETURNS record\n"), "{definition}");
             assert!(
-                definition.contains(&format!("RETURNS SETOF {}\n", row.name)),
+                definition.contains(&format!(
+                    "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
+                    procedure.sql
+                )),
                 "{definition}"
             );
             assert!(
-                definition.contains("    ctx_set := set_config('app.user_id', ctx_user, true)"),
+                definition.contains(
+                    "    ctx_set := CASE WHEN ctx_switch_role THEN set_config('role', 'todo_app', true) ELSE '' END\n        || set_config('app.user_id', ctx_user, true)"
+                ),
                 "{definition}"
             );
-            // One assignment for the settings, and the role switch's.
-            assert_eq!(definition.matches("ctx_set :=").count(), 2, "{definition}");
+            // One assignment for the settings and the role; the only `IF` is the deadline's.
+            assert_eq!(definition.matches("ctx_set :=").count(), 1, "{definition}");
+            assert_eq!(
+                definition.matches("IF ").count(),
+                usize::from(procedure.guards.deadline),
+                "{definition}"
+            );
             assert!(!definition.contains("extract("), "{definition}");
+            assert!(procedure.call.starts_with("SELECT todo_api.q_"));
         }
-    }
-
-    /// Statements with the same columns share a type; any other column list is another.
-    #[test]
-    fn row_types_follow_the_columns() {
-        let row = |columns: &[(&str, Type)]| {
-            let columns: Vec<(String, Type)> = columns
-                .iter()
-                .map(|(name, ty)| ((*name).to_owned(), ty.clone()))
-                .collect();
-            RowType::of(&columns)
-        };
-        let a = row(&[("id", Type::UUID), ("title", Type::TEXT)]).unwrap();
-        assert!(a.name.starts_with("todo_api.r_"));
-        assert!(
-            a.definition.contains(&format!(
-                "CREATE TYPE {} AS (\"id\" uuid, \"title\" text);",
-                a.name
-            )),
-            "{}",
-            a.definition
-        );
-        assert_eq!(
-            Some(&a),
-            row(&[("id", Type::UUID), ("title", Type::TEXT)]).as_ref()
-        );
-        for other in [
-            row(&[("id", Type::UUID), ("title", Type::VARCHAR)]),
-            row(&[("id", Type::UUID), ("name", Type::TEXT)]),
-            row(&[("title", Type::TEXT), ("id", Type::UUID)]),
-            row(&[("id", Type::UUID)]),
-            row(&[("idt", Type::TEXT), ("itle", Type::TEXT)]),
-        ] {
-            assert_ne!(other.unwrap().name, a.name);
-        }
-        assert_eq!(row(&[]), None);
-        let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(&[]);
+        let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(false);
         assert!(nothing.contains("RETURNS void\n"), "{nothing}");
+        assert!(!nothing.contains("INTO ctx_row"), "{nothing}");
     }
 
     #[test]

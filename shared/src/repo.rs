@@ -2,7 +2,6 @@
 //! clause, issued in one network round trip.
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::db::{Database, Effect};
@@ -11,6 +10,7 @@ use crate::listing::{ListQuery, SortField, SortOrder};
 use crate::owner::Owner;
 use crate::precondition::{create_fingerprint, IdempotencyKey};
 use crate::procedures::Guards;
+use crate::record::{Record, Records};
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::validation::{FieldError, Source};
 
@@ -52,8 +52,8 @@ pub const OWNER: &str = owner!();
 
 /// A task's columns, as every statement returns them. The text columns are domains (their
 /// length checks, migration V4) and are returned as text: each statement's function
-/// returns a row type that `migrate` builds from the columns as Postgres describes them,
-/// which is as text.
+/// returns its row as a `record` whose fields carry their types' OIDs, and the client
+/// knows the built-in types' only ([`crate::record`]).
 macro_rules! columns {
     () => {
         columns!("")
@@ -87,9 +87,9 @@ macro_rules! touch {
     };
 }
 
-/// The listing statement: the page, the total and nothing else, in one statement. The
-/// `LEFT JOIN` yields one row with a NULL task when the page is empty, so the total is
-/// always known. `$matched` is how the owner's matching rows are read: `""` reads them once
+/// The listing statement: the total and the page, in one statement and one row (a
+/// statement's function returns one row, [`crate::procedures`]): the page is an array of
+/// the tasks' rows, in the page's order, empty past the last task. `$matched` is how the owner's matching rows are read: `""` reads them once
 /// into the CTE, which the count and the sorted page then share; `"NOT MATERIALIZED "` has
 /// the count and the page each read their own (see [`list_statement`]). `$filter` is
 /// `filters!()` or, for a statement only ever called without filters, `""`.
@@ -104,10 +104,10 @@ macro_rules! list_sql {
             owner!(),
             $filter,
             ")",
-            " SELECT c.total, p.* FROM (SELECT count(*) AS total FROM matched) c",
-            " LEFT JOIN LATERAL (SELECT * FROM matched ORDER BY ",
+            " SELECT (SELECT count(*) FROM matched) AS total,",
+            " ARRAY(SELECT p FROM (SELECT * FROM matched ORDER BY ",
             $order,
-            " LIMIT $4 OFFSET $5) p ON true"
+            " LIMIT $4 OFFSET $5) p) AS page"
         )
     };
 }
@@ -379,7 +379,7 @@ pub enum Created {
     Replayed(Task),
 }
 
-fn task_from_row(row: &Row, offset: usize) -> Result<Task, tokio_postgres::Error> {
+fn task_from_row(row: &Record, offset: usize) -> anyhow::Result<Task> {
     Ok(Task {
         id: row.try_get(offset)?,
         user_id: row.try_get(offset + 1)?,
@@ -392,13 +392,13 @@ fn task_from_row(row: &Row, offset: usize) -> Result<Task, tokio_postgres::Error
     })
 }
 
-fn decode_error(err: tokio_postgres::Error) -> ApiError {
-    ApiError::Internal(anyhow::Error::new(err).context("decoding a task row"))
+fn decode_error(err: anyhow::Error) -> ApiError {
+    ApiError::Internal(err.context("decoding a task row"))
 }
 
-fn one_task(rows: Vec<Row>) -> Result<Task, ApiError> {
-    let row = rows.first().ok_or(ApiError::NotFound)?;
-    task_from_row(row, 0).map_err(decode_error)
+fn one_task(row: Option<Record>) -> Result<Task, ApiError> {
+    let row = row.ok_or(ApiError::NotFound)?;
+    task_from_row(&row, 0).map_err(decode_error)
 }
 
 fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
@@ -412,22 +412,21 @@ fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
 }
 
 /// Reads the result of a [`guarded!`] statement.
-fn guarded_outcome(rows: Vec<Row>) -> Result<Task, ApiError> {
-    let row = rows
-        .first()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
+fn guarded_outcome(row: Option<Record>) -> Result<Task, ApiError> {
+    let row =
+        row.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
     let found: i64 = row.try_get(0).map_err(decode_error)?;
     if found == 0 {
         return Err(ApiError::NotFound);
     }
     if row
-        .try_get::<_, Option<Uuid>>(1)
+        .try_get::<Option<Uuid>>(1)
         .map_err(decode_error)?
         .is_none()
     {
         return Err(ApiError::PreconditionFailed);
     }
-    task_from_row(row, 1).map_err(decode_error)
+    task_from_row(&row, 1).map_err(decode_error)
 }
 
 impl TaskRepo {
@@ -452,14 +451,15 @@ impl TaskRepo {
         self.db.warm_up().await;
     }
 
-    /// Every statement runs in the owner's row-level security context.
+    /// Every statement runs in the owner's row-level security context, and answers with
+    /// its one row, if it found one.
     async fn run(
         &self,
         effect: Effect,
         owner: &Owner,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Option<Record>, ApiError> {
         if self.scoped {
             self.db.query_as(effect, owner.as_str(), sql, params).await
         } else {
@@ -468,7 +468,11 @@ impl TaskRepo {
             let owner = owner.as_str();
             let mut params = params.to_vec();
             params.push((&owner, Type::TEXT));
-            self.db.query_unscoped(&sql, &params).await
+            let rows = self.db.query_unscoped(&sql, &params).await?;
+            rows.first()
+                .map(Record::from_row)
+                .transpose()
+                .map_err(decode_error)
         }
     }
 
@@ -512,18 +516,15 @@ impl TaskRepo {
                 ],
             )
             .await?;
-        let mut total = 0;
-        let mut tasks = Vec::with_capacity(rows.len());
-        for row in &rows {
-            total = row.try_get(0).map_err(decode_error)?;
-            if row
-                .try_get::<_, Option<Uuid>>(1)
-                .map_err(decode_error)?
-                .is_some()
-            {
-                tasks.push(task_from_row(row, 1).map_err(decode_error)?);
-            }
-        }
+        let row =
+            rows.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a listing returned no row")))?;
+        let total = row.try_get(0).map_err(decode_error)?;
+        let Records(page) = row.try_get(1).map_err(decode_error)?;
+        let tasks = page
+            .iter()
+            .map(|task| task_from_row(task, 0))
+            .collect::<anyhow::Result<_>>()
+            .map_err(decode_error)?;
         Ok(TaskPage { tasks, total })
     }
 
@@ -647,7 +648,7 @@ impl TaskRepo {
             let rows = self
                 .run(Effect::RepeatableWrite, owner, CREATE_IDEMPOTENT, &params)
                 .await?;
-            let row = rows.first().ok_or_else(|| {
+            let row = rows.ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))
             })?;
             let claimed: bool = row.try_get(0).map_err(decode_error)?;
@@ -659,11 +660,11 @@ impl TaskRepo {
                 ));
             }
             if row
-                .try_get::<_, Option<Uuid>>(2)
+                .try_get::<Option<Uuid>>(2)
                 .map_err(decode_error)?
                 .is_some()
             {
-                let task = task_from_row(row, 2).map_err(decode_error)?;
+                let task = task_from_row(&row, 2).map_err(decode_error)?;
                 return Ok(if claimed {
                     Created::New(task)
                 } else {

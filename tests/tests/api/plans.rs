@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use shared::listing::{SortField, SortOrder};
+use shared::record::{Record, Records};
 use shared::{procedures, repo};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -105,7 +106,9 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
             )
             .await
             .unwrap();
-        assert_eq!(rows.len(), 20, "the lister's 20 tasks");
+        let listing: Record = rows[0].get(0);
+        let Records(page) = listing.try_get(1).unwrap();
+        assert_eq!(page.len(), 20, "the lister's 20 tasks");
         per_call.push(std::mem::take(&mut *plans.lock().unwrap()));
     }
     assert!(
@@ -228,7 +231,11 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
             &switch_role,
         ]);
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
-        assert!(!rows.is_empty(), "{sql}: the owner's task was not found");
+        let row: Option<Record> = rows[0].get(0);
+        assert!(
+            row.is_some_and(|row| !row.is_no_row()),
+            "{sql}: the owner's task was not found"
+        );
         let printed = std::mem::take(&mut *plans.lock().unwrap());
         assert!(
             !printed.is_empty(),
@@ -276,7 +283,8 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
             &switch_role,
         ];
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
-        assert_eq!(rows.len(), 1, "the created task");
+        let row: Record = rows[0].get(0);
+        assert!(row.try_get::<bool>(0).unwrap(), "claimed: the created task");
     }
     let printed = std::mem::take(&mut *plans.lock().unwrap());
     let statement = printed

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use shared::db::Effect;
-use shared::procedures::{self, Guards, Procedure, RowType};
+use shared::procedures::{self, Guards, Procedure};
 use tests::{env, state_with, user_id, ApiEvent};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -21,19 +21,27 @@ async fn migrated_database(prefix: &str) -> (String, Client) {
     (url, client)
 }
 
-/// The function of a statement no release of the API has, installed as an earlier
-/// release's would be, with its own row type (a column of its own name).
+/// The function of a statement no release of the API has, installed as a release before
+/// template 8 installed its functions: returning its rows as a set of a row type of its own
+/// (a column of its own name).
 async fn earlier_function(client: &Client, column: &str) -> (Procedure, String) {
     let procedure = Procedure::new(
         &format!("SELECT $1::text AS {column}"),
         &[Type::TEXT],
         Guards::READ,
     );
-    migrations::install(client, &procedure)
+    let row = procedure.name.replace(".q_", ".r_");
+    client
+        .batch_execute(&format!(
+            "CREATE TYPE {row} AS ({column} text); \
+             CREATE FUNCTION {}(p1 text, ctx_user text, ctx_deadline_ms bigint, \
+             ctx_lock_budget_ms bigint, ctx_switch_role boolean) RETURNS SETOF {row} \
+             LANGUAGE plpgsql AS $f$ BEGIN RETURN QUERY {}; END $f$",
+            procedure.name, procedure.sql
+        ))
         .await
         .expect("install");
-    let row = RowType::of(&[(column.to_owned(), Type::TEXT)]).expect("a row type");
-    (procedure, row.name)
+    (procedure, row)
 }
 
 async fn record(client: &Client, id: &str, functions: &[&str], days_ago: i32) {
