@@ -49,8 +49,7 @@ pub struct Pruned {
     pub releases: Vec<String>,
     /// The functions dropped (schema-qualified names), sorted.
     pub functions: Vec<String>,
-    /// The row types dropped (schema-qualified names), sorted: the types that releases before
-    /// template 8 returned their rows as.
+    /// The row types dropped (schema-qualified names), sorted.
     pub types: Vec<String>,
 }
 
@@ -222,8 +221,8 @@ async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow
             )
             .await?;
     }
-    // Every statement function is `q_<hex>` (shared::procedures), every row type of an
-    // earlier release's functions `r_<hex>`: nothing else in the schema is touched.
+    // Every statement function is `q_<hex>`, every row type `r_<hex>` (shared::procedures):
+    // nothing else in the schema is touched.
     for row in transaction
         .query_typed(
             "SELECT n.nspname || '.' || p.proname FROM pg_proc p \
@@ -260,20 +259,36 @@ async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow
     Ok(pruned)
 }
 
-/// Creates (or replaces) the function of one statement, after asking Postgres to describe
-/// the statement (which checks it, and tells whether it returns rows). Public for the tests
+/// Creates (or replaces) the function of one statement, with the columns the statement
+/// returns as Postgres describes them, and first, for a statement that returns a set, the
+/// composite type of those columns if no earlier function created it. Public for the tests
 /// that install functions of statements the API does not have (to show that row-level
 /// security holds for any SQL).
 pub async fn install(
     client: &impl tokio_postgres::GenericClient,
     procedure: &shared::procedures::Procedure,
 ) -> anyhow::Result<()> {
-    let statement = client
-        .prepare_typed(&procedure.sql, &procedure.types)
-        .await
-        .context("cannot describe the statement")?;
+    let columns: Vec<_> = {
+        let statement = client
+            .prepare_typed(&procedure.sql, &procedure.types)
+            .await
+            .context("cannot describe the statement")?;
+        statement
+            .columns()
+            .iter()
+            .map(|column| (column.name().to_owned(), column.type_().clone()))
+            .collect()
+    };
+    if procedure.returns == shared::procedures::Returns::Rows {
+        if let Some(row) = shared::procedures::RowType::of(&columns) {
+            client
+                .batch_execute(&row.definition)
+                .await
+                .with_context(|| format!("cannot create the type {}", row.name))?;
+        }
+    }
     client
-        .batch_execute(&procedure.definition(!statement.columns().is_empty()))
+        .batch_execute(&procedure.definition(&columns))
         .await
         .context("cannot create the function")?;
     Ok(())

@@ -20,7 +20,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::error::ApiError;
-use crate::procedures;
+use crate::procedures::{self, Returns};
 use crate::record::Record;
 use crate::tls;
 
@@ -161,8 +161,7 @@ impl Database {
     /// one implicit transaction, so that the policies hold whatever the SQL says. One
     /// message group, one network round trip, one answer; nothing outlives the
     /// transaction, so the connection can be shared through Neon's pooler in transaction
-    /// mode. The answer is the statement's one row ([`crate::procedures`]), `None` when it
-    /// found none.
+    /// mode. The answer is the statement's rows ([`crate::procedures::Returns`]).
     ///
     /// **The answer is the outcome.** `Ok` means committed (the server's ReadyForQuery
     /// arrived, which follows the commit). An error means the statement did not and will
@@ -180,7 +179,7 @@ impl Database {
         user_id: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<Record>, ApiError> {
+    ) -> Result<Vec<Record>, ApiError> {
         let first = match self.attempt_as(user_id, sql, params, None).await {
             Ok(rows) => return Ok(rows),
             Err(failure) => failure,
@@ -210,7 +209,7 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
-    ) -> Result<Option<Record>, Failure> {
+    ) -> Result<Vec<Record>, Failure> {
         let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
         let procedure = procedures::for_statement(sql, &types);
         let client = match deadline {
@@ -330,7 +329,7 @@ impl Database {
         let outcome = call_outcome(answer).and_then(|rows| {
             // A row that cannot be read is a fault of this code (its types), found by the
             // tests; the call's outcome stands, and the answer is a 500.
-            statement_row(&rows).map_err(|err| Failure {
+            statement_rows(procedure.returns, &rows).map_err(|err| Failure {
                 error: anyhow!("cannot read the statement's row"),
                 status: Some(ApiError::Internal(err)),
                 connection_lost: false,
@@ -402,17 +401,24 @@ impl Database {
     }
 }
 
-/// The statement's row, from its function's answer: one row of one `record` (or of `void`,
-/// for a statement without result columns); `None` when the statement found no row.
-fn statement_row(rows: &[Row]) -> anyhow::Result<Option<Record>> {
+/// The statement's rows, from its function's answer: the rows of a set, or the one row of
+/// one `record` (none when the statement found none; also none for a `void` function, of a
+/// statement without result columns).
+fn statement_rows(returns: Returns, rows: &[Row]) -> anyhow::Result<Vec<Record>> {
+    if returns == Returns::Rows {
+        return rows.iter().map(Record::from_row).collect();
+    }
     let [row] = rows else {
         return Err(anyhow!("a function answered with {} rows", rows.len()));
     };
     if row.columns().first().map(Column::type_) == Some(&Type::VOID) {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let record: Option<Record> = row.try_get(0).context("reading the function's record")?;
-    Ok(record.filter(|record| !record.is_no_row()))
+    Ok(record
+        .into_iter()
+        .filter(|record| !record.is_no_row())
+        .collect())
 }
 
 /// The values of typed parameters, for a prepared statement (whose types are known).

@@ -31,6 +31,10 @@ pub const SCHEMA: &str = "todo_api";
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
 const TEMPLATE_VERSION: &str = "8";
 
+/// Changes when row types of the same columns must differ from those named before (and
+/// then, as the functions return them, [`TEMPLATE_VERSION`] too).
+const ROW_TYPE_SERIES: &str = "2";
+
 /// What a statement's function sets up before the statement, besides the role and
 /// `app.user_id` (which every function sets). Each costs Postgres a few microseconds per
 /// call, so a function does only what its statement needs.
@@ -100,6 +104,22 @@ impl Guards {
     }
 }
 
+/// How a statement's function returns what the statement returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Returns {
+    /// At most one row (a statement that reaches one task by its id, or one row by
+    /// construction): the row as one `record` value, the function called in the select list
+    /// (`SELECT f(…)`). A function returning a set is a table function, which Postgres runs
+    /// through a scan node of its own and a tuple store: about 24,000 instructions per call
+    /// more (callgrind: get 118,263 → 94,627, toggle 195,428 → 171,055).
+    Row,
+    /// Any number of rows (a listing's page): a set of the columns' composite type
+    /// ([`RowType`]), the function called as a table (`SELECT * FROM f(…)`), so that the
+    /// client reads plain columns. (A listing as one row, its page an array of records,
+    /// made the statement itself dearer than the table function: 31 → 39 µs per bare call.)
+    Rows,
+}
+
 /// The context every function takes after the statement's own parameters: the user the
 /// policies compare with, the request's deadline (Unix milliseconds), the most a lock may be
 /// waited for (milliseconds), and whether to switch to `todo_app` (the login role bypasses
@@ -119,15 +139,23 @@ pub struct Procedure {
     pub types: Vec<Type>,
     /// What the function sets up before the statement.
     pub guards: Guards,
+    /// One row or a set.
+    pub returns: Returns,
     /// The schema-qualified name of the function.
     pub name: String,
     /// What the client sends: the function called with the statement's parameters and the
-    /// context's, in the select list (its one row is the statement's, [`crate::record`]).
+    /// context's, in the select list for [`Returns::Row`] (the one value is the
+    /// statement's row, [`crate::record`]), as a table for [`Returns::Rows`].
     pub call: String,
 }
 
 impl Procedure {
+    /// The procedure of a statement that returns at most one row.
     pub fn new(sql: &str, types: &[Type], guards: Guards) -> Self {
+        Procedure::returning(sql, types, guards, Returns::Row)
+    }
+
+    pub fn returning(sql: &str, types: &[Type], guards: Guards, returns: Returns) -> Self {
         let mut hash = Sha256::new();
         hash.update(TEMPLATE_VERSION);
         hash.update([
@@ -135,6 +163,7 @@ impl Procedure {
             u8::from(guards.deadline),
             u8::from(guards.pinned_plan),
             u8::from(guards.index_order),
+            u8::from(returns == Returns::Rows),
             0,
         ]);
         hash.update(sql);
@@ -146,11 +175,15 @@ impl Procedure {
         let arguments: Vec<String> = (1..=types.len() + CONTEXT_TYPES.len())
             .map(|n| format!("${n}"))
             .collect();
-        let call = format!("SELECT {name}({})", arguments.join(", "));
+        let call = match returns {
+            Returns::Row => format!("SELECT {name}({})", arguments.join(", ")),
+            Returns::Rows => format!("SELECT * FROM {name}({})", arguments.join(", ")),
+        };
         Procedure {
             sql: sql.to_owned(),
             types: types.to_vec(),
             guards,
+            returns,
             name,
             call,
         }
@@ -161,8 +194,8 @@ impl Procedure {
         self.types.iter().chain(&CONTEXT_TYPES).cloned().collect()
     }
 
-    /// `CREATE FUNCTION` for this statement; `returns_rows` when the statement has result
-    /// columns (every statement of the API has).
+    /// `CREATE FUNCTION` for this statement, whose result `columns` are as Postgres describes
+    /// them (every statement of the API has some).
     ///
     /// The function, in the caller's implicit transaction:
     /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
@@ -180,24 +213,25 @@ impl Procedure {
     ///   two to three times its Postgres CPU per request in the benchmark; and with only a
     ///   handful of users, the average plan scans the whole table. So a request costs in
     ///   proportion to its own user's rows;
-    /// - runs the statement and returns its row as one `record` (`SELECT … INTO`; a row of
-    ///   NULLs when there is none, [`crate::record::Record::is_no_row`]). Every statement
-    ///   returns at most one row: a listing returns its page as an array in its one row.
+    /// - runs the statement and returns what it returns ([`Returns`]): its row as one
+    ///   `record` (`SELECT … INTO`; a row of NULLs when there is none,
+    ///   [`crate::record::Record::is_no_row`]), or its rows as a set of the columns'
+    ///   composite type ([`RowType`], which `migrate` creates first; `RETURN QUERY`).
     ///
     /// `SECURITY INVOKER`: the statement runs as the caller (or `todo_app`), under the
     /// policies. The settings are `set_config(…, true)`: they end with the transaction.
     ///
     /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`, a
-    /// single-user backend, BENCHMARKS.md). One value, not a table: a function returning a
-    /// set is a table function, which Postgres runs through a scan node of its own and a
-    /// tuple store, about 24,000 instructions per call more than `SELECT … INTO` and
-    /// `RETURN` (get 118,263 → 94,627, toggle 195,428 → 171,055). The settings, the role
+    /// single-user backend, BENCHMARKS.md). One value where there is one row ([`Returns`]);
+    /// a set as a named composite type, whose descriptor Postgres keeps in its type cache,
+    /// where `RETURNS TABLE(…)` has it rebuilt from the function's catalog entry at every
+    /// call. The settings, the role
     /// switch included, are one PL/pgSQL assignment (their results concatenated), which
     /// PL/pgSQL evaluates as a simple expression, where `PERFORM` would start an executor
     /// for a one-row `SELECT` through SPI, and each further assignment or `IF` would be an
     /// expression set up anew in every transaction. The deadline reads the clock with
     /// `date_part` (a float), not `extract` (a numeric).
-    pub fn definition(&self, returns_rows: bool) -> String {
+    pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
             .iter()
@@ -213,17 +247,22 @@ impl Procedure {
         let deadline = self.guards.deadline;
         let mut declare = vec!["ctx_set text;"];
         // A statement without result columns (none of the API's) returns nothing.
-        let (returns, run) = if returns_rows {
-            declare.push("ctx_row record;");
-            (
-                "record",
-                format!(
-                    "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
-                    self.sql
-                ),
-            )
-        } else {
-            ("void", format!("    {};\n", self.sql))
+        let (returns, run) = match (RowType::of(columns), self.returns) {
+            (None, _) => ("void".to_owned(), format!("    {};\n", self.sql)),
+            (Some(_), Returns::Row) => {
+                declare.push("ctx_row record;");
+                (
+                    "record".to_owned(),
+                    format!(
+                        "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
+                        self.sql
+                    ),
+                )
+            }
+            (Some(row), Returns::Rows) => (
+                format!("SETOF {}", row.name),
+                format!("    RETURN QUERY {};\n", self.sql),
+            ),
         };
         let mut check = String::new();
         let mut settings = vec![
@@ -273,11 +312,56 @@ impl Procedure {
     }
 }
 
+/// The composite type a statement's function returns its rows as: named after a hash of
+/// the columns (names and types), so statements with the same columns share one, and a
+/// changed column list is a new type, never a change to one a running function returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowType {
+    /// The schema-qualified name of the type.
+    pub name: String,
+    /// Creates the type unless it exists, also when another session creates it at the same
+    /// moment (whose `CREATE TYPE` commits first: this one then fails on the catalog's
+    /// unique index, and the error is caught).
+    pub definition: String,
+}
+
+impl RowType {
+    /// The type of `columns`; none for a statement without result columns.
+    pub fn of(columns: &[(String, Type)]) -> Option<RowType> {
+        if columns.is_empty() {
+            return None;
+        }
+        let mut hash = Sha256::new();
+        // A new series of names: the types named before it have the length domains as their
+        // text columns' types (migration V4), where this release's statements return text.
+        hash.update(ROW_TYPE_SERIES);
+        let attributes: Vec<String> = columns
+            .iter()
+            .map(|(column, ty)| {
+                hash.update(column);
+                hash.update([0]);
+                hash.update(type_sql(ty));
+                hash.update([0]);
+                format!("{} {}", quote_ident(column), type_sql(ty))
+            })
+            .collect();
+        let name = format!("{SCHEMA}.r_{}", hex(&hash.finalize()[..10]));
+        let definition = format!(
+            "DO $row_type$ BEGIN CREATE TYPE {name} AS ({}); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $row_type$",
+            attributes.join(", ")
+        );
+        Some(RowType { name, definition })
+    }
+}
+
 /// The procedures of every task statement ([`crate::repo::statements`]), by SQL.
 static PROCEDURES: LazyLock<HashMap<&'static str, Procedure>> = LazyLock::new(|| {
     crate::repo::statements()
         .into_iter()
-        .map(|(sql, types, guards)| (sql, Procedure::new(sql, &types, guards)))
+        .map(|(sql, types, guards, returns)| {
+            (sql, Procedure::returning(sql, &types, guards, returns))
+        })
         .collect()
 });
 
@@ -303,6 +387,10 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(text, "{byte:02x}");
     }
     text
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A type as SQL: arrays as `element[]`.
@@ -347,16 +435,19 @@ mod tests {
             Guards::WRITE,
             Guards::ALL,
         ] {
-            let procedure = Procedure::new("SELECT $1 AS a", &[Type::TEXT], guards);
-            let definition = procedure.definition(true);
-            hash.update(definition.replace(&procedure.name, "f"));
+            for returns in [Returns::Row, Returns::Rows] {
+                let procedure =
+                    Procedure::returning("SELECT $1 AS a", &[Type::TEXT], guards, returns);
+                let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
+                hash.update(definition.replace(&procedure.name, "f"));
+            }
         }
         let digest = hex(&hash.finalize());
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
                 "8",
-                "3950ddc3c6b72d869230b47b36bc4a67e935f45da58022f891e1946e37bfdef8"
+                "1a4331d82820a7b4ec923141e225d2937be02cbba4d5ef13445516204eedcf63"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -368,7 +459,7 @@ mod tests {
     #[test]
     fn each_function_guards_what_its_statement_needs() {
         for procedure in all() {
-            let definition = procedure.definition(true);
+            let definition = procedure.definition(&[("a".to_owned(), Type::TEXT)]);
             let writes = ["INSERT ", "UPDATE ", "DELETE "]
                 .iter()
                 .any(|verb| procedure.sql.contains(verb));
@@ -406,23 +497,42 @@ mod tests {
         assert_eq!(all().filter(|p| p.guards == Guards::READ).count(), 1);
     }
 
-    /// The settings are one assignment, never `PERFORM` (an executor per call), and the row
-    /// is one `record`, never a set (a table function: a scan node and a tuple store).
+    /// The settings are one assignment, never `PERFORM` (an executor per call); a statement
+    /// of one row returns it as one `record`, never as a set (a table function: a scan node
+    /// and a tuple store); a listing returns its rows as the columns' composite type, never
+    /// `TABLE(…)` (a descriptor built per call).
     #[test]
     fn functions_take_the_cheaper_forms() {
+        let columns = [
+            ("id".to_owned(), Type::UUID),
+            ("title".to_owned(), Type::TEXT),
+        ];
+        let row = RowType::of(&columns).expect("columns make a type");
         for procedure in all() {
-            let definition = procedure.definition(true);
+            let definition = procedure.definition(&columns);
             assert!(!definition.contains("PERFORM"), "{definition}");
-            assert!(!definition.contains("SETOF"), "{definition}");
-            assert!(!definition.contains("RETURN QUERY"), "{definition}");
-            assert!(definition.contains("RETURNS record\n"), "{definition}");
-            assert!(
-                definition.contains(&format!(
-                    "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
-                    procedure.sql
-                )),
-                "{definition}"
-            );
+            assert!(!definition.contains("TABLE("), "{definition}");
+            let lists = procedure.sql.contains(" LIMIT $4 OFFSET $5");
+            assert_eq!(procedure.returns == Returns::Rows, lists, "{definition}");
+            if lists {
+                assert!(
+                    definition.contains(&format!("RETURNS SETOF {}\n", row.name)),
+                    "{definition}"
+                );
+                assert!(definition.contains("    RETURN QUERY "), "{definition}");
+                assert!(procedure.call.starts_with("SELECT * FROM todo_api.q_"));
+            } else {
+                assert!(definition.contains("RETURNS record\n"), "{definition}");
+                assert!(!definition.contains("SETOF"), "{definition}");
+                assert!(
+                    definition.contains(&format!(
+                        "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
+                        procedure.sql
+                    )),
+                    "{definition}"
+                );
+                assert!(procedure.call.starts_with("SELECT todo_api.q_"));
+            }
             assert!(
                 definition.contains(
                     "    ctx_set := CASE WHEN ctx_switch_role THEN set_config('role', 'todo_app', true) ELSE '' END\n        || set_config('app.user_id', ctx_user, true)"
@@ -437,11 +547,46 @@ mod tests {
                 "{definition}"
             );
             assert!(!definition.contains("extract("), "{definition}");
-            assert!(procedure.call.starts_with("SELECT todo_api.q_"));
         }
-        let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(false);
+        let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(&[]);
         assert!(nothing.contains("RETURNS void\n"), "{nothing}");
         assert!(!nothing.contains("INTO ctx_row"), "{nothing}");
+    }
+
+    /// Statements with the same columns share a type; any other column list is another.
+    #[test]
+    fn row_types_follow_the_columns() {
+        let row = |columns: &[(&str, Type)]| {
+            let columns: Vec<(String, Type)> = columns
+                .iter()
+                .map(|(name, ty)| ((*name).to_owned(), ty.clone()))
+                .collect();
+            RowType::of(&columns)
+        };
+        let a = row(&[("id", Type::UUID), ("title", Type::TEXT)]).unwrap();
+        assert!(a.name.starts_with("todo_api.r_"));
+        assert!(
+            a.definition.contains(&format!(
+                "CREATE TYPE {} AS (\"id\" uuid, \"title\" text);",
+                a.name
+            )),
+            "{}",
+            a.definition
+        );
+        assert_eq!(
+            Some(&a),
+            row(&[("id", Type::UUID), ("title", Type::TEXT)]).as_ref()
+        );
+        for other in [
+            row(&[("id", Type::UUID), ("title", Type::VARCHAR)]),
+            row(&[("id", Type::UUID), ("name", Type::TEXT)]),
+            row(&[("title", Type::TEXT), ("id", Type::UUID)]),
+            row(&[("id", Type::UUID)]),
+            row(&[("idt", Type::TEXT), ("itle", Type::TEXT)]),
+        ] {
+            assert_ne!(other.unwrap().name, a.name);
+        }
+        assert_eq!(row(&[]), None);
     }
 
     #[test]

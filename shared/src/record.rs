@@ -115,43 +115,6 @@ impl<'a> FromSql<'a> for Record {
     }
 }
 
-/// An array of records (`record[]`, which tokio-postgres knows only as a pseudo-type): a
-/// listing's page. In Postgres' binary format: the number of dimensions (0 when empty, else
-/// 1), a flag, the element type, each dimension's length and lower bound, then each element's
-/// length (-1 for NULL) and bytes.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Records(pub Vec<Record>);
-
-impl<'a> FromSql<'a> for Records {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-        let mut at = 0;
-        let dimensions = int(raw, &mut at)?;
-        let _has_nulls = int(raw, &mut at)?;
-        let _element_type = int(raw, &mut at)?;
-        let count = match dimensions {
-            0 => 0,
-            1 => {
-                let count = int(raw, &mut at)?;
-                let _lower_bound = int(raw, &mut at)?;
-                usize::try_from(count).map_err(|_| "negative array length")?
-            }
-            _ => return Err("an array of records with more than one dimension".into()),
-        };
-        let mut records = Vec::with_capacity(count.min(1024));
-        for _ in 0..count {
-            let len = usize::try_from(int(raw, &mut at)?).map_err(|_| "a NULL record")?;
-            let element = raw.get(at..at + len).ok_or("array ends early")?;
-            at += len;
-            records.push(Record::parse(element)?);
-        }
-        Ok(Records(records))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::RECORD_ARRAY
-    }
-}
-
 /// The big-endian `int4` at `at`, which then moves past it.
 fn int(raw: &[u8], at: &mut usize) -> Result<i32, Box<dyn Error + Sync + Send>> {
     let bytes = raw.get(*at..*at + 4).ok_or("value ends early")?;
@@ -231,32 +194,5 @@ mod tests {
         // A type of ours (a domain, say) has an OID no client knows: refused, not guessed.
         let foreign = record(&[(90_000, Some(b"x"))]);
         assert!(Record::parse(&foreign).is_err());
-    }
-
-    #[test]
-    fn an_array_of_records_keeps_its_order() {
-        let element = |n: i64| record(&[(Type::INT8.oid(), Some(&n.to_be_bytes()))]);
-        let mut raw = Vec::new();
-        for int in [1, 0, Type::RECORD.oid() as i32, 3, 1] {
-            raw.extend(int.to_be_bytes());
-        }
-        for n in [7, 8, 9] {
-            let element = element(n);
-            raw.extend((element.len() as i32).to_be_bytes());
-            raw.extend(element);
-        }
-        let Records(rows) = Records::from_sql(&Type::RECORD_ARRAY, &raw).unwrap();
-        let values: Vec<i64> = rows.iter().map(|row| row.try_get(0).unwrap()).collect();
-        assert_eq!(values, [7, 8, 9]);
-        // An empty array has no dimensions.
-        let mut empty = Vec::new();
-        for int in [0, 0, Type::RECORD.oid() as i32] {
-            empty.extend(int.to_be_bytes());
-        }
-        assert_eq!(
-            Records::from_sql(&Type::RECORD_ARRAY, &empty).unwrap(),
-            Records::default()
-        );
-        assert!(Records::from_sql(&Type::RECORD_ARRAY, &raw[..raw.len() - 1]).is_err());
     }
 }

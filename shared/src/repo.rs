@@ -9,8 +9,8 @@ use crate::error::ApiError;
 use crate::listing::{ListQuery, SortField, SortOrder};
 use crate::owner::Owner;
 use crate::precondition::{create_fingerprint, IdempotencyKey};
-use crate::procedures::Guards;
-use crate::record::{Record, Records};
+use crate::procedures::{Guards, Returns};
+use crate::record::Record;
 use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::validation::{FieldError, Source};
 
@@ -87,9 +87,9 @@ macro_rules! touch {
     };
 }
 
-/// The listing statement: the total and the page, in one statement and one row (a
-/// statement's function returns one row, [`crate::procedures`]): the page is an array of
-/// the tasks' rows, in the page's order, empty past the last task. `$matched` is how the owner's matching rows are read: `""` reads them once
+/// The listing statement: the page, the total and nothing else, in one statement. The
+/// `LEFT JOIN` yields one row with a NULL task when the page is empty, so the total is
+/// always known. `$matched` is how the owner's matching rows are read: `""` reads them once
 /// into the CTE, which the count and the sorted page then share; `"NOT MATERIALIZED "` has
 /// the count and the page each read their own (see [`list_statement`]). `$filter` is
 /// `filters!()` or, for a statement only ever called without filters, `""`.
@@ -104,10 +104,10 @@ macro_rules! list_sql {
             owner!(),
             $filter,
             ")",
-            " SELECT (SELECT count(*) FROM matched) AS total,",
-            " ARRAY(SELECT p FROM (SELECT * FROM matched ORDER BY ",
+            " SELECT c.total, p.* FROM (SELECT count(*) AS total FROM matched) c",
+            " LEFT JOIN LATERAL (SELECT * FROM matched ORDER BY ",
             $order,
-            " LIMIT $4 OFFSET $5) p) AS page"
+            " LIMIT $4 OFFSET $5) p ON true"
         )
     };
 }
@@ -301,11 +301,12 @@ pub const CREATE_IDEMPOTENT: &str = concat!(
     ") t ON true"
 );
 
-/// Every statement a [`TaskRepo`] runs on behalf of an owner, with its parameter types and
-/// what its function sets up before it ([`Guards`]: every write refuses a late start): the
+/// Every statement a [`TaskRepo`] runs on behalf of an owner, with its parameter types, what
+/// its function sets up before it ([`Guards`]: every write refuses a late start) and whether
+/// it returns one row or a set ([`Returns`]: only the listings return a set): the
 /// statements `migrate` installs as functions ([`crate::procedures`]). A statement missing
 /// here, or run with other types, has no function, and fails with a 500.
-pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
+pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards, Returns)> {
     use SortField::*;
     use SortOrder::*;
     let list = [Type::TEXT, Type::BOOL, Type::TEXT, Type::INT8, Type::INT8];
@@ -322,13 +323,14 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
     let guarded = |params: &[Type]| [params, &[Type::INT8_ARRAY]].concat();
     // Every listing reads filtered requests through the shared CTE; unfiltered ones too,
     // but for the two by creation time, which read in the index's order.
-    let mut statements: Vec<(&'static str, Vec<Type>, Guards)> = Vec::new();
+    let mut statements: Vec<(&'static str, Vec<Type>, Guards, Returns)> = Vec::new();
     for sort in [CreatedAt, UpdatedAt, Title] {
         for order in [Asc, Desc] {
             statements.push((
                 list_statement(sort, order, true),
                 list.to_vec(),
                 Guards::LIST,
+                Returns::Rows,
             ));
         }
     }
@@ -337,6 +339,7 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
             list_statement(CreatedAt, order, false),
             list.to_vec(),
             Guards::LIST_IN_INDEX_ORDER,
+            Returns::Rows,
         ));
     }
     statements.extend([
@@ -344,6 +347,7 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
             INSERT,
             vec![Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL],
             Guards::WRITE,
+            Returns::Row,
         ),
         (
             CREATE_IDEMPOTENT,
@@ -358,14 +362,25 @@ pub fn statements() -> Vec<(&'static str, Vec<Type>, Guards)> {
             ],
             // The purge of expired keys reaches them through `created_at`'s index.
             Guards::ALL,
+            Returns::Row,
         ),
-        (SELECT_ONE, one.to_vec(), Guards::READ),
-        (UPDATE, update.to_vec(), Guards::WRITE),
-        (UPDATE_IF_MATCH, guarded(&update), Guards::WRITE),
-        (COMPLETE, complete.to_vec(), Guards::WRITE),
-        (COMPLETE_IF_MATCH, guarded(&complete), Guards::WRITE),
-        (DELETE, one.to_vec(), Guards::WRITE),
-        (DELETE_IF_MATCH, guarded(&one), Guards::WRITE),
+        (SELECT_ONE, one.to_vec(), Guards::READ, Returns::Row),
+        (UPDATE, update.to_vec(), Guards::WRITE, Returns::Row),
+        (
+            UPDATE_IF_MATCH,
+            guarded(&update),
+            Guards::WRITE,
+            Returns::Row,
+        ),
+        (COMPLETE, complete.to_vec(), Guards::WRITE, Returns::Row),
+        (
+            COMPLETE_IF_MATCH,
+            guarded(&complete),
+            Guards::WRITE,
+            Returns::Row,
+        ),
+        (DELETE, one.to_vec(), Guards::WRITE, Returns::Row),
+        (DELETE_IF_MATCH, guarded(&one), Guards::WRITE, Returns::Row),
     ]);
     statements
 }
@@ -396,9 +411,9 @@ fn decode_error(err: anyhow::Error) -> ApiError {
     ApiError::Internal(err.context("decoding a task row"))
 }
 
-fn one_task(row: Option<Record>) -> Result<Task, ApiError> {
-    let row = row.ok_or(ApiError::NotFound)?;
-    task_from_row(&row, 0).map_err(decode_error)
+fn one_task(rows: Vec<Record>) -> Result<Task, ApiError> {
+    let row = rows.first().ok_or(ApiError::NotFound)?;
+    task_from_row(row, 0).map_err(decode_error)
 }
 
 fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
@@ -412,9 +427,10 @@ fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
 }
 
 /// Reads the result of a [`guarded!`] statement.
-fn guarded_outcome(row: Option<Record>) -> Result<Task, ApiError> {
-    let row =
-        row.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
+fn guarded_outcome(rows: Vec<Record>) -> Result<Task, ApiError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
     let found: i64 = row.try_get(0).map_err(decode_error)?;
     if found == 0 {
         return Err(ApiError::NotFound);
@@ -426,7 +442,7 @@ fn guarded_outcome(row: Option<Record>) -> Result<Task, ApiError> {
     {
         return Err(ApiError::PreconditionFailed);
     }
-    task_from_row(&row, 1).map_err(decode_error)
+    task_from_row(row, 1).map_err(decode_error)
 }
 
 impl TaskRepo {
@@ -451,15 +467,14 @@ impl TaskRepo {
         self.db.warm_up().await;
     }
 
-    /// Every statement runs in the owner's row-level security context, and answers with
-    /// its one row, if it found one.
+    /// Every statement runs in the owner's row-level security context.
     async fn run(
         &self,
         effect: Effect,
         owner: &Owner,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<Record>, ApiError> {
+    ) -> Result<Vec<Record>, ApiError> {
         if self.scoped {
             self.db.query_as(effect, owner.as_str(), sql, params).await
         } else {
@@ -469,9 +484,9 @@ impl TaskRepo {
             let mut params = params.to_vec();
             params.push((&owner, Type::TEXT));
             let rows = self.db.query_unscoped(&sql, &params).await?;
-            rows.first()
+            rows.iter()
                 .map(Record::from_row)
-                .transpose()
+                .collect::<anyhow::Result<_>>()
                 .map_err(decode_error)
         }
     }
@@ -516,15 +531,18 @@ impl TaskRepo {
                 ],
             )
             .await?;
-        let row =
-            rows.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a listing returned no row")))?;
-        let total = row.try_get(0).map_err(decode_error)?;
-        let Records(page) = row.try_get(1).map_err(decode_error)?;
-        let tasks = page
-            .iter()
-            .map(|task| task_from_row(task, 0))
-            .collect::<anyhow::Result<_>>()
-            .map_err(decode_error)?;
+        let mut total = 0;
+        let mut tasks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            total = row.try_get(0).map_err(decode_error)?;
+            if row
+                .try_get::<Option<Uuid>>(1)
+                .map_err(decode_error)?
+                .is_some()
+            {
+                tasks.push(task_from_row(row, 1).map_err(decode_error)?);
+            }
+        }
         Ok(TaskPage { tasks, total })
     }
 
@@ -648,7 +666,7 @@ impl TaskRepo {
             let rows = self
                 .run(Effect::RepeatableWrite, owner, CREATE_IDEMPOTENT, &params)
                 .await?;
-            let row = rows.ok_or_else(|| {
+            let row = rows.first().ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))
             })?;
             let claimed: bool = row.try_get(0).map_err(decode_error)?;
@@ -664,7 +682,7 @@ impl TaskRepo {
                 .map_err(decode_error)?
                 .is_some()
             {
-                let task = task_from_row(&row, 2).map_err(decode_error)?;
+                let task = task_from_row(row, 2).map_err(decode_error)?;
                 return Ok(if claimed {
                     Created::New(task)
                 } else {

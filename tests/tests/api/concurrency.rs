@@ -320,12 +320,12 @@ async fn assert_alice_cannot_reach_bobs(
         )
         .await
         .unwrap();
-    assert!(rows.is_none());
+    assert!(rows.is_empty());
     let rows = database
         .query_as(Effect::Read, alice, "SELECT id FROM tasks", &[])
         .await
         .unwrap();
-    assert!(rows.is_none(), "alice has no tasks");
+    assert!(rows.is_empty(), "alice has no tasks");
     // ...changes nothing...
     let changed = database
         .query_as(
@@ -336,12 +336,12 @@ async fn assert_alice_cannot_reach_bobs(
         )
         .await
         .unwrap();
-    assert!(changed.is_none());
+    assert!(changed.is_empty());
     let deleted = database
         .query_as(Effect::Write, alice, "DELETE FROM tasks RETURNING id", &[])
         .await
         .unwrap();
-    assert!(deleted.is_none());
+    assert!(deleted.is_empty());
     // ...and cannot write a row for him.
     let forged = database
         .query_as(

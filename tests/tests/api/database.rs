@@ -86,6 +86,50 @@ async fn migrations_are_idempotent_and_safe_concurrently() {
     assert!(applied >= 1);
 }
 
+/// Functions of different statements that return sets of the same, new columns share one
+/// row type:
+/// installed at the same moment from several sessions, the type is created once and no
+/// install fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statement_functions_installed_at_once_share_their_new_row_type() {
+    use shared::procedures::{Guards, Procedure, Returns, RowType};
+    use tokio_postgres::types::Type;
+
+    database_url();
+    let column = format!("c_{}", user_id());
+    let sessions = 4;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(sessions));
+    let mut installs = tokio::task::JoinSet::new();
+    for n in 0..sessions {
+        let (column, barrier) = (column.clone(), barrier.clone());
+        installs.spawn(async move {
+            let client = db().await;
+            let procedure = Procedure::returning(
+                &format!("SELECT $1::text || '{n}' AS {column}"),
+                &[Type::TEXT],
+                Guards::READ,
+                Returns::Rows,
+            );
+            barrier.wait().await;
+            migrations::install(&client, &procedure).await
+        });
+    }
+    while let Some(installed) = installs.join_next().await {
+        installed.expect("task").expect("install");
+    }
+    let row = RowType::of(&[(column, Type::TEXT)]).unwrap();
+    let functions: i64 = db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE prorettype = to_regtype($1)",
+            &[&row.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(functions, 4);
+}
+
 /// The length rules hold in the database itself, for whoever writes there, as the columns'
 /// domains (migration V4). Not as table checks: Postgres parses those anew from their text
 /// at every INSERT and UPDATE, about 97,000 instructions of a toggle's 220,000.
