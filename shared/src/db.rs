@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -169,7 +169,8 @@ impl Database {
     /// connection was lost after the write was sent and the database's answer with it. The
     /// call carries a deadline (now + the statement timeout, as a wall-clock time) that the
     /// server enforces: a call that reaches Postgres late (queued in a pooler) is refused
-    /// before the statement runs, and lock waits get the time left. The client waits for
+    /// before the statement runs, and lock waits get the time left when it was sent. The
+    /// client waits for
     /// the server's decision until the deadline (plus a margin), then cancels and waits for
     /// the answer to the cancel, instead of abandoning a connection whose call could still
     /// commit.
@@ -225,20 +226,15 @@ impl Database {
         .map_err(Failure::not_sent)?;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.statement_timeout);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let wall_deadline_ms = i64::try_from(
-            (SystemTime::now() + remaining)
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
-        let budget_ms = i64::try_from(self.statement_timeout.as_millis()).unwrap_or(i64::MAX);
+        let wall_deadline = SystemTime::now() + remaining;
+        // At least 1 ms: `0` would mean no limit.
+        let lock_timeout = format!("{}ms", remaining.as_millis().max(1));
         let switch_role = self.switches_role();
         let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
         call_params.extend([
             (&user_id as &(dyn ToSql + Sync), Type::TEXT),
-            (&wall_deadline_ms, Type::INT8),
-            (&budget_ms, Type::INT8),
+            (&wall_deadline, Type::TIMESTAMPTZ),
+            (&lock_timeout, Type::TEXT),
             (&switch_role, Type::BOOL),
         ]);
         // The call is a named statement prepared once per connection. On a connection that

@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "8";
+const TEMPLATE_VERSION: &str = "9";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -121,10 +121,11 @@ pub enum Returns {
 }
 
 /// The context every function takes after the statement's own parameters: the user the
-/// policies compare with, the request's deadline (Unix milliseconds), the most a lock may be
-/// waited for (milliseconds), and whether to switch to `todo_app` (the login role bypasses
-/// row-level security).
-pub const CONTEXT_TYPES: [Type; 4] = [Type::TEXT, Type::INT8, Type::INT8, Type::BOOL];
+/// policies compare with, the request's deadline (a wall-clock time), the most a lock may be
+/// waited for (a `lock_timeout` value such as `4985ms`: the time left when the call was
+/// sent, at most the statement timeout), and whether to switch to `todo_app` (the login
+/// role bypasses row-level security).
+pub const CONTEXT_TYPES: [Type; 4] = [Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::BOOL];
 
 /// The message of the error a function raises when it starts after the request's deadline
 /// (SQLSTATE 57014, as for a cancelled statement).
@@ -201,9 +202,12 @@ impl Procedure {
     /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
     ///   queued in a pooler past it);
     /// - switches to `todo_app` when told to and sets `app.user_id`;
-    /// - for a write, bounds lock waits by the time left (`lock_timeout`: `statement_timeout`
-    ///   cannot be changed for the statement already running, the call itself; the client
-    ///   cancels a call that outlives the deadline);
+    /// - for a write, bounds lock waits by the time that was left when the call was sent
+    ///   (`lock_timeout`: `statement_timeout` cannot be changed for the statement already
+    ///   running, the call itself). A call that waited in a pooler's queue may so wait for
+    ///   a lock past its deadline, by at most its time in the queue; the client cancels a
+    ///   call that outlives the deadline, and the answer to the cancel tells that nothing
+    ///   was written;
     /// - for a listing ([`Guards::pinned_plan`]), plans the statement once per connection,
     ///   from the table's average statistics (`plan_cache_mode = force_generic_plan`), and
     ///   never with a sequential scan of the table (`enable_seqscan = off`; the listing
@@ -219,18 +223,21 @@ impl Procedure {
     ///   composite type ([`RowType`], which `migrate` creates first; `RETURN QUERY`).
     ///
     /// `SECURITY INVOKER`: the statement runs as the caller (or `todo_app`), under the
-    /// policies. The settings are `set_config(…, true)`: they end with the transaction.
+    /// policies. The settings are `set_config(…, true)`: they end with the transaction. A
+    /// read's function is `STABLE`: its statement runs in the call's snapshot, without one
+    /// of its own.
     ///
-    /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`, a
-    /// single-user backend, BENCHMARKS.md). One value where there is one row ([`Returns`]);
-    /// a set as a named composite type, whose descriptor Postgres keeps in its type cache,
-    /// where `RETURNS TABLE(…)` has it rebuilt from the function's catalog entry at every
-    /// call. The settings, the role
-    /// switch included, are one PL/pgSQL assignment (their results concatenated), which
+    /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`, BENCHMARKS.md).
+    /// One value where there is one row ([`Returns`]); a set as a named composite type,
+    /// whose descriptor Postgres keeps in its type cache, where `RETURNS TABLE(…)` has it
+    /// rebuilt from the function's catalog entry at every call. The settings, the role
+    /// switch included, are one PL/pgSQL assignment (an array of their results), which
     /// PL/pgSQL evaluates as a simple expression, where `PERFORM` would start an executor
     /// for a one-row `SELECT` through SPI, and each further assignment or `IF` would be an
-    /// expression set up anew in every transaction. The deadline reads the clock with
-    /// `date_part` (a float), not `extract` (a numeric).
+    /// expression set up anew in every transaction, with every function in it looked up
+    /// and its privilege checked. So the deadline is one comparison of timestamps and the
+    /// lock timeout arrives ready: computing both from the clock in the function cost a
+    /// toggle 9,800 instructions more.
     pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
@@ -240,12 +247,12 @@ impl Procedure {
             .collect();
         parameters.extend([
             "ctx_user text".to_owned(),
-            "ctx_deadline_ms bigint".to_owned(),
-            "ctx_lock_budget_ms bigint".to_owned(),
+            "ctx_deadline timestamptz".to_owned(),
+            "ctx_lock_timeout text".to_owned(),
             "ctx_switch_role boolean".to_owned(),
         ]);
         let deadline = self.guards.deadline;
-        let mut declare = vec!["ctx_set text;"];
+        let mut declare = vec!["ctx_set text[];"];
         // A statement without result columns (none of the API's) returns nothing.
         let (returns, run) = match (RowType::of(columns), self.returns) {
             (None, _) => ("void".to_owned(), format!("    {};\n", self.sql)),
@@ -267,34 +274,31 @@ impl Procedure {
         let mut check = String::new();
         let mut settings = vec![
             format!(
-                "CASE WHEN ctx_switch_role THEN set_config('role', '{}', true) ELSE '' END",
+                "CASE WHEN ctx_switch_role THEN set_config('role', '{}', true) END",
                 crate::db::APP_ROLE
             ),
             "set_config('app.user_id', ctx_user, true)".to_owned(),
         ];
         if deadline {
-            declare.insert(
-                0,
-                "ctx_left_ms bigint := ctx_deadline_ms - (date_part('epoch', clock_timestamp()) * 1000)::bigint;",
-            );
             check = format!(
-                "    IF ctx_left_ms <= 0 THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
+                "    IF clock_timestamp() >= ctx_deadline THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
             );
-            settings.push(
-                "set_config('lock_timeout', least(ctx_left_ms, ctx_lock_budget_ms)::text, true)"
-                    .to_owned(),
-            );
+            settings.push("set_config('lock_timeout', ctx_lock_timeout, true)".to_owned());
         }
         settings.extend(
             self.guards
                 .plan_settings()
                 .map(|(name, value)| format!("set_config('{name}', '{value}', true)")),
         );
-        let settings = format!("    ctx_set := {};\n", settings.join("\n        || "));
+        let settings = format!(
+            "    ctx_set := ARRAY[\n        {}\n    ];\n",
+            settings.join(",\n        ")
+        );
+        let volatility = if deadline { "VOLATILE" } else { "STABLE" };
         format!(
             "CREATE OR REPLACE FUNCTION {name}({parameters})\n\
              RETURNS {returns}\n\
-             LANGUAGE plpgsql VOLATILE SECURITY INVOKER\n\
+             LANGUAGE plpgsql {volatility} SECURITY INVOKER\n\
              AS $procedure$\n\
              #variable_conflict use_column\n\
              DECLARE\n\
@@ -446,8 +450,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "8",
-                "1a4331d82820a7b4ec923141e225d2937be02cbba4d5ef13445516204eedcf63"
+                "9",
+                "9e5ac8972082b7daf07d070722cfaf99e3a7c1b0ebd7978bca5b057828cd082e"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -535,7 +539,7 @@ mod tests {
             }
             assert!(
                 definition.contains(
-                    "    ctx_set := CASE WHEN ctx_switch_role THEN set_config('role', 'todo_app', true) ELSE '' END\n        || set_config('app.user_id', ctx_user, true)"
+                    "    ctx_set := ARRAY[\n        CASE WHEN ctx_switch_role THEN set_config('role', 'todo_app', true) END,\n        set_config('app.user_id', ctx_user, true)"
                 ),
                 "{definition}"
             );
@@ -546,7 +550,30 @@ mod tests {
                 usize::from(procedure.guards.deadline),
                 "{definition}"
             );
+            // The deadline is compared as it came, the lock timeout set as it came: no
+            // arithmetic on the clock.
             assert!(!definition.contains("extract("), "{definition}");
+            assert!(!definition.contains("date_part("), "{definition}");
+            assert_eq!(
+                definition.contains("IF clock_timestamp() >= ctx_deadline THEN"),
+                procedure.guards.deadline,
+                "{definition}"
+            );
+            assert_eq!(
+                definition.contains("set_config('lock_timeout', ctx_lock_timeout, true)"),
+                procedure.guards.deadline,
+                "{definition}"
+            );
+            // Reads run in the call's snapshot.
+            let volatility = if procedure.guards.deadline {
+                "VOLATILE"
+            } else {
+                "STABLE"
+            };
+            assert!(
+                definition.contains(&format!("LANGUAGE plpgsql {volatility} SECURITY INVOKER")),
+                "{definition}"
+            );
         }
         let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(&[]);
         assert!(nothing.contains("RETURNS void\n"), "{nothing}");

@@ -470,7 +470,7 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
         .find(|procedure| procedure.sql == shared::repo::COMPLETE)
         .unwrap();
     let admin = db().await;
-    let call = |deadline_ms: i64| {
+    let call = |deadline: std::time::SystemTime| {
         let (admin, procedure, user) = (&admin, procedure, user.clone());
         async move {
             admin
@@ -481,15 +481,18 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
                         (&user, Type::TEXT),
                         (&Some(true), Type::BOOL),
                         (&user, Type::TEXT),
-                        (&deadline_ms, Type::INT8),
-                        (&5000_i64, Type::INT8),
+                        (&deadline, Type::TIMESTAMPTZ),
+                        (&"5000ms", Type::TEXT),
                         (&true, Type::BOOL),
                     ],
                 )
                 .await
         }
     };
-    let late = call(1).await.expect_err("refused");
+    // A deadline a moment ago, as a call queued in a pooler past it would carry.
+    let late = call(std::time::SystemTime::now() - std::time::Duration::from_millis(1))
+        .await
+        .expect_err("refused");
     let db_error = late.as_db_error().unwrap();
     assert_eq!(
         db_error.code(),
@@ -499,7 +502,7 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
     let stored = crate::get(&state, &user, &id.to_string()).await.json();
     assert_eq!(stored["completed"], false, "nothing changed");
     // The same call in time does change it.
-    let in_time = chrono::Utc::now().timestamp_millis() + 5000;
+    let in_time = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
     assert_eq!(call(in_time).await.unwrap().len(), 1);
     let stored = crate::get(&state, &user, &id.to_string()).await.json();
     assert_eq!(stored["completed"], true);

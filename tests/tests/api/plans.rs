@@ -2,7 +2,7 @@
 //! sends every plan it makes to a client that asks for `LOG` messages).
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use shared::listing::{SortField, SortOrder};
 use shared::record::Record;
@@ -42,14 +42,8 @@ async fn printing_plans(
 }
 
 /// A request deadline two minutes ahead, as the functions take it.
-fn deadline_ms() -> i64 {
-    i64::try_from(
-        (SystemTime::now() + std::time::Duration::from_secs(120))
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+fn deadline() -> SystemTime {
+    SystemTime::now() + std::time::Duration::from_secs(120)
 }
 
 /// The plans Postgres makes during each of 16 calls of the listing's function on a warm
@@ -85,7 +79,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
         .prepare_typed(&procedure.call, &procedure.call_types())
         .await
         .unwrap();
-    let deadline_ms = deadline_ms();
+    let deadline = deadline();
     let mut per_call = Vec::new();
     for _ in 0..16 {
         let rows = client
@@ -98,8 +92,8 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
                     &20_i64,
                     &0_i64,
                     &lister,
-                    &deadline_ms,
-                    &5000_i64,
+                    &deadline,
+                    &"5000ms",
                     // The test logs in as the superuser: the function switches to todo_app.
                     &true,
                 ],
@@ -215,8 +209,8 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
     }
     calls.push((repo::DELETE, with_id.to_vec()));
 
-    let deadline_ms = deadline_ms();
-    let (budget_ms, switch_role) = (5000_i64, true);
+    let deadline = deadline();
+    let (lock_timeout, switch_role) = ("5000ms", true);
     for (sql, params) in calls {
         let procedure = procedures::all()
             .find(|procedure| procedure.sql == sql)
@@ -224,8 +218,8 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
         let mut arguments = params;
         arguments.extend([
             &owner as &(dyn ToSql + Sync),
-            &deadline_ms,
-            &budget_ms,
+            &deadline,
+            &lock_timeout,
             &switch_role,
         ]);
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
@@ -266,7 +260,7 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
         .expect("the keyed create's statement");
     let owner = tests::user_id();
     let (title, description, completed) = ("task", None::<String>, false);
-    let (deadline_ms, budget_ms, switch_role) = (deadline_ms(), 5000_i64, true);
+    let (deadline, lock_timeout, switch_role) = (deadline(), "5000ms", true);
     for n in 0..3 {
         let (id, key, hash) = (uuid::Uuid::new_v4(), format!("key-{n}"), vec![n as u8]);
         let arguments: [&(dyn ToSql + Sync); 11] = [
@@ -278,8 +272,8 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
             &key,
             &hash,
             &owner,
-            &deadline_ms,
-            &budget_ms,
+            &deadline,
+            &lock_timeout,
             &switch_role,
         ];
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
