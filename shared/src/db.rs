@@ -211,8 +211,7 @@ impl Database {
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
     ) -> Result<Vec<Record>, Failure> {
-        let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
-        let procedure = procedures::for_statement(sql, &types);
+        let procedure = procedures::for_statement_typed(sql, params.iter().map(|(_, ty)| ty));
         let client = match deadline {
             None => self.live_connection().await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), self.live_connection())
@@ -248,7 +247,7 @@ impl Database {
                 if self.prepared {
                     Some(
                         client
-                            .prepare_typed_cached(&procedure.call, &procedure.call_types())
+                            .prepare_typed_cached(&procedure.call, procedure.call_types())
                             .await,
                     )
                 } else {

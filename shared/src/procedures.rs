@@ -142,6 +142,7 @@ pub struct Procedure {
     pub guards: Guards,
     /// One row or a set.
     pub returns: Returns,
+    call_types: Vec<Type>,
     /// The schema-qualified name of the function.
     pub name: String,
     /// What the client sends: the function called with the statement's parameters and the
@@ -185,14 +186,15 @@ impl Procedure {
             types: types.to_vec(),
             guards,
             returns,
+            call_types: types.iter().chain(&CONTEXT_TYPES).cloned().collect(),
             name,
             call,
         }
     }
 
     /// The types of the call's parameters: the statement's, then [`CONTEXT_TYPES`].
-    pub fn call_types(&self) -> Vec<Type> {
-        self.types.iter().chain(&CONTEXT_TYPES).cloned().collect()
+    pub fn call_types(&self) -> &[Type] {
+        &self.call_types
     }
 
     /// `CREATE FUNCTION` for this statement, whose result `columns` are as Postgres describes
@@ -369,6 +371,16 @@ static PROCEDURES: LazyLock<HashMap<&'static str, Procedure>> = LazyLock::new(||
         .collect()
 });
 
+/// The same procedures by the address and length of their SQL: the repository passes its
+/// statements as the `&'static str` listed, which are found without hashing their text
+/// (up to 1,500 bytes) on every request.
+static BY_ADDRESS: LazyLock<HashMap<(usize, usize), &'static Procedure>> = LazyLock::new(|| {
+    PROCEDURES
+        .iter()
+        .map(|(sql, procedure)| ((sql.as_ptr() as usize, sql.len()), procedure))
+        .collect()
+});
+
 /// Every task statement's procedure, for `migrate`.
 pub fn all() -> impl Iterator<Item = &'static Procedure> {
     PROCEDURES.values()
@@ -378,9 +390,26 @@ pub fn all() -> impl Iterator<Item = &'static Procedure> {
 /// any other (worked out on each call, with [`Guards::ALL`]; its function exists only where
 /// something installed it, as the row-level security tests do).
 pub fn for_statement(sql: &str, types: &[Type]) -> Cow<'static, Procedure> {
-    match PROCEDURES.get(sql) {
-        Some(procedure) if procedure.types == types => Cow::Borrowed(procedure),
-        _ => Cow::Owned(Procedure::new(sql, types, Guards::ALL)),
+    let types = types.iter();
+    for_statement_typed(sql, types)
+}
+
+/// [`for_statement`], with the types as they come (no vector built per request).
+pub fn for_statement_typed<'a>(
+    sql: &str,
+    types: impl Iterator<Item = &'a Type> + Clone,
+) -> Cow<'static, Procedure> {
+    let known = BY_ADDRESS
+        .get(&(sql.as_ptr() as usize, sql.len()))
+        .copied()
+        .or_else(|| PROCEDURES.get(sql));
+    match known {
+        Some(procedure) if procedure.types.iter().eq(types.clone()) => Cow::Borrowed(procedure),
+        _ => Cow::Owned(Procedure::new(
+            sql,
+            &types.cloned().collect::<Vec<_>>(),
+            Guards::ALL,
+        )),
     }
 }
 
@@ -614,6 +643,34 @@ mod tests {
             assert_ne!(other.unwrap().name, a.name);
         }
         assert_eq!(row(&[]), None);
+    }
+
+    /// The repository's statements, as its methods pass them, are found by their address
+    /// (no hashing of their text per request).
+    #[test]
+    fn the_repositorys_statements_are_found_by_address() {
+        use crate::listing::{SortField, SortOrder};
+        use crate::repo;
+        let by_address = |sql: &str| BY_ADDRESS.contains_key(&(sql.as_ptr() as usize, sql.len()));
+        for sql in [
+            repo::INSERT,
+            repo::SELECT_ONE,
+            repo::UPDATE,
+            repo::COMPLETE,
+            repo::DELETE,
+            repo::CREATE_IDEMPOTENT,
+            repo::list_statement(SortField::CreatedAt, SortOrder::Desc, false),
+            repo::list_statement(SortField::Title, SortOrder::Asc, true),
+        ] {
+            assert!(by_address(sql), "{sql}");
+        }
+        // Any other text of the same SQL is found by its text.
+        let copy = repo::SELECT_ONE.to_owned();
+        assert!(!by_address(&copy));
+        assert!(matches!(
+            for_statement(&copy, &[Type::UUID, Type::TEXT]),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

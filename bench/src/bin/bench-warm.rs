@@ -10,7 +10,9 @@
 //! `pin_to_one_cpu`).
 //!
 //! Usage: DATABASE_URL=… [BENCH_APP_DATABASE_URL=…] [BENCH_BARE_DATABASE_URL=…]
-//!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds)
+//!        [BENCH_OPS=get,list]
+//!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds; every operation
+//!                                  unless BENCH_OPS names some)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
@@ -325,9 +327,17 @@ async fn main() -> anyhow::Result<()> {
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>11} {:>8}",
         "op", "fn p50", "fn p99", "raw p50", "raw p99", "p50 x", "p99 x", "noRLS p50", "RLS +%"
     );
+    // `BENCH_OPS` (comma-separated) measures only some, to profile one operation.
+    let only = std::env::var("BENCH_OPS").ok();
     for op in [
         "list", "get", "create", "keyed", "update", "toggle", "delete",
     ] {
+        if only
+            .as_deref()
+            .is_some_and(|ops| !ops.split(',').any(|o| o == op))
+        {
+            continue;
+        }
         let mut s = Samples {
             handler: Vec::with_capacity(rounds),
             bare: Vec::with_capacity(rounds),

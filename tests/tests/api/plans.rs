@@ -76,7 +76,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
         &types,
     );
     let call = client
-        .prepare_typed(&procedure.call, &procedure.call_types())
+        .prepare_typed(&procedure.call, procedure.call_types())
         .await
         .unwrap();
     let deadline = deadline();
