@@ -2,7 +2,8 @@
 //!
 //! The function is called in the select list (`SELECT f(…)`), not as a table
 //! (`SELECT * FROM f(…)`): a table function costs Postgres a scan node and a tuple store per
-//! call, about 24,000 instructions of a get's 119,000. What it returns is a value of the
+//! call, 7,600 instructions of a get's 100,400 (callgrind, BENCHMARKS.md). What it returns
+//! is a value of the
 //! built-in type `record`, so the client needs no lookup of a type of ours (tokio-postgres
 //! would look one up with a prepared statement of its own, which PgBouncer before 1.21
 //! cannot carry). Postgres sends a record in binary as its number of fields, then each
