@@ -3,12 +3,12 @@
 //! The function is called in the select list (`SELECT f(…)`), not as a table
 //! (`SELECT * FROM f(…)`): a table function costs Postgres a scan node and a tuple store per
 //! call, 7,600 instructions of a get's 100,400 (callgrind, BENCHMARKS.md). What it returns
-//! is a value of the
-//! built-in type `record`, so the client needs no lookup of a type of ours (tokio-postgres
-//! would look one up with a prepared statement of its own, which PgBouncer before 1.21
-//! cannot carry). Postgres sends a record in binary as its number of fields, then each
-//! field's type OID and its bytes (`record_send`), which [`Record`] reads; the fields are
-//! decoded by their own types' [`FromSql`].
+//! is a value of the built-in type `record`, so the client needs no lookup of a type of ours
+//! (tokio-postgres would look one up with a prepared statement of its own, which PgBouncer
+//! before 1.21 cannot carry). Postgres sends a record in binary as its number of fields,
+//! then each field's type OID and its bytes (`record_send`), which [`Record`] reads; the
+//! fields are decoded by their own types' [`FromSql`]. The listings return sets and are
+//! read as rows ([`crate::procedures::Returns`]).
 
 use std::error::Error;
 use std::ops::Range;
