@@ -226,8 +226,7 @@ impl Database {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.statement_timeout);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let wall_deadline = SystemTime::now() + remaining;
-        // At least 1 ms: `0` would mean no limit.
-        let lock_timeout = format!("{}ms", remaining.as_millis().max(1));
+        let lock_timeout = lock_timeout(remaining);
         let switch_role = self.switches_role();
         let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
         call_params.extend([
@@ -414,6 +413,12 @@ fn statement_rows(returns: Returns, rows: &[Row]) -> anyhow::Result<Vec<Record>>
         .into_iter()
         .filter(|record| !record.is_no_row())
         .collect())
+}
+
+/// The `lock_timeout` a call carries: the time left, in whole milliseconds, at least 1 (`0`
+/// would mean no limit).
+fn lock_timeout(remaining: Duration) -> String {
+    format!("{}ms", remaining.as_millis().max(1))
 }
 
 /// The values of typed parameters, for a prepared statement (whose types are known).
@@ -603,5 +608,18 @@ fn driver_error(err: tokio_postgres::Error) -> ApiError {
         ApiError::Unavailable(err)
     } else {
         ApiError::Internal(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock timeout is never `0ms`, which Postgres reads as no limit at all.
+    #[test]
+    fn the_lock_timeout_is_the_time_left_and_never_none() {
+        assert_eq!(lock_timeout(Duration::from_micros(4_985_600)), "4985ms");
+        assert_eq!(lock_timeout(Duration::from_micros(400)), "1ms");
+        assert_eq!(lock_timeout(Duration::ZERO), "1ms");
     }
 }

@@ -508,6 +508,57 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
     assert_eq!(stored["completed"], true);
 }
 
+/// A write's function bounds its lock waits by the lock timeout the call carries (the time
+/// left when it was sent): behind a row another transaction holds, the call ends with
+/// `lock_not_available` after that time, not at the client's cancel, and changes nothing.
+#[tokio::test]
+async fn a_write_waits_for_a_lock_no_longer_than_its_call_allows() {
+    let state = state();
+    let user = user_id();
+    let id: uuid::Uuid = id_of(&create_titled(&state, &user, "locked").await)
+        .parse()
+        .unwrap();
+    let procedure = shared::procedures::all()
+        .find(|procedure| procedure.sql == shared::repo::COMPLETE)
+        .unwrap();
+    let mut holder = db().await;
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let admin = db().await;
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let arguments: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
+        (&id, Type::UUID),
+        (&user, Type::TEXT),
+        (&Some(true), Type::BOOL),
+        (&user, Type::TEXT),
+        (&deadline, Type::TIMESTAMPTZ),
+        (&"300ms", Type::TEXT),
+        (&true, Type::BOOL),
+    ];
+    let call = admin.query_typed(&procedure.call, &arguments);
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("the lock wait ends at the call's lock timeout")
+        .expect_err("the row stays locked");
+    let waited = started.elapsed();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{refused}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "waited {waited:?} for a lock timeout of 300 ms"
+    );
+    holding.rollback().await.unwrap();
+    let stored = crate::get(&state, &user, &id.to_string()).await.json();
+    assert_eq!(stored["completed"], false, "nothing changed");
+}
+
 /// Installs the functions of statements the API does not have (see
 /// `assert_alice_cannot_reach_bobs`).
 async fn install_statements_of_other_code() {
