@@ -462,33 +462,9 @@ async fn state_for_comparison() -> shared::AppState {
 #[tokio::test]
 async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
     let state = state();
-    let user = user_id();
-    let id: uuid::Uuid = id_of(&create_titled(&state, &user, "before").await)
-        .parse()
-        .unwrap();
-    let procedure = shared::procedures::all()
-        .find(|procedure| procedure.sql == shared::repo::COMPLETE)
-        .unwrap();
+    let (user, id) = users_task(&state, "before").await;
     let admin = db().await;
-    let call = |deadline: std::time::SystemTime| {
-        let (admin, procedure, user) = (&admin, procedure, user.clone());
-        async move {
-            admin
-                .query_typed(
-                    &procedure.call,
-                    &[
-                        (&id, Type::UUID),
-                        (&user, Type::TEXT),
-                        (&Some(true), Type::BOOL),
-                        (&user, Type::TEXT),
-                        (&deadline, Type::TIMESTAMPTZ),
-                        (&"5000ms", Type::TEXT),
-                        (&true, Type::BOOL),
-                    ],
-                )
-                .await
-        }
-    };
+    let call = |deadline| complete_directly(&admin, &user, id, deadline, "5000ms");
     // A deadline a moment ago, as a call queued in a pooler past it would carry.
     let late = call(std::time::SystemTime::now() - std::time::Duration::from_millis(1))
         .await
@@ -514,13 +490,7 @@ async fn a_call_that_reaches_the_database_after_its_deadline_changes_nothing() {
 #[tokio::test]
 async fn a_write_waits_for_a_lock_no_longer_than_its_call_allows() {
     let state = state();
-    let user = user_id();
-    let id: uuid::Uuid = id_of(&create_titled(&state, &user, "locked").await)
-        .parse()
-        .unwrap();
-    let procedure = shared::procedures::all()
-        .find(|procedure| procedure.sql == shared::repo::COMPLETE)
-        .unwrap();
+    let (user, id) = users_task(&state, "locked").await;
     let mut holder = db().await;
     let holding = holder.transaction().await.unwrap();
     holding
@@ -530,16 +500,7 @@ async fn a_write_waits_for_a_lock_no_longer_than_its_call_allows() {
     let admin = db().await;
     let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
     let started = std::time::Instant::now();
-    let arguments: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
-        (&id, Type::UUID),
-        (&user, Type::TEXT),
-        (&Some(true), Type::BOOL),
-        (&user, Type::TEXT),
-        (&deadline, Type::TIMESTAMPTZ),
-        (&"300ms", Type::TEXT),
-        (&true, Type::BOOL),
-    ];
-    let call = admin.query_typed(&procedure.call, &arguments);
+    let call = complete_directly(&admin, &user, id, deadline, "300ms");
     let refused = tokio::time::timeout(std::time::Duration::from_secs(10), call)
         .await
         .expect("the lock wait ends at the call's lock timeout")
@@ -557,6 +518,44 @@ async fn a_write_waits_for_a_lock_no_longer_than_its_call_allows() {
     holding.rollback().await.unwrap();
     let stored = crate::get(&state, &user, &id.to_string()).await.json();
     assert_eq!(stored["completed"], false, "nothing changed");
+}
+
+/// A new user and a task of theirs.
+async fn users_task(state: &shared::AppState, title: &str) -> (String, uuid::Uuid) {
+    let user = user_id();
+    let id = id_of(&create_titled(state, &user, title).await)
+        .parse()
+        .unwrap();
+    (user, id)
+}
+
+/// Sets the task's flag through its statement's function, called directly with the context
+/// a request would give it (the deadline and the lock timeout as given), switching to
+/// `todo_app` (the test logs in as the superuser).
+async fn complete_directly(
+    client: &tokio_postgres::Client,
+    user: &str,
+    id: uuid::Uuid,
+    deadline: std::time::SystemTime,
+    lock_timeout: &str,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let procedure = shared::procedures::all()
+        .find(|procedure| procedure.sql == shared::repo::COMPLETE)
+        .unwrap();
+    client
+        .query_typed(
+            &procedure.call,
+            &[
+                (&id, Type::UUID),
+                (&user, Type::TEXT),
+                (&Some(true), Type::BOOL),
+                (&user, Type::TEXT),
+                (&deadline, Type::TIMESTAMPTZ),
+                (&lock_timeout, Type::TEXT),
+                (&true, Type::BOOL),
+            ],
+        )
+        .await
 }
 
 /// Installs the functions of statements the API does not have (see
