@@ -170,10 +170,9 @@ impl Database {
     /// call carries a deadline (now + the statement timeout, as a wall-clock time) that the
     /// server enforces: a call that reaches Postgres late (queued in a pooler) is refused
     /// before the statement runs, and lock waits get the time left when it was sent. The
-    /// client waits for
-    /// the server's decision until the deadline (plus a margin), then cancels and waits for
-    /// the answer to the cancel, instead of abandoning a connection whose call could still
-    /// commit.
+    /// client waits for the server's decision until the deadline (plus a margin), then
+    /// cancels and waits for the answer to the cancel, instead of abandoning a connection
+    /// whose call could still commit.
     pub async fn query_as(
         &self,
         effect: Effect,

@@ -157,6 +157,7 @@ impl Procedure {
         Procedure::returning(sql, types, guards, Returns::Row)
     }
 
+    /// The procedure of a statement that returns as `returns` says.
     pub fn returning(sql: &str, types: &[Type], guards: Guards, returns: Returns) -> Self {
         let mut hash = Sha256::new();
         hash.update(TEMPLATE_VERSION);
@@ -229,18 +230,18 @@ impl Procedure {
     /// read's function is `STABLE`: its statement runs in the call's snapshot, without one
     /// of its own.
     ///
-    /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`, BENCHMARKS.md).
-    /// One value where there is one row ([`Returns`]); a set as a named composite type,
-    /// whose descriptor Postgres keeps in its type cache, where `RETURNS TABLE(…)` has it
-    /// rebuilt from the function's catalog entry at every call. The settings, the role
-    /// switch included, are one PL/pgSQL assignment (an array of their results), which
-    /// PL/pgSQL evaluates as a simple expression, where `PERFORM` would start an executor
-    /// for a one-row `SELECT` through SPI, and each further assignment or `IF` would be an
-    /// expression set up anew in every transaction, with every function in it looked up
-    /// and its privilege checked. So the deadline is one comparison of timestamps and the
-    /// lock timeout arrives ready: computing both from the clock in the function cost a
-    /// toggle 8,851 instructions more (172,297 against 163,446), and the settings joined with
-    /// `||` 1,057 more than the array.
+    /// The forms are the cheapest of equivalent ones (`valgrind --tool=callgrind`,
+    /// BENCHMARKS.md). One value where there is one row ([`Returns`]); a set as a named
+    /// composite type, whose descriptor Postgres keeps in its type cache, where `RETURNS
+    /// TABLE(…)` has it rebuilt from the function's catalog entry at every call. The
+    /// settings, the role switch included, are one PL/pgSQL assignment (an array of their
+    /// results), which PL/pgSQL evaluates as a simple expression, where `PERFORM` would start
+    /// an executor for a one-row `SELECT` through SPI, and each further assignment or `IF`
+    /// would be an expression set up anew in every transaction, with every function in it
+    /// looked up and its privilege checked. So the deadline is one comparison of timestamps
+    /// and the lock timeout arrives ready: computing both from the clock in the function
+    /// cost a toggle 8,851 instructions more (172,297 against 163,446), and the settings
+    /// joined with `||` 1,057 more than the array.
     pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
@@ -388,8 +389,9 @@ pub fn all() -> impl Iterator<Item = &'static Procedure> {
 }
 
 /// The procedure of a statement: one of [`crate::repo::statements`] (worked out once), or
-/// any other (worked out on each call, with [`Guards::ALL`]; its function exists only where
-/// something installed it, as the row-level security tests do).
+/// any other (worked out on each call, with [`Guards::ALL`], returning at most its first
+/// row; its function exists only where something installed it, as the row-level security
+/// tests do).
 pub fn for_statement(sql: &str, types: &[Type]) -> Cow<'static, Procedure> {
     let types = types.iter();
     for_statement_typed(sql, types)
