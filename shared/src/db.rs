@@ -225,7 +225,12 @@ impl Database {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.statement_timeout);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let wall_deadline = SystemTime::now() + remaining;
-        let lock_timeout = lock_timeout(remaining);
+        // Only a write's function sets a lock timeout; a read's ignores the argument.
+        let lock_timeout = if procedure.guards.deadline {
+            lock_timeout(remaining)
+        } else {
+            String::new()
+        };
         let switch_role = self.switches_role();
         let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
         call_params.extend([
