@@ -56,8 +56,8 @@ impl Record {
         })
     }
 
-    /// A bare statement's row, as a record of its columns (the benchmarks' statements
-    /// without a function).
+    /// A row of plain columns, as a record of them: a listing's rows (its function is
+    /// called as a table) and the benchmarks' bare statements.
     pub fn from_row(row: &Row) -> anyhow::Result<Record> {
         let mut bytes = Vec::new();
         let mut fields = Vec::with_capacity(row.len());
