@@ -10,9 +10,11 @@
 //! `pin_to_one_cpu`).
 //!
 //! Usage: DATABASE_URL=… [BENCH_APP_DATABASE_URL=…] [BENCH_BARE_DATABASE_URL=…]
-//!        [BENCH_OPS=get,list]
+//!        [BENCH_OPS=get,list] [BENCH_ONLY=handler|bare|raw]
 //!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds; every operation
-//!                                  unless BENCH_OPS names some)
+//!                                  unless BENCH_OPS names some; all three of each round
+//!                                  unless BENCH_ONLY names one, to profile it: the others'
+//!                                  columns are then meaningless)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
@@ -329,6 +331,15 @@ async fn main() -> anyhow::Result<()> {
     );
     // `BENCH_OPS` (comma-separated) measures only some, to profile one operation.
     let only = std::env::var("BENCH_OPS").ok();
+    // `BENCH_ONLY` (handler, bare or raw) runs only that one of the three, to profile it.
+    let only_one = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|one| match one.as_str() {
+            "handler" => 0,
+            "bare" => 1,
+            "raw" => 2,
+            other => panic!("BENCH_ONLY: handler, bare or raw, not {other}"),
+        });
     for op in [
         "list", "get", "create", "keyed", "update", "toggle", "delete",
     ] {
@@ -377,6 +388,9 @@ async fn main() -> anyhow::Result<()> {
             let mut times = [Duration::ZERO; 3];
             for k in 0..3 {
                 let which = (round + k) % 3;
+                if only_one.is_some_and(|one| one != which) {
+                    continue;
+                }
                 times[which] = match which {
                     0 => time_invocation(&state, op, handler_event).await,
                     1 => time_invocation(&bare, op, bare_event).await,
