@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "9";
+const TEMPLATE_VERSION: &str = "10";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -234,14 +234,19 @@ impl Procedure {
     /// BENCHMARKS.md). One value where there is one row ([`Returns`]); a set as a named
     /// composite type, whose descriptor Postgres keeps in its type cache, where `RETURNS
     /// TABLE(…)` has it rebuilt from the function's catalog entry at every call. The
-    /// settings, the role switch included, are one PL/pgSQL assignment (an array of their
-    /// results), which PL/pgSQL evaluates as a simple expression, where `PERFORM` would start
-    /// an executor for a one-row `SELECT` through SPI, and each further assignment or `IF`
-    /// would be an expression set up anew in every transaction, with every function in it
-    /// looked up and its privilege checked. So the deadline is one comparison of timestamps
-    /// and the lock timeout arrives ready: computing both from the clock in the function
-    /// cost a toggle 8,851 instructions more (172,297 against 163,446), and the settings
-    /// joined with `||` 1,057 more than the array.
+    /// settings are one PL/pgSQL assignment (one `set_config`, or an array of their results),
+    /// which PL/pgSQL evaluates as a simple expression, where `PERFORM` would start an
+    /// executor for a one-row `SELECT` through SPI. Every expression is set up anew in every
+    /// transaction, each function in it looked up and its privilege checked, whether it runs
+    /// or not. So the deadline is one comparison of timestamps and the lock timeout arrives
+    /// ready: computing both from the clock in the function cost a toggle 8,851 instructions
+    /// more (172,297 against 163,446), and the settings joined with `||` 1,057 more than the
+    /// array; an array of one setting costs 1,840 more than the setting alone (get, 97,140
+    /// against 95,300). And the role switch is a branch of its own, behind an `IF` on the
+    /// flag alone, which PL/pgSQL sets up only when the branch is taken: as a `CASE` inside
+    /// the settings' array, the switch not taken still cost the get 2,700 instructions in
+    /// every transaction (97,996 against 95,300, logged in as a role subject to row-level
+    /// security), and taken it costs the same either way (110,237 against 110,048).
     pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
@@ -256,7 +261,7 @@ impl Procedure {
             "ctx_switch_role boolean".to_owned(),
         ]);
         let deadline = self.guards.deadline;
-        let mut declare = vec!["ctx_set text[];"];
+        let mut declare = vec!["ctx_role text;"];
         // A statement without result columns (none of the API's) returns nothing.
         let (returns, run) = match (RowType::of(columns), self.returns) {
             (None, _) => ("void".to_owned(), format!("    {};\n", self.sql)),
@@ -276,13 +281,11 @@ impl Procedure {
             ),
         };
         let mut check = String::new();
-        let mut settings = vec![
-            format!(
-                "CASE WHEN ctx_switch_role THEN set_config('role', '{}', true) END",
-                crate::db::APP_ROLE
-            ),
-            "set_config('app.user_id', ctx_user, true)".to_owned(),
-        ];
+        let switch = format!(
+            "    IF ctx_switch_role THEN\n        ctx_role := set_config('role', '{}', true);\n    END IF;\n",
+            crate::db::APP_ROLE
+        );
+        let mut settings = vec!["set_config('app.user_id', ctx_user, true)".to_owned()];
         if deadline {
             check = format!(
                 "    IF clock_timestamp() >= ctx_deadline THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
@@ -294,10 +297,16 @@ impl Procedure {
                 .plan_settings()
                 .map(|(name, value)| format!("set_config('{name}', '{value}', true)")),
         );
-        let settings = format!(
-            "    ctx_set := ARRAY[\n        {}\n    ];\n",
-            settings.join(",\n        ")
-        );
+        let settings = if let [setting] = &settings[..] {
+            declare.push("ctx_set text;");
+            format!("    ctx_set := {setting};\n")
+        } else {
+            declare.push("ctx_set text[];");
+            format!(
+                "    ctx_set := ARRAY[\n        {}\n    ];\n",
+                settings.join(",\n        ")
+            )
+        };
         let volatility = if deadline { "VOLATILE" } else { "STABLE" };
         format!(
             "CREATE OR REPLACE FUNCTION {name}({parameters})\n\
@@ -309,6 +318,7 @@ impl Procedure {
              \x20   {declare}\n\
              BEGIN\n\
              {check}\
+             {switch}\
              {settings}\
              {run}\
              END\n\
@@ -482,8 +492,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "9",
-                "9e5ac8972082b7daf07d070722cfaf99e3a7c1b0ebd7978bca5b057828cd082e"
+                "10",
+                "f31a6969ffe1c8512626440b316d8fb78fea57f5cb55bf671cc18be6067efcda"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -533,10 +543,11 @@ mod tests {
         assert_eq!(all().filter(|p| p.guards == Guards::READ).count(), 1);
     }
 
-    /// The settings are one assignment, never `PERFORM` (an executor per call); a statement
-    /// of one row returns it as one `record`, never as a set (a table function: a scan node
-    /// and a tuple store); a listing returns its rows as the columns' composite type, never
-    /// `TABLE(…)` (a descriptor built per call).
+    /// The settings are one assignment, never `PERFORM` (an executor per call), and the role
+    /// switch is a branch that costs nothing when not taken; a statement of one row returns
+    /// it as one `record`, never as a set (a table function: a scan node and a tuple store);
+    /// a listing returns its rows as the columns' composite type, never `TABLE(…)` (a
+    /// descriptor built per call).
     #[test]
     fn functions_take_the_cheaper_forms() {
         let columns = [
@@ -569,17 +580,34 @@ mod tests {
                 );
                 assert!(procedure.call.starts_with("SELECT todo_api.q_"));
             }
+            // The role switch is a branch of its own, set up only when taken.
             assert!(
                 definition.contains(
-                    "    ctx_set := ARRAY[\n        CASE WHEN ctx_switch_role THEN set_config('role', 'todo_app', true) END,\n        set_config('app.user_id', ctx_user, true)"
+                    "    IF ctx_switch_role THEN\n        ctx_role := set_config('role', 'todo_app', true);\n    END IF;\n"
                 ),
                 "{definition}"
             );
-            // One assignment for the settings and the role; the only `IF` is the deadline's.
+            assert!(!definition.contains("CASE WHEN ctx_"), "{definition}");
+            // One assignment for the settings: the one setting of a read of one row as it
+            // is, several as an array.
             assert_eq!(definition.matches("ctx_set :=").count(), 1, "{definition}");
+            let alone = procedure.guards == Guards::READ;
+            assert_eq!(
+                definition.contains("    ctx_set := set_config('app.user_id', ctx_user, true);\n"),
+                alone,
+                "{definition}"
+            );
+            assert_eq!(
+                definition.contains(
+                    "    ctx_set := ARRAY[\n        set_config('app.user_id', ctx_user, true),\n"
+                ),
+                !alone,
+                "{definition}"
+            );
+            // The `IF`s: the role switch's, and the deadline's.
             assert_eq!(
                 definition.matches("IF ").count(),
-                usize::from(procedure.guards.deadline),
+                1 + usize::from(procedure.guards.deadline),
                 "{definition}"
             );
             // The deadline is compared as it came, the lock timeout set as it came: no
