@@ -10,11 +10,13 @@
 //! `pin_to_one_cpu`).
 //!
 //! Usage: DATABASE_URL=… [BENCH_APP_DATABASE_URL=…] [BENCH_BARE_DATABASE_URL=…]
-//!        [BENCH_OPS=get,list] [BENCH_ONLY=handler|bare|raw]
+//!        [BENCH_OPS=get,list] [BENCH_ONLY=handler|bare|raw] [BENCH_AA=1]
 //!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds; every operation
 //!                                  unless BENCH_OPS names some; all three of each round
 //!                                  unless BENCH_ONLY names one, to profile it: the others'
-//!                                  columns are then meaningless)
+//!                                  columns are then meaningless; BENCH_AA=1 has the
+//!                                  handler run the bare statements as well, to check
+//!                                  that the comparison itself favours neither side)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
@@ -217,11 +219,17 @@ async fn main() -> anyhow::Result<()> {
     // The handler runs as the API would log in: `BENCH_APP_DATABASE_URL` when set (a login
     // role subject to row-level security, so no role switch), else `DATABASE_URL`.
     let app_url = std::env::var("BENCH_APP_DATABASE_URL").unwrap_or_else(|_| url.clone());
-    let state = AppState::new(&Config::from_lookup(|name| match name {
+    let mut state = AppState::new(&Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(app_url.clone()),
         "BETTER_AUTH_SECRET" => Some(SECRET.into()),
         _ => None,
     })?)?;
+    // `BENCH_AA=1`: the handler runs the bare statements too, an A/A check of the
+    // benchmark itself (its "RLS +%" should then be about 0).
+    if std::env::var("BENCH_AA").is_ok() {
+        state.tasks =
+            TaskRepo::without_rls_context_for_benchmarks(Database::new(&config.database)?);
+    }
     let mut bare = AppState::new(&config)?;
     bare.tasks = TaskRepo::without_rls_context_for_benchmarks(Database::new(&config.database)?);
     let raw = shared::db::connect_once(&url, None, Duration::from_secs(10)).await?;
