@@ -243,10 +243,10 @@ impl Procedure {
     /// more (172,297 against 163,446), and the settings joined with `||` 1,057 more than the
     /// array; an array of one setting costs 1,840 more than the setting alone (get, 97,140
     /// against 95,300). And the role switch is a branch of its own, behind an `IF` on the
-    /// flag alone, which PL/pgSQL sets up only when the branch is taken: as a `CASE` inside
-    /// the settings' array, the switch not taken still cost the get 2,700 instructions in
-    /// every transaction (97,996 against 95,300, logged in as a role subject to row-level
-    /// security), and taken it costs the same either way (110,237 against 110,048).
+    /// flag alone, whose `set_config` PL/pgSQL sets up only when the branch is taken: as a
+    /// `CASE` inside the settings' array, the switch not taken cost the get 856 instructions
+    /// more in every transaction (97,996 against 97,140, logged in as a role subject to
+    /// row-level security); taken, the two forms cost the same (110,237 against 110,048).
     pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
