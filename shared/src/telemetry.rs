@@ -1,9 +1,18 @@
 //! Structured JSON logs: one line per request, never a token, a secret or a password.
 
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// The crates of this workspace that log: the only ones `RUST_LOG` may make log below
+/// `info`. (Targets match as prefixes; no dependency's name starts with one of these.)
+const OWN_CRATES: [&str; 2] = ["shared", "todo_server"];
+
 /// Installs the JSON log subscriber. Level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`,
-/// else `info`. Safe to call more than once.
+/// else `info`; the dependencies never below `info` ([`dependency_cap`]). Safe to call more
+/// than once.
 pub fn init() {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -18,5 +27,43 @@ pub fn init() {
         .with_target(false)
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
+        .finish()
+        .with(dependency_cap())
         .try_init();
+}
+
+/// Every dependency stops at `info`, whatever `RUST_LOG` asks for: below it, the Lambda
+/// runtime logs each raw event, `Authorization` header included (`trace`), tokio-postgres
+/// every statement's parameters (`debug`), and the AWS SDK its signed requests. A common
+/// debugging step (`RUST_LOG=trace`) must not put a token or a credential in the logs.
+fn dependency_cap() -> Targets {
+    OWN_CRATES.iter().fold(
+        Targets::new().with_default(LevelFilter::INFO),
+        |targets, own| targets.with_target(*own, LevelFilter::TRACE),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn only_this_workspace_logs_below_info() {
+        let cap = dependency_cap();
+        for dependency in [
+            "lambda_runtime::layers::api_response",
+            "tokio_postgres::query",
+            "aws_smithy_runtime::client::orchestrator",
+            "aws_sigv4::http_request::sign",
+            "hyper_util::client",
+        ] {
+            assert!(cap.would_enable(dependency, &Level::INFO), "{dependency}");
+            assert!(!cap.would_enable(dependency, &Level::DEBUG), "{dependency}");
+            assert!(!cap.would_enable(dependency, &Level::TRACE), "{dependency}");
+        }
+        for own in ["shared::auth", "shared", "todo_server"] {
+            assert!(cap.would_enable(own, &Level::TRACE), "{own}");
+        }
+    }
 }

@@ -3,13 +3,15 @@ from AWS Secrets Manager (moto's server on 127.0.0.1 stands in for AWS), and a m
 unreadable secret stops the start-up with a message that names it and never its value."""
 
 import subprocess
+import tempfile
 import time
 import uuid
 
 import boto3
 import pytest
 
-from conftest import TARGET, RuntimeApi, api_event, free_port, hs256_token, lambda_env
+from conftest import (DB_PASSWORD, MINTED_TOKENS, TARGET, RuntimeApi, api_event, assert_no_secrets,
+                      free_port, hs256_token, lambda_env)
 
 AUTH_SECRET = "secrets-manager-hs256-" + uuid.uuid4().hex + uuid.uuid4().hex
 
@@ -71,6 +73,41 @@ def test_a_function_reads_both_secrets_at_cold_start(secrets):
         out, _ = proc.communicate(timeout=10)
         runtime.close()
     assert AUTH_SECRET not in out
+
+
+def test_at_log_level_trace_no_token_secret_or_password_is_logged(secrets, moto):
+    # RUST_LOG=trace is what one sets to debug a function. Below info, the Lambda runtime
+    # logs every raw event (its Authorization header), tokio-postgres every statement's
+    # parameters and the AWS SDK its requests; none of that may reach the log.
+    endpoint, client = moto
+    _, _, auth_arn, db_url = secrets
+    with_password = db_url.replace("postgres@", f"postgres:{DB_PASSWORD}@")
+    assert with_password != db_url
+    db_arn = client.create_secret(Name=f"todo/db-{uuid.uuid4().hex}", SecretString=with_password)["ARN"]
+    runtime = RuntimeApi()
+    env = lambda_env(runtime, "create-task", DATABASE_URL_SECRET_ARN=db_arn,
+                     BETTER_AUTH_SECRET_ARN=auth_arn, **aws(endpoint))
+    env["RUST_LOG"] = "trace"
+    # A file, not a pipe: a pipe nobody reads until the end would fill up at this level.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([str(TARGET / "create-task")], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        user = uuid.uuid4().hex
+        token = hs256_token(AUTH_SECRET, user)
+        event = api_event("POST", f"/api/{user}/tasks", token=token, body={"title": "traced"},
+                          path_parameters={"user_id": user})
+        response = runtime.invoke(event)
+        assert response["statusCode"] == 201, response
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        runtime.close()
+        log.seek(0)
+        out = log.read()
+        log.close()
+    assert '"message":"request"' in out and '"status":201' in out, out[-3000:]
+    assert token in MINTED_TOKENS
+    assert_no_secrets(out, AUTH_SECRET, DB_PASSWORD, with_password)
 
 
 @pytest.mark.parametrize("which", ["DATABASE_URL_SECRET_ARN", "BETTER_AUTH_SECRET_ARN"])
