@@ -13,10 +13,17 @@ pub struct Cors {
     allowed_origins: Vec<String>,
 }
 
-const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-const CORS_ALLOW_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
-const CORS_EXPOSE_HEADERS: &str =
-    "etag, idempotent-replayed, link, location, x-request-id, x-total-count";
+/// The methods a preflight allows (API Gateway's `AllowMethods`, the same list).
+pub const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+/// The request headers a preflight allows (API Gateway's `AllowHeaders`).
+pub const CORS_ALLOW_HEADERS: &str = "authorization, content-type, if-match, idempotency-key";
+/// The response headers browser code may read besides the CORS-safelisted ones (API
+/// Gateway's `ExposeHeaders`): what the typed client reads (`ETag`, `Link`, `X-Total-Count`,
+/// a 503's `Retry-After`) and what explains an answer (`Idempotent-Replayed`, `Location`,
+/// `WWW-Authenticate`, `X-Request-Id`). Without `Retry-After` here a browser hides it, and
+/// the client would retry a 503 at its own guess instead of when the API asked.
+pub const CORS_EXPOSE_HEADERS: &str = "etag, idempotent-replayed, link, location, retry-after, \
+     www-authenticate, x-request-id, x-total-count";
 
 impl Cors {
     pub fn new(allowed_origins: Vec<String>) -> Self {

@@ -4,7 +4,8 @@ serves a page that signs a new user up, takes the JWT and runs the typed client
 (clients/typescript) against the API under scripts/dev, on another origin, which verifies
 the EdDSA tokens through Better Auth's JWKS with JWT_ISSUER / JWT_AUDIENCE set as the
 README recommends. Then the same page against an API whose CORS_ALLOWED_ORIGINS does not
-list the page's origin must fail in the browser, as it would in AWS.
+list the page's origin must fail in the browser, as it would in AWS; and against an API
+whose database has become unreachable, the page must read the 503's Retry-After.
 
 tests/browser holds the server, the page and the driver; scripts/test installs their
 packages (npm ci) and Chromium (apt)."""
@@ -15,6 +16,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -83,10 +85,64 @@ def auth_server(cluster):
         log.close()
 
 
-def api(cluster, allowed_origins):
+class Cuttable:
+    """A TCP forwarder to the cluster that can be cut: every connection through it is then
+    closed and new ones are refused, as when the database becomes unreachable."""
+
+    def __init__(self, cluster):
+        self.target = ("127.0.0.1", int(cluster.port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = cluster.url.replace(f":{cluster.port}/", f":{self.port}/")
+        self.sockets = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        # Shut down first: a close alone leaves the socket listening while accept() waits.
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+        assert not port_open(self.port)
+
+
+def api(cluster, allowed_origins, database_url=None):
     """scripts/dev verifying Better Auth's tokens through its JWKS only (no HS256 secret)."""
     return Stack(env={
-        "DATABASE_URL": cluster.url,
+        "DATABASE_URL": database_url or cluster.url,
         "BETTER_AUTH_SECRET": "",
         "BETTER_AUTH_URL": ORIGIN,
         "JWT_ISSUER": ORIGIN,
@@ -95,8 +151,8 @@ def api(cluster, allowed_origins):
     })
 
 
-def run_page(stack, auth_log):
-    result = subprocess.run(["node", "drive.mjs", f"http://127.0.0.1:{stack.port}", "90"], cwd=BROWSER,
+def run_page(stack, auth_log, query=""):
+    result = subprocess.run(["node", "drive.mjs", f"http://127.0.0.1:{stack.port}", "90", query], cwd=BROWSER,
                             capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         stack.fail(f"the browser driver failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
@@ -134,6 +190,23 @@ def test_the_page_fails_in_the_browser_when_the_api_does_not_allow_its_origin(cl
     assert not create["ok"] and create["errorName"] == "TypeError" and create.get("status") is None, report
     assert len(report["steps"]) == 3, report
     assert any("blocked by CORS policy" in line for line in report["console"]), report["console"]
+
+
+def test_the_page_reads_when_to_retry_from_a_503(cluster, auth_server):
+    # Retry-After is not a header browsers show to code unless the API exposes it: without
+    # it in Access-Control-Expose-Headers, the typed client retries at its own guess.
+    database = Cuttable(cluster)
+    stack = api(cluster, ORIGIN, database.url)
+    try:
+        stack.start()
+        database.cut()
+        report = run_page(stack, auth_server, "expect=unavailable")
+    finally:
+        stack.stop()
+    assert [s["name"] for s in report["steps"]] == STEPS[:2] + [
+        "a 503's Retry-After and X-Request-Id are readable"], report
+    failed = [s for s in report["steps"] if not s["ok"]]
+    assert not failed, json.dumps(report, indent=2)
 
 
 def test_the_readme_example_is_the_one_the_browser_runs():

@@ -2,6 +2,8 @@
 // it signs a new user up with Better Auth, then runs the README's example (./example.ts)
 // and every operation of the typed client against the API, from the browser, and
 // publishes what happened as window.__e2e = { steps: [{ name, ok, error? }], done }.
+// With &expect=unavailable (the API's database is down), it signs up and then checks only
+// that the API's 503 reaches browser code whole.
 import { ApiError } from "@todo-api/client";
 import { addTask, authClient, todos } from "./example";
 
@@ -39,7 +41,8 @@ async function expectStatus(status: number, call: () => Promise<unknown>) {
 }
 
 async function run() {
-  const api = new URLSearchParams(location.search).get("api")!;
+  const params = new URLSearchParams(location.search);
+  const api = params.get("api")!;
   const email = `e2e-${crypto.randomUUID()}@example.com`;
   let userId = "";
   const client = todos(api);
@@ -60,6 +63,15 @@ async function run() {
     check(claims.iss === location.origin && claims.aud === location.origin, "iss and aud are the base URL");
     check(claims.exp - claims.iat === 900, "a 15-minute token");
   }))) return;
+
+  if (params.get("expect") === "unavailable") {
+    await step("a 503's Retry-After and X-Request-Id are readable", async () => {
+      const err = await expectStatus(503, () => client.list(userId));
+      check(err.retryAfterMs === 2000, `Retry-After read as ${err.retryAfterMs} ms, not 2000`);
+      check(err.requestId, "X-Request-Id is readable");
+    });
+    return;
+  }
 
   let id = "";
   let etag = "";

@@ -256,3 +256,34 @@ fn sam_template_routes(template: &str) -> RouteSet {
     assert_eq!(functions, ROUTES.len(), "{template}");
     routes
 }
+
+/// API Gateway answers CORS in AWS, `shared::cors` locally: both templates list exactly the
+/// methods and headers the local answers carry, so a browser reads the same headers in
+/// both places (a header missing from `ExposeHeaders` is invisible to browser code).
+#[test]
+fn the_sam_templates_answer_cors_as_the_functions_do() {
+    use shared::cors::{CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, CORS_EXPOSE_HEADERS};
+    use yaml_rust2::YamlLoader;
+    let listed =
+        |list: &str| -> Vec<String> { list.split(',').map(|h| h.trim().to_lowercase()).collect() };
+    for template in ["infra/template.yaml", "infra/managed-instances.yaml"] {
+        let text = std::fs::read_to_string(repo().join(template)).unwrap();
+        let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{template}: {e}"));
+        let cors = &docs[0]["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"];
+        let of = |key: &str| -> Vec<String> {
+            cors[key]
+                .as_vec()
+                .unwrap_or_else(|| panic!("{template}: CorsConfiguration.{key}"))
+                .iter()
+                .map(|h| h.as_str().unwrap().to_lowercase())
+                .collect()
+        };
+        assert_eq!(of("AllowMethods"), listed(CORS_ALLOW_METHODS), "{template}");
+        assert_eq!(of("AllowHeaders"), listed(CORS_ALLOW_HEADERS), "{template}");
+        assert_eq!(
+            of("ExposeHeaders"),
+            listed(CORS_EXPOSE_HEADERS),
+            "{template}"
+        );
+    }
+}
