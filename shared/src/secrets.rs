@@ -51,29 +51,35 @@ async fn fetch(
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(10))
+                // With the database's connect timeout (3 s), under Lambda's 10 s for a
+                // function's initialisation.
+                .operation_timeout(Duration::from_secs(5))
                 .build(),
         )
         .load()
         .await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
-    let mut values = HashMap::new();
-    for (arn_var, target, arn) in wanted {
-        let output = client
-            .get_secret_value()
-            .secret_id(&arn)
-            .send()
-            .await
-            .map_err(|err| anyhow!("{}", DisplayErrorContext(&err)))
-            .with_context(|| format!("{arn_var}: cannot read secret {arn}"))?;
-        let value = output
-            .secret_string()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| anyhow!("{arn_var}: secret {arn} has no SecretString value"))?;
-        values.insert(target, value.to_owned());
-    }
-    Ok(values)
+    let client = &aws_sdk_secretsmanager::Client::new(&config);
+    // Both at once: a cold start waits for one round trip to Secrets Manager, not two, and
+    // at most one operation timeout.
+    let values = futures_util::future::try_join_all(wanted.into_iter().map(
+        |(arn_var, target, arn)| async move {
+            let output = client
+                .get_secret_value()
+                .secret_id(&arn)
+                .send()
+                .await
+                .map_err(|err| anyhow!("{}", DisplayErrorContext(&err)))
+                .with_context(|| format!("{arn_var}: cannot read secret {arn}"))?;
+            let value = output
+                .secret_string()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| anyhow!("{arn_var}: secret {arn} has no SecretString value"))?;
+            anyhow::Ok((target, value.to_owned()))
+        },
+    ))
+    .await?;
+    Ok(values.into_iter().collect())
 }
 
 #[cfg(not(feature = "secrets-manager"))]
