@@ -6,6 +6,7 @@ else; the default one has none of that."""
 
 import copy
 import functools
+import re
 from pathlib import Path
 
 from cfnlint.decode import decode_str
@@ -198,3 +199,17 @@ def test_the_managed_template_changes_nothing_else():
                     properties.pop(key, None)
                 properties["Environment"]["Variables"].pop("DB_POOL_SIZE", None)
         assert resource == other, name
+
+
+def test_secret_arns_must_be_full():
+    # SAM's GetSecretValue policy names the ARN exactly: a partial ARN (without the -XXXXXX
+    # suffix Secrets Manager adds) would deploy, then be refused at every cold start.
+    parameters = load()["Parameters"]
+    full = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-api/database-url-AbC12z"
+    partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-api/database-url"
+    for name in ("DatabaseUrlSecretArn", "BetterAuthSecretArn"):
+        pattern = parameters[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, full), name
+        assert not re.fullmatch(pattern, partial), name
+    assert re.fullmatch(parameters["BetterAuthSecretArn"]["AllowedPattern"], "")
+    assert not re.fullmatch(parameters["DatabaseUrlSecretArn"]["AllowedPattern"], "")
