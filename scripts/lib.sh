@@ -39,6 +39,47 @@ ensure_pgbouncer() {
     as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
 }
 
+# PgBouncer with protocol-level prepared statements (>= 1.21, as Neon runs it), for the tests
+# of the default DB_PREPARED_STATEMENTS=true through a pooler. Debian 12 ships 1.18, so this
+# builds Debian 13's source package, fetched by apt from deb.debian.org with an apt state of
+# its own (the system's sources and lists are untouched), into .local/pgbouncer. Exports
+# PGBOUNCER_PREPARED, which the Rust harness reads (tests/src/pgbouncer.rs).
+PGBOUNCER_SOURCE_SUITE=trixie
+ensure_pgbouncer_prepared() {
+    local dest="$ROOT/.local/pgbouncer"
+    if [ ! -x "$dest/bin/pgbouncer" ]; then
+        log "building PgBouncer (prepared statements) from Debian $PGBOUNCER_SOURCE_SUITE's source package"
+        local pkg missing=()
+        for pkg in gcc make pkg-config libevent-dev libssl-dev; do
+            dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        done
+        if [ ${#missing[@]} -gt 0 ]; then
+            as_root apt-get update -qq >&2
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+        fi
+        local work
+        work=$(mktemp -d)
+        chmod 755 "$work"
+        mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
+        echo "deb-src http://deb.debian.org/debian $PGBOUNCER_SOURCE_SUITE main" > "$work/sources.list"
+        local apt=(apt-get -qq -o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=-
+                   -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
+                   -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+        (cd "$work" && "${apt[@]}" update >&2 && "${apt[@]}" --download-only source pgbouncer >&2) ||
+            die "could not fetch PgBouncer's source package from Debian $PGBOUNCER_SOURCE_SUITE"
+        tar -xf "$work"/pgbouncer_*.orig.tar.* -C "$work"
+        (cd "$work"/pgbouncer-*/ && ./configure --prefix="$dest" --without-cares --with-openssl &&
+            make -j2 && make install) > "$work/build.log" 2>&1 ||
+            { tail -n 40 "$work/build.log" >&2; die "building PgBouncer failed"; }
+        rm -rf "$work"
+    fi
+    local version
+    version=$("$dest/bin/pgbouncer" --version | awk 'NR==1{print $2}')
+    printf '%s\n1.21\n' "$version" | sort -V -C -r ||
+        die "$dest/bin/pgbouncer is $version; the prepared-statement tests need 1.21 or later"
+    export PGBOUNCER_PREPARED="$dest/bin/pgbouncer"
+}
+
 # A project-local Python virtualenv with the packages of a requirements file from scripts/.
 # Reinstalls only when that file changed.
 ensure_venv() {

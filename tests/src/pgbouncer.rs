@@ -1,7 +1,9 @@
 //! A throwaway PgBouncer in front of a throwaway cluster: the production topology, where
 //! the functions reach Neon through its pooler in transaction mode.
 //!
-//! Debian's `pgbouncer` (1.18 here; Neon runs ≥ 1.21) is started as a daemon with a
+//! Debian's `pgbouncer` (1.18 here: no protocol-level prepared statements), or for
+//! [`PoolerOptions::prepared_statements`] one that has them as Neon's does (≥ 1.21, built by
+//! `scripts/lib.sh`'s `ensure_pgbouncer_prepared`), is started as a daemon with a
 //! configuration of its own in a temporary directory, listens on 127.0.0.1 only, trusts
 //! the `postgres` user and is killed by a watchdog once the test process exits. As root,
 //! where it refuses to run, it runs as the `postgres` user.
@@ -21,6 +23,9 @@ pub struct PoolerOptions {
     pub pool_size: u32,
     /// Client connections accepted in all (`max_client_conn`).
     pub max_client_conn: u32,
+    /// Protocol-level prepared statements (`max_prepared_statements`), as Neon's pooler
+    /// keeps them: a PgBouncer ≥ 1.21 ([`prepared_binary`]) instead of Debian's 1.18.
+    pub prepared_statements: bool,
 }
 
 impl Default for PoolerOptions {
@@ -29,6 +34,7 @@ impl Default for PoolerOptions {
             pool_mode: "transaction",
             pool_size: 4,
             max_client_conn: 500,
+            prepared_statements: false,
         }
     }
 }
@@ -36,6 +42,7 @@ impl Default for PoolerOptions {
 pub struct PgBouncer {
     pub port: u16,
     dir: PathBuf,
+    binary: PathBuf,
 }
 
 /// The `pgbouncer` binary: `PGBOUNCER` when set, else Debian's.
@@ -45,14 +52,37 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/pgbouncer"))
 }
 
+/// A `pgbouncer` with protocol-level prepared statements: `PGBOUNCER_PREPARED` when set,
+/// else the one `scripts/test` builds into `.local/pgbouncer`.
+pub fn prepared_binary() -> PathBuf {
+    std::env::var_os("PGBOUNCER_PREPARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/pgbouncer/bin/pgbouncer")
+        })
+}
+
 impl PgBouncer {
     /// Starts a pooler in front of `cluster` and waits until it accepts connections.
     pub fn start(cluster: &Cluster, options: PoolerOptions) -> PgBouncer {
-        assert!(
-            binary().exists(),
-            "no pgbouncer at {} (scripts/test installs it: apt-get install pgbouncer)",
-            binary().display()
-        );
+        let binary = if options.prepared_statements {
+            let binary = prepared_binary();
+            assert!(
+                binary.exists(),
+                "no pgbouncer at {} (scripts/test builds one with prepared statements; \
+                 or set PGBOUNCER_PREPARED)",
+                binary.display()
+            );
+            binary
+        } else {
+            let binary = binary();
+            assert!(
+                binary.exists(),
+                "no pgbouncer at {} (scripts/test installs it: apt-get install pgbouncer)",
+                binary.display()
+            );
+            binary
+        };
         let dir = std::env::temp_dir().join(format!(
             "todo-api-pgbouncer-{}-{}",
             std::process::id(),
@@ -76,6 +106,7 @@ impl PgBouncer {
              default_pool_size = {pool_size}\n\
              max_client_conn = {max_client_conn}\n\
              ignore_startup_parameters = extra_float_digits\n\
+             {prepared}\
              server_reset_query =\n\
              logfile = {log}\n\
              pidfile = {pid}\n",
@@ -84,6 +115,12 @@ impl PgBouncer {
             mode = options.pool_mode,
             pool_size = options.pool_size,
             max_client_conn = options.max_client_conn,
+            // 0 turns them off; Debian's 1.18 does not know the setting at all.
+            prepared = if options.prepared_statements {
+                "max_prepared_statements = 200\n"
+            } else {
+                ""
+            },
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),
         );
@@ -91,7 +128,7 @@ impl PgBouncer {
         for file in ["userlist.txt", "pgbouncer.ini"] {
             chown_to_postgres(&dir.join(file));
         }
-        let pooler = PgBouncer { port, dir };
+        let pooler = PgBouncer { port, dir, binary };
         pooler.launch();
         pooler.spawn_watchdog();
         pooler
@@ -100,10 +137,10 @@ impl PgBouncer {
     fn launch(&self) {
         let mut cmd = if is_root() {
             let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(binary());
+            cmd.args(["-u", "postgres", "--"]).arg(&self.binary);
             cmd
         } else {
-            Command::new(binary())
+            Command::new(&self.binary)
         };
         run(
             cmd.arg("-d").arg(self.dir.join("pgbouncer.ini")),
