@@ -8,11 +8,9 @@ secrets are read at once, 2 x DELAY when one after the other.
 
 (`scripts/test` installs moto and boto3 into .venv; build the binary first.)"""
 
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,37 +20,7 @@ sys.path.insert(0, str(ROOT / "tests" / "system"))
 
 import boto3  # noqa: E402
 
-from conftest import RuntimeApi, free_port, lambda_env  # noqa: E402
-
-
-def delaying_proxy(target_port, delay):
-    """A TCP proxy on 127.0.0.1 that holds every chunk the client sends for `delay`."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def pump(source, sink, hold):
-        try:
-            while data := source.recv(65536):
-                if hold:
-                    time.sleep(delay)
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def accept():
-        while True:
-            client, _ = listener.accept()
-            upstream = socket.create_connection(("127.0.0.1", target_port))
-            threading.Thread(target=pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=pump, args=(upstream, client, False), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return listener.getsockname()[1]
+from conftest import Forwarder, RuntimeApi, free_port, lambda_env  # noqa: E402
 
 
 def main():
@@ -77,7 +45,7 @@ def main():
                                   SecretString="postgres://bench@127.0.0.1:1/bench")["ARN"]
         auth = client.create_secret(Name=f"bench/auth-{uuid.uuid4().hex}",
                                     SecretString=uuid.uuid4().hex * 2)["ARN"]
-        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{delaying_proxy(port, delay)}",
+        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{Forwarder(port, hold=delay).port}",
                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_EC2_METADATA_DISABLED": "true"}
         times = []

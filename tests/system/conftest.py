@@ -43,6 +43,64 @@ def free_port():
 MINTED_TOKENS = []
 
 
+class Forwarder:
+    """A TCP forwarder on 127.0.0.1 to `target_port`, for faults on the way: `hold` delays
+    every chunk a client sends by that many seconds, and `cut()` closes every connection
+    through it and refuses new ones, as when the far side becomes unreachable."""
+
+    def __init__(self, target_port: int, hold: float = 0.0):
+        self.target = ("127.0.0.1", int(target_port))
+        self.hold = hold
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, self.hold), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, 0.0), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink, hold):
+        try:
+            while data := source.recv(65536):
+                if hold:
+                    time.sleep(hold)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        # Shut down first: a close alone leaves the socket listening while accept() waits.
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", self.port)) != 0, "the forwarder still listens"
+
+
 def hs256_token(secret: str, sub: str, lifetime: int = 600) -> str:
     """A token for `sub`, minted by `dev-token` (the one HS256 minter; built by
     `cargo build --workspace --bins`, as scripts/test does before these tests)."""

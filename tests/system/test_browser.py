@@ -16,13 +16,12 @@ import secrets
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import as_postgres, pg_bin
+from conftest import Forwarder, as_postgres, pg_bin
 from test_stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,60 +84,6 @@ def auth_server(cluster):
         log.close()
 
 
-class Cuttable:
-    """A TCP forwarder to the cluster that can be cut: every connection through it is then
-    closed and new ones are refused, as when the database becomes unreachable."""
-
-    def __init__(self, cluster):
-        self.target = ("127.0.0.1", int(cluster.port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = cluster.url.replace(f":{cluster.port}/", f":{self.port}/")
-        self.sockets = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # cut
-            upstream = socket.create_connection(self.target, timeout=10)
-            upstream.settimeout(None)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, sink):
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self):
-        # Shut down first: a close alone leaves the socket listening while accept() waits.
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-        assert not port_open(self.port)
-
-
 def api(cluster, allowed_origins, database_url=None):
     """scripts/dev verifying Better Auth's tokens through its JWKS only (no HS256 secret)."""
     return Stack(env={
@@ -195,8 +140,8 @@ def test_the_page_fails_in_the_browser_when_the_api_does_not_allow_its_origin(cl
 def test_the_page_reads_when_to_retry_from_a_503(cluster, auth_server):
     # Retry-After is not a header browsers show to code unless the API exposes it: without
     # it in Access-Control-Expose-Headers, the typed client retries at its own guess.
-    database = Cuttable(cluster)
-    stack = api(cluster, ORIGIN, database.url)
+    database = Forwarder(cluster.port)
+    stack = api(cluster, ORIGIN, cluster.url.replace(f":{cluster.port}/", f":{database.port}/"))
     try:
         stack.start()
         database.cut()
