@@ -65,24 +65,22 @@ pub fn prepared_binary() -> PathBuf {
 impl PgBouncer {
     /// Starts a pooler in front of `cluster` and waits until it accepts connections.
     pub fn start(cluster: &Cluster, options: PoolerOptions) -> PgBouncer {
-        let binary = if options.prepared_statements {
-            let binary = prepared_binary();
-            assert!(
-                binary.exists(),
-                "no pgbouncer at {} (scripts/test builds one with prepared statements; \
-                 or set PGBOUNCER_PREPARED)",
-                binary.display()
-            );
-            binary
+        let (binary, installed_by) = if options.prepared_statements {
+            (
+                prepared_binary(),
+                "scripts/test builds one with prepared statements, or set PGBOUNCER_PREPARED",
+            )
         } else {
-            let binary = binary();
-            assert!(
-                binary.exists(),
-                "no pgbouncer at {} (scripts/test installs it: apt-get install pgbouncer)",
-                binary.display()
-            );
-            binary
+            (
+                binary(),
+                "scripts/test installs it: apt-get install pgbouncer",
+            )
         };
+        assert!(
+            binary.exists(),
+            "no pgbouncer at {} ({installed_by})",
+            binary.display()
+        );
         let dir = std::env::temp_dir().join(format!(
             "todo-api-pgbouncer-{}-{}",
             std::process::id(),
