@@ -6,7 +6,7 @@
 //! functions work behind Neon's PgBouncer pooler in transaction mode.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,7 +30,9 @@ pub struct Database {
     pool: Pool,
     tls: MakeRustlsConnect,
     statement_timeout: Duration,
-    prepared: bool,
+    /// Named prepared statements (`DB_PREPARED_STATEMENTS`), until a call shows that the
+    /// pooler in between does not keep them ([`procedures::WRONG_STATEMENT`]).
+    prepared: Arc<AtomicBool>,
     /// Whether requests switch to `todo_app` ([`ROLE_SWITCH`]) or not ([`ROLE_AS_LOGIN`]);
     /// until the first request has found out ([`ROLE_UNKNOWN`]), they do.
     role: Arc<AtomicU8>,
@@ -135,7 +137,7 @@ impl Database {
             pool,
             tls,
             statement_timeout: config.statement_timeout,
-            prepared: config.prepared_statements,
+            prepared: Arc::new(AtomicBool::new(config.prepared_statements)),
             role: Arc::new(AtomicU8::new(ROLE_UNKNOWN)),
         })
     }
@@ -238,6 +240,7 @@ impl Database {
             (&wall_deadline, Type::TIMESTAMPTZ),
             (&lock_timeout, Type::TEXT),
             (&switch_role, Type::BOOL),
+            (&procedure.name, Type::TEXT),
         ]);
         // The call is a named statement prepared once per connection. On a connection that
         // has not prepared it yet, this request runs it unnamed, and the preparation travels
@@ -247,7 +250,7 @@ impl Database {
         // security.
         let answered = {
             let mut prepare = std::pin::pin!(async {
-                if self.prepared {
+                if self.prepared.load(Ordering::Relaxed) {
                     Some(
                         client
                             .prepare_typed_cached(&procedure.call, procedure.call_types())
@@ -324,6 +327,13 @@ impl Database {
                 deadline: None,
             });
         };
+        if statement_names_not_kept(&answer) && self.prepared.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                "a named statement reached no statement or another one: the pooler does not \
+                 keep prepared statements (PgBouncer before 1.21, or max_prepared_statements \
+                 = 0); unnamed statements from now on. Set DB_PREPARED_STATEMENTS=false there."
+            );
+        }
         let outcome = call_outcome(answer).and_then(|rows| {
             // A row that cannot be read is a fault of this code (its types), found by the
             // tests; the call's outcome stands, and the answer is a 500.
@@ -353,7 +363,7 @@ impl Database {
         let client = self.live_connection().await?;
         let limit = self.statement_timeout + DEADLINE_MARGIN;
         let run = async {
-            if self.prepared {
+            if self.prepared.load(Ordering::Relaxed) {
                 let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
                 let statement = client.prepare_typed_cached(sql, &types).await?;
                 client.query(&statement, &values(params)).await
@@ -471,11 +481,27 @@ async fn rows_to_the_end(
 ///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
 ///   server that shuts down while committing may have committed);
 /// - no answer because the connection died: unknown.
+/// Whether a call failed because its statement's name did not reach that statement: Bind
+/// found none of that name, or another function's, which refused the call before anything
+/// else ([`procedures::WRONG_STATEMENT`]). Either way nothing ran.
+fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
+    matches!(answer, Err(failed) if failed.error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME))
+}
+
 fn call_outcome(answer: Result<Vec<Row>, CallError>) -> Result<Vec<Row>, Failure> {
+    let not_kept = statement_names_not_kept(&answer);
     let CallError { error, completed } = match answer {
         Ok(rows) => return Ok(rows),
         Err(failed) => failed,
     };
+    if not_kept {
+        return Err(Failure {
+            error: anyhow::Error::new(error).context("a named statement was not the call's"),
+            status: Some(ApiError::Unavailable(anyhow!("statement names not kept"))),
+            connection_lost: false,
+            deadline: None,
+        });
+    }
     let Some(db) = error.as_db_error() else {
         return Err(Failure::unknown(error));
     };

@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "10";
+const TEMPLATE_VERSION: &str = "11";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -123,9 +123,27 @@ pub enum Returns {
 /// The context every function takes after the statement's own parameters: the user the
 /// policies compare with, the request's deadline (a wall-clock time), the most a lock may be
 /// waited for (a `lock_timeout` value such as `4985ms`: the time left when the call was
-/// sent, at most the statement timeout), and whether to switch to `todo_app` (the login
-/// role bypasses row-level security).
-pub const CONTEXT_TYPES: [Type; 4] = [Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::BOOL];
+/// sent, at most the statement timeout), whether to switch to `todo_app` (the login role
+/// bypasses row-level security), and the name of the function the client means to call
+/// ([`WRONG_STATEMENT`]).
+pub const CONTEXT_TYPES: [Type; 5] = [
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::BOOL,
+    Type::TEXT,
+];
+
+/// The message of the error a function raises, before anything else, when the call names
+/// another function (SQLSTATE 26000, `invalid_sql_statement_name`, as Postgres's own "prepared
+/// statement does not exist"). That happens only through a pooler in transaction mode that
+/// does not keep prepared statements (PgBouncer before 1.21, or `max_prepared_statements =
+/// 0`): tokio-postgres names statements `s0`, `s1`, … in each process, so two function
+/// processes use the same names for different calls, and a pooler that passes names through
+/// lets a call's Bind reach the statement another process prepared on that server
+/// connection. Without this check a `DELETE` ran the get's statement and was answered 204
+/// with nothing deleted (tests/system/test_statement_names.py).
+pub const WRONG_STATEMENT: &str = "wrong-statement";
 
 /// The message of the error a function raises when it starts after the request's deadline
 /// (SQLSTATE 57014, as for a cancelled statement).
@@ -202,6 +220,8 @@ impl Procedure {
     /// them (every statement of the API has some).
     ///
     /// The function, in the caller's implicit transaction:
+    /// - first refuses a call meant for another function ([`WRONG_STATEMENT`]), before it
+    ///   does anything;
     /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
     ///   queued in a pooler past it);
     /// - switches to `todo_app` when told to and sets `app.user_id`;
@@ -259,6 +279,7 @@ impl Procedure {
             "ctx_deadline timestamptz".to_owned(),
             "ctx_lock_timeout text".to_owned(),
             "ctx_switch_role boolean".to_owned(),
+            "ctx_call text".to_owned(),
         ]);
         let deadline = self.guards.deadline;
         let mut declare = vec!["ctx_role text;"];
@@ -280,14 +301,17 @@ impl Procedure {
                 format!("    RETURN QUERY {};\n", self.sql),
             ),
         };
-        let mut check = String::new();
+        let mut check = format!(
+            "    IF ctx_call IS DISTINCT FROM '{name}' THEN\n        RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n    END IF;\n",
+            name = self.name
+        );
         let switch = format!(
             "    IF ctx_switch_role THEN\n        ctx_role := set_config('role', '{}', true);\n    END IF;\n",
             crate::db::APP_ROLE
         );
         let mut settings = vec!["set_config('app.user_id', ctx_user, true)".to_owned()];
         if deadline {
-            check = format!(
+            check += &format!(
                 "    IF clock_timestamp() >= ctx_deadline THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
             );
             settings.push("set_config('lock_timeout', ctx_lock_timeout, true)".to_owned());
@@ -464,7 +488,7 @@ mod tests {
             a.name,
             Procedure::new("SELECT $1", &[Type::TEXT], Guards::ALL).name
         );
-        assert_eq!(a.call, format!("SELECT {}($1, $2, $3, $4, $5)", a.name));
+        assert_eq!(a.call, format!("SELECT {}($1, $2, $3, $4, $5, $6)", a.name));
         assert_eq!(type_sql(&Type::INT8_ARRAY), "int8[]");
     }
 
@@ -492,8 +516,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "10",
-                "f31a6969ffe1c8512626440b316d8fb78fea57f5cb55bf671cc18be6067efcda"
+                "11",
+                "afe08118d63a6ee80f688064be7f7eb22806847a2265920ab518dc7e28928ced"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -604,12 +628,18 @@ mod tests {
                 !alone,
                 "{definition}"
             );
-            // The `IF`s: the role switch's, and the deadline's.
+            // The `IF`s: the call's own name, the role switch's, and the deadline's.
             assert_eq!(
                 definition.matches("IF ").count(),
-                1 + usize::from(procedure.guards.deadline),
+                2 + usize::from(procedure.guards.deadline),
                 "{definition}"
             );
+            // Before anything else, a call meant for another function is refused.
+            let refuse = format!(
+                "BEGIN\n    IF ctx_call IS DISTINCT FROM '{}' THEN\n        RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n    END IF;\n",
+                procedure.name
+            );
+            assert!(definition.contains(&refuse), "{definition}");
             // The deadline is compared as it came, the lock timeout set as it came: no
             // arithmetic on the clock.
             assert!(!definition.contains("extract("), "{definition}");

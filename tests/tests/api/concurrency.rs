@@ -553,6 +553,7 @@ async fn complete_directly(
                 (&deadline, Type::TIMESTAMPTZ),
                 (&lock_timeout, Type::TEXT),
                 (&true, Type::BOOL),
+                (&procedure.name, Type::TEXT),
             ],
         )
         .await

@@ -96,6 +96,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
                     &"5000ms",
                     // The test logs in as the superuser: the function switches to todo_app.
                     &true,
+                    &procedure.name,
                 ],
             )
             .await
@@ -221,6 +222,7 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
             &deadline,
             &lock_timeout,
             &switch_role,
+            &procedure.name,
         ]);
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
         let found = match procedure.returns {
@@ -263,7 +265,7 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
     let (deadline, lock_timeout, switch_role) = (deadline(), "5000ms", true);
     for n in 0..3 {
         let (id, key, hash) = (uuid::Uuid::new_v4(), format!("key-{n}"), vec![n as u8]);
-        let arguments: [&(dyn ToSql + Sync); 11] = [
+        let arguments: [&(dyn ToSql + Sync); 12] = [
             &id,
             &owner,
             &title,
@@ -275,6 +277,7 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
             &deadline,
             &lock_timeout,
             &switch_role,
+            &procedure.name,
         ];
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
         let row: Record = rows[0].get(0);
