@@ -473,14 +473,6 @@ async fn rows_to_the_end(
     Ok(rows)
 }
 
-/// What a call's answer says about its outcome:
-/// - rows (ReadyForQuery included): committed;
-/// - an error from the server before the statement completed: the statement failed, and
-///   its transaction with it: nothing took effect (the deadline's refusal is told apart);
-/// - an error after the statement completed: the commit failed, rolled back for an error
-///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
-///   server that shuts down while committing may have committed);
-/// - no answer because the connection died: unknown.
 /// Whether a call failed because its statement's name did not reach that statement: Bind
 /// found none of that name, or another function's, which refused the call before anything
 /// else ([`procedures::WRONG_STATEMENT`]). Either way nothing ran.
@@ -488,6 +480,15 @@ fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
     matches!(answer, Err(failed) if failed.error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME))
 }
 
+/// What a call's answer says about its outcome:
+/// - rows (ReadyForQuery included): committed;
+/// - an error from the server before the statement completed: the statement failed, and
+///   its transaction with it: nothing took effect (the deadline's refusal is told apart, and
+///   so is a name that reached no statement or another function's: a 503);
+/// - an error after the statement completed: the commit failed, rolled back for an error
+///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
+///   server that shuts down while committing may have committed);
+/// - no answer because the connection died: unknown.
 fn call_outcome(answer: Result<Vec<Row>, CallError>) -> Result<Vec<Row>, Failure> {
     let not_kept = statement_names_not_kept(&answer);
     let CallError { error, completed } = match answer {
