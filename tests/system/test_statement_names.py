@@ -1,0 +1,138 @@
+"""Named statements through a pooler that does not keep them. tokio-postgres names prepared
+statements s0, s1, ... in each process, so get-task's and delete-task's first calls are both
+"s0". Through a pooler in transaction mode that passes names through (Debian's PgBouncer
+1.18 here; also 1.21 with max_prepared_statements = 0), a Bind can reach the statement the
+other process prepared under that name on the same server connection. With the default
+DB_PREPARED_STATEMENTS=true, that made DELETEs run the get's statement, answered 204 with
+nothing deleted. Every function now refuses a call meant for another function before it
+does anything (procedures::WRONG_STATEMENT): the answer is a 503, the process switches to
+unnamed statements, and no answer may differ from what happened."""
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import (TARGET, RuntimeApi, api_event, as_postgres, free_port, hs256_token,
+                      lambda_env)
+
+SECRET = "statement-names-" + uuid.uuid4().hex
+SWITCHED = "unnamed statements from now on"
+
+
+@pytest.fixture
+def old_pgbouncer(cluster):
+    """Debian's PgBouncer 1.18 in transaction mode, two server connections."""
+    directory = Path(tempfile.mkdtemp(prefix="todo-pgb-names-"))
+    directory.chmod(0o777)
+    port = free_port()
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host=127.0.0.1 port={cluster.port}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {directory}/userlist.txt\npool_mode = transaction\n"
+        f"default_pool_size = 2\nmax_client_conn = 100\n"
+        f"ignore_startup_parameters = extra_float_digits\nserver_reset_query =\n"
+        f"logfile = {directory}/pgbouncer.log\npidfile = {directory}/pgbouncer.pid\n")
+    for path in directory.iterdir():
+        path.chmod(0o666)
+    subprocess.run(as_postgres(["/usr/sbin/pgbouncer", "-d", str(directory / "pgbouncer.ini")]),
+                   check=True)
+    deadline = time.monotonic() + 20
+    while not (directory / "pgbouncer.pid").exists():
+        assert time.monotonic() < deadline, "pgbouncer did not start"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    try:
+        yield f"postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+    finally:
+        pid = int((directory / "pgbouncer.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_call_never_runs_another_functions_statement(cluster, old_pgbouncer):
+    def sql(statement, url=cluster.url):
+        return subprocess.run([str(cluster.pg_bin / "psql"), url, "-Atc", statement],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    user = "names-" + uuid.uuid4().hex[:12]
+    token = hs256_token(SECRET, user)
+    kept = [str(uuid.uuid4()) for _ in range(2)]
+    doomed = [str(uuid.uuid4()) for _ in range(42)]
+    ids = ",".join(f"'{task}'" for task in kept + doomed)
+    sql(f"INSERT INTO tasks (id, user_id, title) "
+        f"SELECT id::uuid, '{user}', 'task ' || id FROM unnest(ARRAY[{ids}]) id")
+
+    def event(method, task):
+        return api_event(method, f"/api/{user}/tasks/{task}", token=token,
+                         path_parameters={"user_id": user, "id": task})
+
+    processes = []
+
+    def start(function):
+        runtime = RuntimeApi()
+        log = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([str(TARGET / function)], stdout=log, stderr=subprocess.STDOUT,
+                                env=lambda_env(runtime, function, DATABASE_URL=old_pgbouncer,
+                                               BETTER_AUTH_SECRET=SECRET))
+        processes.append((proc, runtime, log))
+        return runtime
+
+    answers = []  # (method, task, status, body)
+
+    def call(runtime, method, task):
+        response = runtime.invoke(event(method, task))
+        answers.append((method, task, response["statusCode"], response.get("body") or ""))
+
+    try:
+        get = start("get-task")
+        call(get, "GET", kept[0])  # prepares "s0" on a server connection
+        call(get, "GET", kept[0])
+        # Keep that server connection busy, so that delete-task prepares its "s0" on the other.
+        holder = subprocess.Popen([str(cluster.pg_bin / "psql"), old_pgbouncer, "-c",
+                                   "BEGIN; SELECT pg_sleep(2); COMMIT;"], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        delete = start("delete-task")
+        call(delete, "DELETE", doomed[0])
+        call(delete, "DELETE", doomed[1])
+        holder.wait(timeout=30)
+        # Then both at once: a Bind of "s0" reaches either process's statement.
+        gets = [(kept[n % 2], get.submit(event("GET", kept[n % 2]))) for n in range(40)]
+        deletes = [(task, delete.submit(event("DELETE", task))) for task in doomed[2:]]
+        for runtime, method, submitted in ((get, "GET", gets), (delete, "DELETE", deletes)):
+            for task, request in submitted:
+                response = runtime.result(request)
+                answers.append((method, task, response["statusCode"], response.get("body") or ""))
+    finally:
+        logs = []
+        for proc, runtime, log in processes:
+            proc.kill()
+            proc.wait(timeout=10)
+            runtime.close()
+            log.seek(0)
+            logs.append(log.read())
+            log.close()
+
+    left = set(sql(f"SELECT id FROM tasks WHERE user_id = '{user}'").split("\n"))
+    wrong = []
+    for method, task, status, body in answers:
+        if status not in (200, 204, 503):
+            wrong.append(f"{method} {task}: {status} {body}")
+        elif method == "DELETE" and status == 204 and task in left:
+            wrong.append(f"DELETE {task} answered 204, and the task is still there")
+        elif method == "DELETE" and status == 503 and task not in left:
+            wrong.append(f"DELETE {task} answered 503, and the task is gone")
+        elif method == "GET" and status == 200 and task not in body:
+            wrong.append(f"GET {task} answered 200 with another body: {body}")
+    gone = [task for task in kept if task not in left]
+    wrong.sort(key=lambda problem: "still there" not in problem)
+    assert not wrong and not gone, f"{len(wrong)} wrong answers, first {wrong[:8]}\nkept tasks deleted: {gone}"
+    # The run did reach another process's statement (or none), and the process that met it
+    # switched to unnamed statements: without that, this test proves nothing.
+    assert any(SWITCHED in log for log in logs), "no call met another statement: inconclusive"
+    assert any(status == 503 for _, _, status, _ in answers)
