@@ -233,14 +233,13 @@ impl Database {
         } else {
             String::new()
         };
-        let switch_role = self.switches_role();
+        let call_name = procedure.call_name(self.switches_role());
         let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
         call_params.extend([
             (&user_id as &(dyn ToSql + Sync), Type::TEXT),
             (&wall_deadline, Type::TIMESTAMPTZ),
             (&lock_timeout, Type::TEXT),
-            (&switch_role, Type::BOOL),
-            (&procedure.name, Type::TEXT),
+            (&call_name, Type::TEXT),
         ]);
         // The call is a named statement prepared once per connection. On a connection that
         // has not prepared it yet, this request runs it unnamed, and the preparation travels

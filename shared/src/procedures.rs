@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "11";
+const TEMPLATE_VERSION: &str = "12";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -123,16 +123,10 @@ pub enum Returns {
 /// The context every function takes after the statement's own parameters: the user the
 /// policies compare with, the request's deadline (a wall-clock time), the most a lock may be
 /// waited for (a `lock_timeout` value such as `4985ms`: the time left when the call was
-/// sent, at most the statement timeout), whether to switch to `todo_app` (the login role
-/// bypasses row-level security), and the name of the function the client means to call
-/// ([`WRONG_STATEMENT`]).
-pub const CONTEXT_TYPES: [Type; 5] = [
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::BOOL,
-    Type::TEXT,
-];
+/// sent, at most the statement timeout), and the call itself ([`Procedure::call_name`]): the
+/// name of the function the client means, which also says whether to switch to `todo_app`
+/// (when the login role bypasses row-level security).
+pub const CONTEXT_TYPES: [Type; 4] = [Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT];
 
 /// The message of the error a function raises, before anything else, when the call names
 /// another function (SQLSTATE 26000, `invalid_sql_statement_name`, as Postgres's own "prepared
@@ -163,6 +157,8 @@ pub struct Procedure {
     call_types: Vec<Type>,
     /// The schema-qualified name of the function.
     pub name: String,
+    /// The name, and that the function is to switch to `todo_app` ([`Procedure::call_name`]).
+    name_as_app_role: String,
     /// What the client sends: the function called with the statement's parameters and the
     /// context's, in the select list for [`Returns::Row`] (the one value is the
     /// statement's row, [`crate::record`]), as a table for [`Returns::Rows`].
@@ -206,8 +202,21 @@ impl Procedure {
             guards,
             returns,
             call_types: types.iter().chain(&CONTEXT_TYPES).cloned().collect(),
+            name_as_app_role: format!("{name} as {}", crate::db::APP_ROLE),
             name,
             call,
+        }
+    }
+
+    /// The last context value of a call ([`CONTEXT_TYPES`]): the function's name, followed by
+    /// ` as todo_app` when it is to switch to that role. The function refuses any other
+    /// value first ([`WRONG_STATEMENT`]), so a call that reaches another function's statement
+    /// does nothing; the one `IF` also carries the switch, set up only when taken.
+    pub fn call_name(&self, switch_role: bool) -> &str {
+        if switch_role {
+            &self.name_as_app_role
+        } else {
+            &self.name
         }
     }
 
@@ -221,10 +230,11 @@ impl Procedure {
     ///
     /// The function, in the caller's implicit transaction:
     /// - first refuses a call meant for another function ([`WRONG_STATEMENT`]), before it
-    ///   does anything;
+    ///   does anything, and switches to `todo_app` when the call says so
+    ///   ([`Procedure::call_name`]);
     /// - for a write ([`Guards::deadline`]), refuses to start after the deadline (a request
     ///   queued in a pooler past it);
-    /// - switches to `todo_app` when told to and sets `app.user_id`;
+    /// - sets `app.user_id`;
     /// - for a write, bounds lock waits by the time that was left when the call was sent
     ///   (`lock_timeout`: `statement_timeout` cannot be changed for the statement already
     ///   running, the call itself). A call that waited in a pooler's queue may so wait for
@@ -262,11 +272,13 @@ impl Procedure {
     /// ready: computing both from the clock in the function cost a toggle 8,851 instructions
     /// more (172,297 against 163,446), and the settings joined with `||` 1,057 more than the
     /// array; an array of one setting costs 1,840 more than the setting alone (get, 97,140
-    /// against 95,300). And the role switch is a branch of its own, behind an `IF` on the
-    /// flag alone, whose `set_config` PL/pgSQL sets up only when the branch is taken: as a
-    /// `CASE` inside the settings' array, the switch not taken cost the get 856 instructions
-    /// more in every transaction (97,996 against 97,140, logged in as a role subject to
-    /// row-level security); taken, the two forms cost the same (110,237 against 110,048).
+    /// against 95,300). And the role switch is a branch of its own, whose `set_config`
+    /// PL/pgSQL sets up only when the branch is taken: as a `CASE` inside the settings' array,
+    /// the switch not taken cost the get 856 instructions more in every transaction (97,996
+    /// against 97,140, logged in as a role subject to row-level security). Since template 12
+    /// that branch sits inside the `IF` that checks the call's name ([`Procedure::call_name`]),
+    /// so the check costs no expression of its own: a separate `IF` for it cost the get 3,250
+    /// instructions (98,190 against 94,940).
     pub fn definition(&self, columns: &[(String, Type)]) -> String {
         let mut parameters: Vec<String> = self
             .types
@@ -278,7 +290,6 @@ impl Procedure {
             "ctx_user text".to_owned(),
             "ctx_deadline timestamptz".to_owned(),
             "ctx_lock_timeout text".to_owned(),
-            "ctx_switch_role boolean".to_owned(),
             "ctx_call text".to_owned(),
         ]);
         let deadline = self.guards.deadline;
@@ -302,12 +313,16 @@ impl Procedure {
             ),
         };
         let mut check = format!(
-            "    IF ctx_call IS DISTINCT FROM '{name}' THEN\n        RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n    END IF;\n",
-            name = self.name
-        );
-        let switch = format!(
-            "    IF ctx_switch_role THEN\n        ctx_role := set_config('role', '{}', true);\n    END IF;\n",
-            crate::db::APP_ROLE
+            "    IF ctx_call IS DISTINCT FROM '{name}' THEN\n        \
+                 IF ctx_call = '{name_as_app_role}' THEN\n            \
+                     ctx_role := set_config('role', '{role}', true);\n        \
+                 ELSE\n            \
+                     RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n        \
+                 END IF;\n    \
+             END IF;\n",
+            name = self.name,
+            name_as_app_role = self.name_as_app_role,
+            role = crate::db::APP_ROLE,
         );
         let mut settings = vec!["set_config('app.user_id', ctx_user, true)".to_owned()];
         if deadline {
@@ -342,7 +357,6 @@ impl Procedure {
              \x20   {declare}\n\
              BEGIN\n\
              {check}\
-             {switch}\
              {settings}\
              {run}\
              END\n\
@@ -488,7 +502,7 @@ mod tests {
             a.name,
             Procedure::new("SELECT $1", &[Type::TEXT], Guards::ALL).name
         );
-        assert_eq!(a.call, format!("SELECT {}($1, $2, $3, $4, $5, $6)", a.name));
+        assert_eq!(a.call, format!("SELECT {}($1, $2, $3, $4, $5)", a.name));
         assert_eq!(type_sql(&Type::INT8_ARRAY), "int8[]");
     }
 
@@ -516,8 +530,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "11",
-                "afe08118d63a6ee80f688064be7f7eb22806847a2265920ab518dc7e28928ced"
+                "12",
+                "b03a1035a0b2cedd64035dc5e6968b742cff91b9e2e98d7ee62c2710b1822cb1"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -604,12 +618,17 @@ mod tests {
                 );
                 assert!(procedure.call.starts_with("SELECT todo_api.q_"));
             }
-            // The role switch is a branch of its own, set up only when taken.
-            assert!(
-                definition.contains(
-                    "    IF ctx_switch_role THEN\n        ctx_role := set_config('role', 'todo_app', true);\n    END IF;\n"
-                ),
-                "{definition}"
+            // Before anything else, one `IF` on the call's name: a call meant for another
+            // function is refused, and the role switch is a branch set up only when taken.
+            let first = format!(
+                "BEGIN\n    IF ctx_call IS DISTINCT FROM '{name}' THEN\n        IF ctx_call = '{name} as todo_app' THEN\n            ctx_role := set_config('role', 'todo_app', true);\n        ELSE\n            RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n        END IF;\n    END IF;\n",
+                name = procedure.name
+            );
+            assert!(definition.contains(&first), "{definition}");
+            assert_eq!(procedure.call_name(false), procedure.name);
+            assert_eq!(
+                procedure.call_name(true),
+                format!("{} as todo_app", procedure.name)
             );
             assert!(!definition.contains("CASE WHEN ctx_"), "{definition}");
             // One assignment for the settings: the one setting of a read of one row as it
@@ -628,18 +647,12 @@ mod tests {
                 !alone,
                 "{definition}"
             );
-            // The `IF`s: the call's own name, the role switch's, and the deadline's.
+            // The `IF`s: the call's name, the role switch inside it, and the deadline's.
             assert_eq!(
                 definition.matches("IF ").count(),
                 2 + usize::from(procedure.guards.deadline),
                 "{definition}"
             );
-            // Before anything else, a call meant for another function is refused.
-            let refuse = format!(
-                "BEGIN\n    IF ctx_call IS DISTINCT FROM '{}' THEN\n        RAISE EXCEPTION '{WRONG_STATEMENT}' USING ERRCODE = 'invalid_sql_statement_name';\n    END IF;\n",
-                procedure.name
-            );
-            assert!(definition.contains(&refuse), "{definition}");
             // The deadline is compared as it came, the lock timeout set as it came: no
             // arithmetic on the clock.
             assert!(!definition.contains("extract("), "{definition}");

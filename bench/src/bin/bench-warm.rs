@@ -542,15 +542,14 @@ fn write_pgbench_scripts(
         )?;
         // What the API sends: the statement's function, with the context (a deadline far
         // ahead, the default 5 s budget) and the role switch for a superuser login only.
-        let name = format!("'{}'", procedure.name);
-        for (suffix, switch_role) in [("api", "true"), ("api-login", "false")] {
+        for (suffix, switch_role) in [("api", true), ("api-login", false)] {
+            let call_name = format!("'{}'", procedure.call_name(switch_role));
             let mut arguments = values.clone();
             arguments.extend([
                 owner.as_str(),
                 "'infinity'::timestamptz",
                 "'5000ms'",
-                switch_role,
-                name.as_str(),
+                call_name.as_str(),
             ]);
             std::fs::write(
                 dir.join(format!("{op}-{suffix}{n}.sql")),

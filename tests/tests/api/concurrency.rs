@@ -552,8 +552,7 @@ async fn complete_directly(
                 (&user, Type::TEXT),
                 (&deadline, Type::TIMESTAMPTZ),
                 (&lock_timeout, Type::TEXT),
-                (&true, Type::BOOL),
-                (&procedure.name, Type::TEXT),
+                (&procedure.call_name(true), Type::TEXT),
             ],
         )
         .await

@@ -95,8 +95,7 @@ async fn plans_of_the_listing(seed: &str) -> Vec<Vec<String>> {
                     &deadline,
                     &"5000ms",
                     // The test logs in as the superuser: the function switches to todo_app.
-                    &true,
-                    &procedure.name,
+                    &procedure.call_name(true),
                 ],
             )
             .await
@@ -211,18 +210,19 @@ async fn no_statement_checks_its_owner_in_a_node_of_its_own() {
     calls.push((repo::DELETE, with_id.to_vec()));
 
     let deadline = deadline();
-    let (lock_timeout, switch_role) = ("5000ms", true);
+    let lock_timeout = "5000ms";
     for (sql, params) in calls {
         let procedure = procedures::all()
             .find(|procedure| procedure.sql == sql)
             .expect("a statement of the repository");
+        // The test logs in as the superuser: the function switches to todo_app.
+        let call_name = procedure.call_name(true);
         let mut arguments = params;
         arguments.extend([
             &owner as &(dyn ToSql + Sync),
             &deadline,
             &lock_timeout,
-            &switch_role,
-            &procedure.name,
+            &call_name,
         ]);
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
         let found = match procedure.returns {
@@ -262,10 +262,11 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
         .expect("the keyed create's statement");
     let owner = tests::user_id();
     let (title, description, completed) = ("task", None::<String>, false);
-    let (deadline, lock_timeout, switch_role) = (deadline(), "5000ms", true);
+    let (deadline, lock_timeout) = (deadline(), "5000ms");
+    let call_name = procedure.call_name(true);
     for n in 0..3 {
         let (id, key, hash) = (uuid::Uuid::new_v4(), format!("key-{n}"), vec![n as u8]);
-        let arguments: [&(dyn ToSql + Sync); 12] = [
+        let arguments: [&(dyn ToSql + Sync); 11] = [
             &id,
             &owner,
             &title,
@@ -276,8 +277,7 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
             &owner,
             &deadline,
             &lock_timeout,
-            &switch_role,
-            &procedure.name,
+            &call_name,
         ];
         let rows = client.query(&procedure.call, &arguments).await.unwrap();
         let row: Record = rows[0].get(0);
