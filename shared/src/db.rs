@@ -326,14 +326,15 @@ impl Database {
                 deadline: None,
             });
         };
-        if statement_names_not_kept(&answer) && self.prepared.swap(false, Ordering::Relaxed) {
+        let names_not_kept = statement_names_not_kept(&answer);
+        if names_not_kept && self.prepared.swap(false, Ordering::Relaxed) {
             tracing::error!(
                 "a named statement reached no statement or another one: the pooler does not \
                  keep prepared statements (PgBouncer before 1.21, or max_prepared_statements \
                  = 0); unnamed statements from now on. Set DB_PREPARED_STATEMENTS=false there."
             );
         }
-        let outcome = call_outcome(answer).and_then(|rows| {
+        let outcome = call_outcome(answer, names_not_kept).and_then(|rows| {
             // A row that cannot be read is a fault of this code (its types), found by the
             // tests; the call's outcome stands, and the answer is a 500.
             statement_rows(procedure.returns, &rows).map_err(|err| Failure {
@@ -488,13 +489,17 @@ fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
 ///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
 ///   server that shuts down while committing may have committed);
 /// - no answer because the connection died: unknown.
-fn call_outcome(answer: Result<Vec<Row>, CallError>) -> Result<Vec<Row>, Failure> {
-    let not_kept = statement_names_not_kept(&answer);
+///
+/// `names_not_kept` is [`statement_names_not_kept`] of the answer, found once by the caller.
+fn call_outcome(
+    answer: Result<Vec<Row>, CallError>,
+    names_not_kept: bool,
+) -> Result<Vec<Row>, Failure> {
     let CallError { error, completed } = match answer {
         Ok(rows) => return Ok(rows),
         Err(failed) => failed,
     };
-    if not_kept {
+    if names_not_kept {
         return Err(Failure {
             error: anyhow::Error::new(error).context("a named statement was not the call's"),
             status: Some(ApiError::Unavailable(anyhow!("statement names not kept"))),
