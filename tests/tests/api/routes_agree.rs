@@ -222,11 +222,18 @@ fn the_sam_templates_route_every_route_to_its_function() {
     }
 }
 
-fn sam_template_routes(template: &str) -> RouteSet {
-    use yaml_rust2::{Yaml, YamlLoader};
+/// A SAM template of the repository, parsed.
+fn sam_template(template: &str) -> yaml_rust2::Yaml {
     let text = std::fs::read_to_string(repo().join(template)).unwrap();
-    let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{template}: {e}"));
-    let resources = docs[0]["Resources"].as_hash().expect("Resources");
+    let mut docs =
+        yaml_rust2::YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{template}: {e}"));
+    docs.swap_remove(0)
+}
+
+fn sam_template_routes(template: &str) -> RouteSet {
+    use yaml_rust2::Yaml;
+    let doc = sam_template(template);
+    let resources = doc["Resources"].as_hash().expect("Resources");
     let mut routes = RouteSet::new();
     let mut functions = 0;
     for (_, resource) in resources {
@@ -263,13 +270,11 @@ fn sam_template_routes(template: &str) -> RouteSet {
 #[test]
 fn the_sam_templates_answer_cors_as_the_functions_do() {
     use shared::cors::{CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, CORS_EXPOSE_HEADERS};
-    use yaml_rust2::YamlLoader;
     let listed =
         |list: &str| -> Vec<String> { list.split(',').map(|h| h.trim().to_lowercase()).collect() };
     for template in ["infra/template.yaml", "infra/managed-instances.yaml"] {
-        let text = std::fs::read_to_string(repo().join(template)).unwrap();
-        let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{template}: {e}"));
-        let cors = &docs[0]["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"];
+        let doc = sam_template(template);
+        let cors = &doc["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"];
         let of = |key: &str| -> Vec<String> {
             cors[key]
                 .as_vec()
