@@ -9,7 +9,9 @@ does anything (procedures::WRONG_STATEMENT): the answer is a 503, the process sw
 unnamed statements, and no answer may differ from what happened."""
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -43,21 +45,26 @@ def old_pgbouncer(cluster):
         path.chmod(0o666)
     subprocess.run(as_postgres(["/usr/sbin/pgbouncer", "-d", str(directory / "pgbouncer.ini")]),
                    check=True)
-    deadline = time.monotonic() + 20
-    while not (directory / "pgbouncer.pid").exists():
-        assert time.monotonic() < deadline, "pgbouncer did not start"
-        time.sleep(0.05)
-    time.sleep(0.3)
     try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "pgbouncer did not listen:\n" + (
+                directory / "pgbouncer.log").read_text(errors="replace")
+            time.sleep(0.05)
         yield f"postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
     finally:
-        pid = int((directory / "pgbouncer.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
+        pid_file = directory / "pgbouncer.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_call_never_runs_another_functions_statement(cluster, old_pgbouncer):
-    def sql(statement, url=cluster.url):
-        return subprocess.run([str(cluster.pg_bin / "psql"), url, "-Atc", statement],
+    def sql(statement):
+        return subprocess.run([str(cluster.pg_bin / "psql"), cluster.url, "-Atc", statement],
                               capture_output=True, text=True, check=True).stdout.strip()
 
     user = "names-" + uuid.uuid4().hex[:12]
