@@ -38,10 +38,11 @@ pub enum ApiError {
     /// An API Gateway event that cannot be a request (no method, a body that is not base64).
     #[error("malformed event: {0}")]
     MalformedEvent(&'static str),
-    /// `todo-server`: no route has this path.
+    /// `todo-server` and the fallback routes (the health function): no route has this path.
     #[error("no such path")]
     NoSuchPath,
-    /// `todo-server`: the path exists under other methods, listed in `Allow`.
+    /// `todo-server` and the fallback routes: the path exists under other methods, listed in
+    /// `Allow`.
     #[error("method not allowed")]
     MethodNotAllowed { allowed: Vec<&'static str> },
     /// `todo-server`: the body did not arrive within the body timeout.

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use http::{header, HeaderValue, StatusCode};
+use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
@@ -144,7 +145,20 @@ pub async fn complete_task(state: &AppState, req: Request) -> HttpResponse {
 }
 
 /// `GET /health`: 200 when the database answers, 503 in the same shape when it does not.
+///
+/// The health function also serves API Gateway's fallback routes
+/// ([`crate::routes::FALLBACK_METHODS`]): every other request it receives is answered 404,
+/// or 405 with `Allow`, as `todo-server` answers it.
 pub async fn health(state: &AppState, req: Request) -> HttpResponse {
+    if let Some(unrouted) = unrouted_request(&req) {
+        let started = Instant::now();
+        let outcome = if Cors::is_preflight(&req) {
+            Ok(state.cors.preflight(&req))
+        } else {
+            Err(unrouted.into())
+        };
+        return finish(state, &req, FALLBACK_ROUTE, started, outcome);
+    }
     serve(state, Operation::Health, req, async |_| {
         match state.tasks.database().ping().await {
             Ok(()) => Ok(json_response(StatusCode::OK, &health_body(true))),
@@ -152,6 +166,30 @@ pub async fn health(state: &AppState, req: Request) -> HttpResponse {
         }
     })
     .await
+}
+
+/// How the unrouted requests are logged (`route`).
+const FALLBACK_ROUTE: &str = "/{proxy+}";
+
+/// Why the health function answers `req` with an error, if it does: none for the health
+/// route. In AWS, API Gateway's route key says it is that route whatever the path holds
+/// (behind a custom domain's API mapping, the raw path starts with the mapping's key),
+/// and a fallback route's `proxy` parameter is the path API Gateway routed (without that
+/// key); `cargo lambda watch`'s router names the same parameter, and otherwise the path
+/// is the request's own.
+fn unrouted_request(req: &Request) -> Option<crate::routes::Unrouted> {
+    let health = Operation::Health.route();
+    if let Some(RequestContext::ApiGatewayV2(context)) = req.request_context_ref() {
+        let key = context.route_key.as_deref().unwrap_or_default();
+        if key.split_once(' ') == Some((health.method, health.path)) {
+            return None;
+        }
+    }
+    let proxied = (req.path_parameters_ref())
+        .and_then(|params| params.first("proxy"))
+        .map(|path| format!("/{path}"));
+    let path = proxied.as_deref().unwrap_or(req.uri().path());
+    crate::routes::unrouted(req.method().as_str(), path)
 }
 
 /// The handler of an operation, for callers that resolved a route (`todo-server`, tests).
@@ -215,24 +253,37 @@ async fn serve(
     run: impl AsyncFnOnce(&Call<'_>) -> Result<HttpResponse, ApiError>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id(&req);
-    let method = req.method().clone();
     let route = operation.route();
-    let (mut response, error) = if Cors::is_preflight(&req) {
-        (state.cors.preflight(&req), None)
+    let outcome = if Cors::is_preflight(&req) {
+        Ok(state.cors.preflight(&req))
     } else {
         let call = Call {
             state,
             route,
             req: &req,
         };
-        match run(&call).await {
-            Ok(response) => (response, None),
-            Err(err) => {
-                let status = err.status();
-                let logged = (status.is_server_error()).then(|| format!("{err:?}"));
-                (err.into_response(), logged)
-            }
+        run(&call).await
+    };
+    finish(state, &req, route.path, started, outcome)
+}
+
+/// A request's response from its outcome, with the CORS and request-id headers; logs the
+/// request's one line.
+fn finish(
+    state: &AppState,
+    req: &Request,
+    route: &'static str,
+    started: Instant,
+    outcome: Result<HttpResponse, ApiError>,
+) -> HttpResponse {
+    let request_id = request_id(req);
+    let method = req.method();
+    let (mut response, error) = match outcome {
+        Ok(response) => (response, None),
+        Err(err) => {
+            let status = err.status();
+            let logged = (status.is_server_error()).then(|| format!("{err:?}"));
+            (err.into_response(), logged)
         }
     };
     if method != http::Method::OPTIONS {
@@ -243,7 +294,6 @@ async fn serve(
     }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let route = route.path;
     match error {
         Some(error) => tracing::error!(
             request_id, method = %method, route, status, latency_ms, error, "request failed"

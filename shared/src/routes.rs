@@ -80,6 +80,34 @@ pub const ROUTES: [Route; 7] = [
     },
 ];
 
+/// The methods of the fallback routes (`<method> /` and `<method> /{proxy+}`), which send
+/// every request no route above takes to the health function: it answers it as
+/// `todo-server` does, 404 `Not Found`, or 405 with `Allow` where the path exists under
+/// other methods, with `detail` and `X-Request-Id` like every other error, where API
+/// Gateway itself would answer `{"message":"Not Found"}` ([`unrouted`]). A route of a
+/// more specific path always wins over a greedy one (`{proxy+}`). Neither `OPTIONS` nor
+/// `ANY` is among them: a route that takes `OPTIONS` would take the CORS preflights that
+/// API Gateway answers itself.
+pub const FALLBACK_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The fallback routes' paths, in API Gateway's syntax: the root, and every other path.
+pub const FALLBACK_PATHS: [&str; 2] = ["/", "/{proxy+}"];
+
+/// The function that serves the fallback routes.
+pub const FALLBACK_FUNCTION: &str = "health";
+
+/// How a request the fallback routes took is answered: none for one of the health route
+/// (the health function's own), the reason otherwise. A request of another operation's
+/// route cannot arrive here through API Gateway, which routes it there; it is answered
+/// 404, as API Gateway does not route it.
+pub fn unrouted(method: &str, path: &str) -> Option<Unrouted> {
+    match resolve(method, path) {
+        Ok((route, _)) if route.function == FALLBACK_FUNCTION => None,
+        Ok(_) => Some(Unrouted::NoSuchPath),
+        Err(unrouted) => Some(unrouted),
+    }
+}
+
 impl Operation {
     pub fn route(self) -> &'static Route {
         ROUTES
@@ -191,6 +219,32 @@ mod tests {
         );
         let (preflight, _) = resolve("OPTIONS", "/api/u1/tasks").unwrap();
         assert_eq!(preflight.path, "/api/{user_id}/tasks");
+    }
+
+    #[test]
+    fn the_fallback_answers_all_but_the_health_route() {
+        assert_eq!(unrouted("GET", "/health"), None);
+        assert_eq!(unrouted("OPTIONS", "/health"), None);
+        assert_eq!(
+            unrouted("DELETE", "/health"),
+            Some(Unrouted::MethodNotAllowed {
+                allowed: vec!["GET", "OPTIONS"]
+            })
+        );
+        assert_eq!(
+            unrouted("PUT", "/api/u1/tasks"),
+            Some(Unrouted::MethodNotAllowed {
+                allowed: vec!["GET", "POST", "OPTIONS"]
+            })
+        );
+        assert_eq!(unrouted("GET", "/"), Some(Unrouted::NoSuchPath));
+        assert_eq!(unrouted("GET", "/wp-login.php"), Some(Unrouted::NoSuchPath));
+        assert_eq!(
+            unrouted("GET", "/api/u1/tasks"),
+            Some(Unrouted::NoSuchPath),
+            "another function's route"
+        );
+        assert!(ROUTES.iter().any(|r| r.function == FALLBACK_FUNCTION));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
-use shared::routes::{resolve, Operation};
+use std::collections::HashMap;
+
+use shared::routes::{resolve, Operation, FALLBACK_METHODS};
 use shared::AppState;
 
 /// An event under construction.
@@ -91,14 +93,25 @@ impl ApiEvent {
 
     /// The event as Lambda would deliver it.
     pub fn to_json(&self) -> Value {
-        // API Gateway answers CORS preflights itself: they match no route key.
+        // API Gateway answers CORS preflights itself: they match no route key. A request of
+        // no route takes a fallback route (`<method> /` or `<method> /{proxy+}`, whose
+        // parameter is the path without its leading slash), if its method has one.
         let resolved = resolve(&self.method, &self.path)
             .ok()
             .filter(|_| self.method != "OPTIONS");
-        let route_key = resolved
-            .as_ref()
-            .map(|(route, _)| format!("{} {}", route.method, route.path))
-            .unwrap_or_else(|| "$default".into());
+        let (route_key, params) = match &resolved {
+            Some((route, params)) => (format!("{} {}", route.method, route.path), params.clone()),
+            None if FALLBACK_METHODS.contains(&self.method.as_str()) => {
+                match self.path.trim_start_matches('/') {
+                    "" => (format!("{} /", self.method), HashMap::new()),
+                    proxy => (
+                        format!("{} /{{proxy+}}", self.method),
+                        HashMap::from([("proxy".to_owned(), proxy.to_owned())]),
+                    ),
+                }
+            }
+            None => ("$default".into(), HashMap::new()),
+        };
         let mut event = json!({
             "version": "2.0",
             "routeKey": route_key,
@@ -125,7 +138,7 @@ impl ApiEvent {
             },
             "isBase64Encoded": self.base64
         });
-        if let Some((_, params)) = resolved.filter(|(_, p)| !p.is_empty()) {
+        if !params.is_empty() {
             event["pathParameters"] = json!(params);
         }
         if !self.query.is_empty() {

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use shared::routes::ROUTES;
+use shared::routes::{FALLBACK_FUNCTION, FALLBACK_METHODS, ROUTES};
 
 /// The line that starts the generated router; everything after it in `Cargo.toml` is
 /// generated.
@@ -85,7 +85,12 @@ async fn main() -> Result<(), lambda_http::Error> {{
 
 /// Each path with its routes, in the table's order, and one `OPTIONS` entry sent to the
 /// path's first function (scripts/dev runs watch with `--disable-cors`, so preflights
-/// reach a function, which answers them as API Gateway does in AWS).
+/// reach a function, which answers them as API Gateway does in AWS); then, as the fallback
+/// routes do in AWS, every other method of [`FALLBACK_METHODS`] of each path, and every
+/// method of them and `OPTIONS` of every other path (`/` and `/{*proxy}`, matchit's
+/// catch-all, whose parameter the function reads as API Gateway's `{proxy+}`), sent to the
+/// fallback function. (The watch router matches a path first and then its methods, so a
+/// catch-all does not take the other methods of a routed path.)
 fn watch_router() -> String {
     let mut paths: Vec<&str> = Vec::new();
     for route in &ROUTES {
@@ -109,6 +114,24 @@ fn watch_router() -> String {
             "    {{ method = \"OPTIONS\", function = \"{}\" }},",
             routes[0].function
         );
+        for method in FALLBACK_METHODS {
+            if routes.iter().all(|route| route.method != method) {
+                let _ = writeln!(
+                    out,
+                    "    {{ method = \"{method}\", function = \"{FALLBACK_FUNCTION}\" }},"
+                );
+            }
+        }
+        out.push_str("]\n");
+    }
+    for path in ["/", "/{*proxy}"] {
+        let _ = writeln!(out, "\"{path}\" = [");
+        for method in FALLBACK_METHODS.iter().chain(&["OPTIONS"]) {
+            let _ = writeln!(
+                out,
+                "    {{ method = \"{method}\", function = \"{FALLBACK_FUNCTION}\" }},"
+            );
+        }
         out.push_str("]\n");
     }
     out

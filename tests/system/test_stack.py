@@ -233,6 +233,28 @@ def test_cors_is_answered_as_api_gateway_would(stack):
     assert "x-total-count" in lower["access-control-expose-headers"]
 
 
+def test_requests_no_route_takes_are_answered_as_the_fallback_routes_do(stack):
+    """As the fallback routes do in AWS: a path no route has is a 404, a method a routed
+    path does not take a 405 with Allow, each with a JSON detail and X-Request-Id, from
+    the health function (under watch: its router's catch-all and extra methods)."""
+    user = uuid.uuid4().hex
+    token = stack.token(user)
+    for method, path, allow in [
+        ("PUT", f"/api/{user}/tasks", "GET, POST, OPTIONS"),
+        ("GET", f"/api/{user}/tasks/{uuid.uuid4()}/complete", "PATCH, OPTIONS"),
+        ("DELETE", "/health", "GET, OPTIONS"),
+        ("GET", "/", None),
+        ("GET", "/wp-login.php", None),
+        ("POST", f"/api/{user}/task", None),
+    ]:
+        status, headers, raw = stack.request(method, path, token)
+        lower = {k.lower(): v for k, v in headers.items()}
+        expected = (405, "Method Not Allowed") if allow else (404, "Not Found")
+        assert (status, json.loads(raw)["detail"]) == expected, (method, path, raw)
+        assert lower.get("allow") == allow, (method, path)
+        assert lower.get("x-request-id"), (method, path)
+
+
 def test_local_secrets_are_private_and_the_cluster_asks_for_its_password(stack):
     for path in (stack.tmp / ".env", stack.tmp / "state" / "watch.env"):
         assert path.stat().st_mode & 0o777 == 0o600, path

@@ -213,3 +213,23 @@ def test_secret_arns_must_be_full():
         assert not re.fullmatch(pattern, partial), name
     assert re.fullmatch(parameters["BetterAuthSecretArn"]["AllowedPattern"], "")
     assert not re.fullmatch(parameters["DatabaseUrlSecretArn"]["AllowedPattern"], "")
+
+
+def test_api_gateway_answers_preflights_and_sends_the_rest_to_a_function():
+    """After the SAM transform: no route takes OPTIONS (nor ANY, nor $default), so API
+    Gateway answers every CORS preflight itself; every other method, on every path, has a
+    route (the table's, or a fallback route to the health function, which answers 404 or
+    405 with a JSON detail), so API Gateway never answers {"message":"Not Found"}."""
+    methods = {"get", "head", "post", "put", "patch", "delete"}
+    for path in (TEMPLATE, MANAGED):
+        resources = transformed(path)["Resources"]
+        [api] = [r for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
+        paths = api["Properties"]["Body"]["paths"]
+        assert "$default" not in paths, path.name
+        for route, item in paths.items():
+            assert set(item) <= methods, (path.name, route, sorted(item))
+        for fallback in ("/", "/{proxy+}"):
+            assert set(paths[fallback]) == methods, (path.name, fallback)
+            for operation in paths[fallback].values():
+                uri = str(operation["x-amazon-apigateway-integration"]["uri"])
+                assert "${HealthFunction.Arn}" in uri, (path.name, fallback, uri)

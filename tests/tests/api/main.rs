@@ -4,6 +4,7 @@ mod bola;
 mod concurrency;
 mod crud;
 mod database;
+mod fallback;
 mod faults;
 mod hostile_events;
 mod jwt;

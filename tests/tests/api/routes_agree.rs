@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use shared::routes::ROUTES;
+use shared::routes::{FALLBACK_FUNCTION, FALLBACK_METHODS, FALLBACK_PATHS, ROUTES};
 
 type RouteSet = BTreeSet<(String, String, String)>;
 
@@ -27,22 +27,67 @@ fn route_table() -> RouteSet {
         .collect()
 }
 
-#[test]
-fn the_watch_router_serves_every_route_with_its_function() {
+/// The fallback routes, as `(method, path, function)`: [`FALLBACK_METHODS`] on each of
+/// [`FALLBACK_PATHS`], written `path` (API Gateway's syntax, `{proxy+}`) or `catch_all`
+/// for the other path.
+fn fallback_routes(catch_all: &str) -> RouteSet {
     let mut routes = RouteSet::new();
-    let mut preflights = Vec::new();
-    for route in watch_router() {
-        if route.0 == "OPTIONS" {
-            preflights.push(route);
-        } else {
-            routes.insert(route);
+    for path in FALLBACK_PATHS {
+        let path = if path == "/" { path } else { catch_all };
+        for method in FALLBACK_METHODS {
+            routes.insert((
+                method.to_owned(),
+                path.to_owned(),
+                FALLBACK_FUNCTION.to_owned(),
+            ));
         }
     }
-    assert_eq!(routes, route_table());
+    routes
+}
+
+#[test]
+fn the_watch_router_serves_every_route_with_its_function() {
+    let table = route_table();
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    let mut routes = RouteSet::new();
+    let mut preflights = Vec::new();
+    let mut fallback = RouteSet::new();
+    for route in watch_router() {
+        if table.contains(&route) {
+            routes.insert(route);
+        } else if route.0 == "OPTIONS" && paths.contains(route.1.as_str()) {
+            preflights.push(route);
+        } else {
+            fallback.insert(route);
+        }
+    }
+    assert_eq!(routes, table);
+    // As the fallback routes do in AWS: every other method of a routed path, and every
+    // method of every other path (`OPTIONS` too: a preflight, which API Gateway answers in
+    // AWS on any path), to the fallback function.
+    let mut expected = fallback_routes("/{*proxy}");
+    for path in ["/", "/{*proxy}"] {
+        expected.insert((
+            "OPTIONS".to_owned(),
+            path.to_owned(),
+            FALLBACK_FUNCTION.to_owned(),
+        ));
+    }
+    for path in &paths {
+        for method in FALLBACK_METHODS {
+            if !ROUTES.iter().any(|r| r.path == *path && r.method == method) {
+                expected.insert((
+                    method.to_owned(),
+                    (*path).to_owned(),
+                    FALLBACK_FUNCTION.to_owned(),
+                ));
+            }
+        }
+    }
+    assert_eq!(fallback, expected);
     // scripts/dev runs watch with --disable-cors, so every path needs one OPTIONS entry,
     // sent to a function that serves that path (any function answers a preflight), as
     // API Gateway answers preflights on every route in AWS.
-    let paths: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
     let mut preflight_paths: Vec<&str> = preflights.iter().map(|r| r.1.as_str()).collect();
     preflight_paths.sort_unstable();
     assert_eq!(
@@ -215,10 +260,17 @@ fn markdown_routes(text: &str) -> RouteSet {
 }
 
 /// Both templates: the default one and `infra/managed-instances.yaml`, generated from it.
+/// Besides the table's routes, exactly the fallback routes, none of them for `OPTIONS` (a
+/// route that takes it would take the CORS preflights API Gateway answers itself).
 #[test]
 fn the_sam_templates_route_every_route_to_its_function() {
+    let mut expected = route_table();
+    expected.extend(fallback_routes("/{proxy+}"));
+    assert!(expected
+        .iter()
+        .all(|(method, _, _)| method != "OPTIONS" && method != "ANY"));
     for template in ["infra/template.yaml", "infra/managed-instances.yaml"] {
-        assert_eq!(sam_template_routes(template), route_table(), "{template}");
+        assert_eq!(sam_template_routes(template), expected, "{template}");
     }
 }
 

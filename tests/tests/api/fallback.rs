@@ -1,0 +1,93 @@
+//! The fallback routes: a request that no operation's route takes reaches the health
+//! function (API Gateway routes it through `<method> /{proxy+}`), which answers 404, or 405
+//! with `Allow`, with `detail` and `X-Request-Id` as every other error, instead of API
+//! Gateway's own `{"message":"Not Found"}`. And the health route still answers when the
+//! raw path is not its own (behind a custom domain's API mapping).
+
+use serde_json::json;
+use shared::routes::Operation;
+use tests::events::send_event;
+use tests::{state, user_id, ApiEvent};
+
+use crate::{task_path, tasks_path};
+
+#[tokio::test]
+async fn a_request_no_route_takes_gets_404_or_405_with_detail() {
+    let state = state();
+    let user = user_id();
+    let task = task_path(&user, &uuid::Uuid::new_v4().to_string());
+    let cases = [
+        ("PUT", tasks_path(&user), Some("GET, POST, OPTIONS")),
+        ("HEAD", tasks_path(&user), Some("GET, POST, OPTIONS")),
+        ("POST", task.clone(), Some("GET, PUT, DELETE, OPTIONS")),
+        ("GET", format!("{task}/complete"), Some("PATCH, OPTIONS")),
+        ("DELETE", "/health".to_owned(), Some("GET, OPTIONS")),
+        ("GET", "/".to_owned(), None),
+        ("GET", "/wp-login.php".to_owned(), None),
+        ("POST", format!("/api/{user}/task"), None),
+        ("PATCH", format!("{task}/completed"), None),
+    ];
+    for (method, path, allow) in cases {
+        let event = ApiEvent::new(method, &path).as_user(&user);
+        let route_key = event.to_json()["routeKey"].as_str().unwrap().to_owned();
+        assert!(
+            route_key == format!("{method} /{{proxy+}}") || route_key == format!("{method} /"),
+            "{method} {path} takes {route_key}"
+        );
+        let response = event.send_to(&state, Operation::Health).await;
+        let (status, detail) = match allow {
+            Some(_) => (405, "Method Not Allowed"),
+            None => (404, "Not Found"),
+        };
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path}: {}",
+            response.text()
+        );
+        assert_eq!(response.detail(), detail, "{method} {path}");
+        assert_eq!(response.header("allow"), allow, "{method} {path}");
+        assert!(response.header("x-request-id").is_some(), "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_fallback_answers_cross_origin_requests_with_cors() {
+    let state = state();
+    let response = ApiEvent::get("/nope")
+        .header("origin", "http://localhost:3000")
+        .send_to(&state, Operation::Health)
+        .await;
+    response.assert_status(404);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+}
+
+/// Behind a custom domain whose API mapping has a key (`api.example.com/v1` → this API),
+/// API Gateway routes the path after the key, and the raw path keeps the key.
+#[tokio::test]
+async fn behind_an_api_mapping_key_the_routed_path_decides() {
+    let state = state();
+    let user = user_id();
+    let with_key = |event: ApiEvent| {
+        let mut event = event.to_json();
+        let path = format!("/v1{}", event["rawPath"].as_str().unwrap());
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event
+    };
+    let health = send_event(
+        &state,
+        Operation::Health,
+        with_key(ApiEvent::get("/health")),
+    )
+    .await;
+    health.assert_status(200);
+    assert_eq!(health.json()["status"], "healthy");
+    let put = ApiEvent::put(&tasks_path(&user)).as_user(&user);
+    let response = send_event(&state, Operation::Health, with_key(put)).await;
+    response.assert_status(405);
+    assert_eq!(response.header("allow"), Some("GET, POST, OPTIONS"));
+}
