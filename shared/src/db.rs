@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::{FutureExt as _, StreamExt as _};
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Column, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -482,9 +482,12 @@ fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
 
 /// What a call's answer says about its outcome:
 /// - rows (ReadyForQuery included): committed;
-/// - an error from the server before the statement completed: the statement failed, and
-///   its transaction with it: nothing took effect (the deadline's refusal is told apart, and
-///   so is a name that reached no statement or another function's: a 503);
+/// - an error that Postgres raised before the statement completed: the statement failed,
+///   and its transaction with it: nothing took effect (the deadline's refusal is told apart,
+///   and so is a name that reached no statement or another function's: a 503);
+/// - an error that a pooler raised before the statement completed: unknown, unless it
+///   refused a call it never forwarded ([`never_forwarded`]): it may stand for a server lost
+///   after committing;
 /// - an error after the statement completed: the commit failed, rolled back for an error
 ///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
 ///   server that shuts down while committing may have committed);
@@ -521,12 +524,43 @@ fn call_outcome(
     if *db.code() == SqlState::UNDEFINED_FUNCTION {
         tracing::error!("a statement's function is missing: run `migrate` for this release");
     }
+    if !completed && !raised_by_postgres(db) && !never_forwarded(db) {
+        // A pooler answering for the server connection it lost under the call (PgBouncer's
+        // "server conn crashed?"): the server may have committed first, its answer lost
+        // with it, as when a direct connection just closes.
+        return Err(Failure::unknown(error));
+    }
     let rolled_back = db.code().code().starts_with("40") || db.code().code().starts_with("23");
     if completed && !rolled_back {
         Err(Failure::unknown(error))
     } else {
         Err(Failure::not_done(error))
     }
+}
+
+/// Whether Postgres itself raised an error: it reports the source file, line and routine of
+/// every error it raises, and an error it raises before the statement completed aborts the
+/// transaction. A pooler (PgBouncer) or proxy that answers for a server sends only the
+/// severity, the code and a message.
+fn raised_by_postgres(db: &DbError) -> bool {
+    db.routine().is_some()
+}
+
+/// PgBouncer's refusals of a call that it never forwarded to a server: the client was still
+/// waiting for one (`query_wait_timeout`, and `query_timeout` while waiting, where a
+/// forwarded call's is "query timeout"), or none could be had. Any other error of a pooler
+/// may stand for a server lost under the call.
+fn never_forwarded(db: &DbError) -> bool {
+    const WAITING: [&str; 6] = [
+        "query_wait_timeout",
+        "server login has been failing",
+        "pgbouncer cannot connect to server",
+        "server shutting down",
+        "pooler is shutting down",
+        "no more connections allowed",
+    ];
+    let message = db.message();
+    message == "query_timeout" || WAITING.iter().any(|refusal| message.starts_with(refusal))
 }
 
 /// A failed attempt: what went wrong, whether the write may have taken effect all the

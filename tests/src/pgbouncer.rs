@@ -26,6 +26,9 @@ pub struct PoolerOptions {
     /// Protocol-level prepared statements (`max_prepared_statements`), as Neon's pooler
     /// keeps them: a PgBouncer ≥ 1.21 ([`prepared_binary`]) instead of Debian's 1.18.
     pub prepared_statements: bool,
+    /// The port the pooler's server connections go to (a proxy in front of the cluster);
+    /// the cluster's own when `None`.
+    pub server_port: Option<u16>,
 }
 
 impl Default for PoolerOptions {
@@ -35,6 +38,7 @@ impl Default for PoolerOptions {
             pool_size: 4,
             max_client_conn: 500,
             prepared_statements: false,
+            server_port: None,
         }
     }
 }
@@ -108,7 +112,7 @@ impl PgBouncer {
              server_reset_query =\n\
              logfile = {log}\n\
              pidfile = {pid}\n",
-            pg_port = cluster.port,
+            pg_port = options.server_port.unwrap_or(cluster.port),
             userlist = userlist.display(),
             mode = options.pool_mode,
             pool_size = options.pool_size,

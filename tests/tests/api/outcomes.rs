@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tests::cluster::Cluster;
+use tests::pgbouncer::{PgBouncer, PoolerOptions};
 use tests::proxy::CommitCutter;
 use tests::{database_url, env, state, state_with, task_count, user_id, ApiEvent};
 
@@ -39,6 +41,49 @@ async fn a_write_whose_commit_answer_was_lost_is_a_504_and_it_did_happen() {
     assert!(response.header("x-request-id").is_some());
     // It was applied: a 503 here would have been a lie.
     let stored = crate::get(&state(), &user, &id).await.json();
+    assert_eq!(stored["title"], "after");
+}
+
+/// Behind PgBouncer, a commit's lost answer reaches the client as the pooler's own error
+/// for the server connection it lost ("server conn crashed?", FATAL 08P01), before any
+/// CommandComplete, where a direct connection just closes: still unknown, a 504, never a
+/// 503, since the write did happen.
+#[tokio::test]
+async fn behind_pgbouncer_a_write_whose_commit_answer_was_lost_is_a_504_and_it_did_happen() {
+    let cluster = Cluster::start();
+    tests::migrate_with(&cluster.url(), None);
+    let cutter = CommitCutter::start(format!("127.0.0.1:{}", cluster.port)).await;
+    let pooler = PgBouncer::start(
+        &cluster,
+        PoolerOptions {
+            server_port: Some(cutter.port),
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let url = pooler.url();
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_PREPARED_STATEMENTS", "false"),
+    ]));
+    let user = user_id();
+    let id = id_of(&create_titled(&state, &user, "before").await);
+    cutter.cut_next(1);
+    let response = ApiEvent::put(&task_path(&user, &id))
+        .as_user(&user)
+        .json(&json!({"title": "after"}))
+        .send(&state)
+        .await;
+    assert_eq!(cutter.cuts_left(), 0);
+    assert!(
+        pooler.log().contains("server conn crashed?"),
+        "{}",
+        pooler.log()
+    );
+    response.assert_status(504);
+    assert!(response.text().contains("may or may not"));
+    let stored = crate::get(&state, &user, &id).await.json();
     assert_eq!(stored["title"], "after");
 }
 
