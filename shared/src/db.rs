@@ -247,6 +247,7 @@ impl Database {
         // trip for it; the next one finds it cached. The first request of the instance also
         // asks, in that flight, whether the login role is itself subject to row-level
         // security.
+        let mut cancelled = false;
         let answered = {
             let mut prepare = std::pin::pin!(async {
                 if self.prepared.load(Ordering::Relaxed) {
@@ -305,6 +306,7 @@ impl Database {
                 Err(_) => {
                     // The server should have decided by now. Ask it to stop whatever still
                     // runs, and wait for its answer rather than dropping the connection.
+                    cancelled = true;
                     let cancel = client.cancel_token();
                     let tls = self.tls.clone();
                     tokio::spawn(async move {
@@ -335,6 +337,21 @@ impl Database {
             );
         }
         let outcome = call_outcome(answer, names_not_kept).and_then(|rows| {
+            // A commit that waited for a synchronous standby (on Neon, every commit waits
+            // for the safekeepers) and was cancelled is reported as a success, with only a
+            // warning that it is local and may not be replicated. So a write's success that
+            // follows its cancel says nothing about its durability.
+            if cancelled && procedure.guards.deadline {
+                return Err(Failure {
+                    error: anyhow!(
+                        "the write was answered only after its cancel: committed, but perhaps \
+                         not durably"
+                    ),
+                    status: None,
+                    connection_lost: false,
+                    deadline: None,
+                });
+            }
             // A row that cannot be read is a fault of this code (its types), found by the
             // tests; the call's outcome stands, and the answer is a 500.
             statement_rows(procedure.returns, &rows).map_err(|err| Failure {
@@ -344,7 +361,8 @@ impl Database {
                 deadline: None,
             })
         });
-        if client.is_closed() {
+        // A cancel still on its way must not reach the next call on this connection.
+        if client.is_closed() || cancelled {
             drop(deadpool_postgres::Object::take(client));
         }
         outcome.map_err(|mut failure| {

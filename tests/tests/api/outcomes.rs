@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Options};
 use tests::pgbouncer::{PgBouncer, PoolerOptions};
 use tests::proxy::CommitCutter;
 use tests::{database_url, env, state, state_with, task_count, user_id, ApiEvent};
@@ -85,6 +85,65 @@ async fn behind_pgbouncer_a_write_whose_commit_answer_was_lost_is_a_504_and_it_d
     assert!(response.text().contains("may or may not"));
     let stored = crate::get(&state, &user, &id).await.json();
     assert_eq!(stored["title"], "after");
+}
+
+/// A write whose commit waits past its deadline for a synchronous standby (Neon's computes
+/// wait so for their safekeepers) is cancelled; Postgres then ends the wait with a warning
+/// that the commit is local and may not be replicated, and answers success. So a write
+/// answered only after its cancel is a 504, never a 2xx; and its connection, which the
+/// cancel could still reach, is not used again.
+#[tokio::test]
+async fn a_write_answered_only_after_its_cancel_is_a_504() {
+    // Durable: `synchronous_commit` on, without which no commit waits for a standby.
+    let cluster = Cluster::start_with(Options {
+        durable: true,
+        ..Options::default()
+    });
+    tests::migrate_with(&cluster.url(), None);
+    let url = cluster.url();
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_STATEMENT_TIMEOUT_MS", "1000"),
+    ]));
+    let user = user_id();
+    let id = id_of(&create_titled(&state, &user, "before").await);
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // From now on every commit waits for a standby that never comes.
+    let set = async |setting: &str| {
+        admin.batch_execute(setting).await.unwrap();
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+    };
+    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let response = ApiEvent::put(&task_path(&user, &id))
+        .as_user(&user)
+        .json(&json!({"title": "after"}))
+        .send(&state)
+        .await;
+    let took = started.elapsed();
+    set("ALTER SYSTEM RESET synchronous_standby_names").await;
+    response.assert_status(504);
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    // Committed locally all the same: the answer could not have been "not done" either.
+    let title: String = admin
+        .query_one(
+            "SELECT title FROM tasks WHERE id = $1",
+            &[&id.parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "after");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::get(&state, &user, &id).await.assert_status(200);
 }
 
 #[tokio::test]
