@@ -665,7 +665,11 @@ impl std::fmt::Display for PoolFailure<'_> {
 
 fn pool_error(err: PoolError) -> ApiError {
     match err {
-        PoolError::Backend(err) => driver_error(err),
+        // No connection, so nothing was sent; whatever refused it (Neon's proxy answers
+        // XX000 when it cannot wake the compute), the database is unavailable.
+        PoolError::Backend(err) => {
+            ApiError::Unavailable(anyhow::Error::new(err).context("database connection"))
+        }
         PoolError::Timeout(_) => ApiError::Unavailable(anyhow!("{}", PoolFailure(&err))),
         other => ApiError::Internal(anyhow!("connection pool: {other}")),
     }
@@ -673,23 +677,7 @@ fn pool_error(err: PoolError) -> ApiError {
 
 /// Sorts driver errors into "try again later" (503) and bugs (500).
 fn driver_error(err: tokio_postgres::Error) -> ApiError {
-    let transient = match err.code() {
-        None => true, // I/O, closed connection, TLS or authentication handshake
-        Some(code) => {
-            code.code().starts_with("08")
-                || [
-                    SqlState::ADMIN_SHUTDOWN,
-                    SqlState::CRASH_SHUTDOWN,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    SqlState::TOO_MANY_CONNECTIONS,
-                    SqlState::QUERY_CANCELED,
-                    SqlState::T_R_SERIALIZATION_FAILURE,
-                    SqlState::T_R_DEADLOCK_DETECTED,
-                    SqlState::LOCK_NOT_AVAILABLE,
-                ]
-                .contains(code)
-        }
-    };
+    let transient = is_transient(err.code());
     let err = anyhow::Error::new(err).context("database");
     if transient {
         ApiError::Unavailable(err)
@@ -698,9 +686,56 @@ fn driver_error(err: tokio_postgres::Error) -> ApiError {
     }
 }
 
+/// Whether an error says "try again later": no code (I/O, a closed connection, TLS), the
+/// connection's classes (08), the server's resources (53: disk, memory, connections), an
+/// operator or a timeout (57: shutdown, cancel), the system (58: I/O) and internal errors
+/// (XX: Neon's proxy and storage report theirs so), and the conflicts of concurrent
+/// transactions (serialization, deadlock, a lock not had in time).
+fn is_transient(code: Option<&SqlState>) -> bool {
+    let Some(code) = code else { return true };
+    ["08", "53", "57", "58", "XX"].contains(&&code.code()[..2])
+        || [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ]
+        .contains(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_trouble_is_transient_and_faults_of_the_statement_are_not() {
+        for code in [
+            None,
+            Some(SqlState::CONNECTION_FAILURE),
+            Some(SqlState::PROTOCOL_VIOLATION),
+            Some(SqlState::TOO_MANY_CONNECTIONS),
+            Some(SqlState::DISK_FULL),
+            Some(SqlState::OUT_OF_MEMORY),
+            Some(SqlState::QUERY_CANCELED),
+            Some(SqlState::ADMIN_SHUTDOWN),
+            Some(SqlState::CANNOT_CONNECT_NOW),
+            Some(SqlState::IO_ERROR),
+            Some(SqlState::INTERNAL_ERROR),
+            Some(SqlState::T_R_SERIALIZATION_FAILURE),
+            Some(SqlState::T_R_DEADLOCK_DETECTED),
+            Some(SqlState::LOCK_NOT_AVAILABLE),
+        ] {
+            assert!(is_transient(code.as_ref()), "{code:?}");
+        }
+        for code in [
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ] {
+            assert!(!is_transient(Some(&code)), "{code:?}");
+        }
+    }
 
     /// A lock timeout is never `0ms`, which Postgres reads as no limit at all.
     #[test]

@@ -37,6 +37,29 @@ async fn a_refused_connection_is_503_with_retry_after() {
     );
 }
 
+/// A server that refuses the connection with an error of its own is unavailable too, whatever
+/// the code (Neon's proxy answers XX000 when it cannot wake the compute; here, Postgres
+/// answers 3D000 for a database it does not have): 503, never a 500.
+#[tokio::test]
+async fn a_connection_refused_with_an_error_is_503() {
+    let url = tests::with_database(database_url(), "no_such_database");
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let user = user_id();
+    for event in [
+        ApiEvent::get(&tasks_path(&user)).as_user(&user),
+        ApiEvent::get("/health"),
+    ] {
+        let response = event.send(&state).await;
+        response.assert_status(503);
+        assert_eq!(response.header("retry-after"), Some("2"));
+        assert!(
+            !response.text().contains("no_such_database"),
+            "{}",
+            response.text()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_silent_server_is_503_within_the_connect_timeout() {
     // Accepts TCP connections and never says a word, like a black-holed host.
