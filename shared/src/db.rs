@@ -187,11 +187,12 @@ impl Database {
             Err(failure) => failure,
         };
         let read = effect == Effect::Read;
-        if !first.connection_lost || effect == Effect::Write {
+        if !first.names_not_kept && (!first.connection_lost || effect == Effect::Write) {
             return Err(first.into_error(read));
         }
-        // The connection died under the request: once more on a fresh connection, within
-        // the first attempt's deadline.
+        // The connection died under the request, or the call's named statement was not its
+        // own (nothing ran): once more, on a fresh connection or unnamed, within the first
+        // attempt's deadline.
         match self.attempt_as(user_id, sql, params, first.deadline).await {
             Ok(rows) => Ok(rows),
             // Only a success settles an unknown first attempt: a repeat that failed says
@@ -248,6 +249,7 @@ impl Database {
         // asks, in that flight, whether the login role is itself subject to row-level
         // security.
         let mut cancelled = false;
+        let named: bool;
         let answered = {
             let mut prepare = std::pin::pin!(async {
                 if self.prepared.load(Ordering::Relaxed) {
@@ -266,6 +268,7 @@ impl Database {
                 Some(Some(Ok(statement))) => Some(statement.clone()),
                 _ => None,
             };
+            named = cached.is_some();
             let pipeline = async {
                 let detect = async {
                     if self.role.load(Ordering::Relaxed) == ROLE_UNKNOWN {
@@ -326,15 +329,13 @@ impl Database {
                 status: None,
                 connection_lost: false,
                 deadline: None,
+                names_not_kept: false,
             });
         };
-        let names_not_kept = statement_names_not_kept(&answer);
-        if names_not_kept && self.prepared.swap(false, Ordering::Relaxed) {
-            tracing::error!(
-                "a named statement reached no statement or another one: the pooler does not \
-                 keep prepared statements (PgBouncer before 1.21, or max_prepared_statements \
-                 = 0); unnamed statements from now on. Set DB_PREPARED_STATEMENTS=false there."
-            );
+        let names_not_kept =
+            matches!(&answer, Err(failed) if statement_names_not_kept(&failed.error, named));
+        if names_not_kept {
+            self.stop_naming_statements();
         }
         let outcome = call_outcome(answer, names_not_kept).and_then(|rows| {
             // A commit that waited for a synchronous standby (on Neon, every commit waits
@@ -350,6 +351,7 @@ impl Database {
                     status: None,
                     connection_lost: false,
                     deadline: None,
+                    names_not_kept: false,
                 });
             }
             // A row that cannot be read is a fault of this code (its types), found by the
@@ -359,6 +361,7 @@ impl Database {
                 status: Some(ApiError::Internal(err)),
                 connection_lost: false,
                 deadline: None,
+                names_not_kept: false,
             })
         });
         // A cancel still on its way must not reach the next call on this connection.
@@ -369,6 +372,18 @@ impl Database {
             failure.deadline = Some(deadline);
             failure
         })
+    }
+
+    /// After a named statement reached no statement or another one
+    /// ([`statement_names_not_kept`]): unnamed statements from now on, said once.
+    fn stop_naming_statements(&self) {
+        if self.prepared.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                "a named statement reached no statement or another one: the pooler does not \
+                 keep prepared statements (PgBouncer before 1.21, or max_prepared_statements \
+                 = 0); unnamed statements from now on. Set DB_PREPARED_STATEMENTS=false there."
+            );
+        }
     }
 
     /// Runs one statement outside any user's context: no role change, no transaction.
@@ -384,10 +399,15 @@ impl Database {
             if self.prepared.load(Ordering::Relaxed) {
                 let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
                 let statement = client.prepare_typed_cached(sql, &types).await?;
-                client.query(&statement, &values(params)).await
-            } else {
-                client.query_typed(sql, params).await
+                match client.query(&statement, &values(params)).await {
+                    // Nothing ran: once more, unnamed.
+                    Err(err) if statement_names_not_kept(&err, true) => {
+                        self.stop_naming_statements();
+                    }
+                    answer => return answer,
+                }
             }
+            client.query_typed(sql, params).await
         };
         match tokio::time::timeout(limit, run).await {
             Ok(result) => result.map_err(driver_error),
@@ -491,11 +511,18 @@ async fn rows_to_the_end(
     Ok(rows)
 }
 
-/// Whether a call failed because its statement's name did not reach that statement: Bind
-/// found none of that name, or another function's, which refused the call before anything
-/// else ([`procedures::WRONG_STATEMENT`]). Either way nothing ran.
-fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
-    matches!(answer, Err(failed) if failed.error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME))
+/// Whether a statement failed because its name did not reach that statement: Bind found
+/// none of that name, or another function's, which refused the call before anything else
+/// ([`procedures::WRONG_STATEMENT`]), or (for a `named` statement, prepared earlier) a
+/// statement of another shape, which Postgres refused at Bind (the number or the formats of
+/// its parameters differ; `exec_bind_message` is where Postgres checks them). Either way
+/// nothing ran.
+fn statement_names_not_kept(error: &tokio_postgres::Error, named: bool) -> bool {
+    error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        || (named
+            && error
+                .as_db_error()
+                .is_some_and(|db| db.routine() == Some("exec_bind_message")))
 }
 
 /// What a call's answer says about its outcome:
@@ -511,7 +538,8 @@ fn statement_names_not_kept(answer: &Result<Vec<Row>, CallError>) -> bool {
 ///   server that shuts down while committing may have committed);
 /// - no answer because the connection died: unknown.
 ///
-/// `names_not_kept` is [`statement_names_not_kept`] of the answer, found once by the caller.
+/// `names_not_kept` is [`statement_names_not_kept`] of the answer's error, found once by the
+/// caller.
 fn call_outcome(
     answer: Result<Vec<Row>, CallError>,
     names_not_kept: bool,
@@ -526,6 +554,7 @@ fn call_outcome(
             status: Some(ApiError::Unavailable(anyhow!("statement names not kept"))),
             connection_lost: false,
             deadline: None,
+            names_not_kept: true,
         });
     }
     let Some(db) = error.as_db_error() else {
@@ -537,6 +566,7 @@ fn call_outcome(
             status: Some(ApiError::Unavailable(anyhow!("deadline passed"))),
             connection_lost: false,
             deadline: None,
+            names_not_kept: false,
         });
     }
     if *db.code() == SqlState::UNDEFINED_FUNCTION {
@@ -590,6 +620,10 @@ struct Failure {
     connection_lost: bool,
     /// The attempt's deadline, which a repeat keeps.
     deadline: Option<Instant>,
+    /// The call's named statement was not its own ([`statement_names_not_kept`]): nothing
+    /// ran, and the process has switched to unnamed statements, so a repeat is safe for any
+    /// statement and should succeed.
+    names_not_kept: bool,
 }
 
 impl Failure {
@@ -600,6 +634,7 @@ impl Failure {
             status: Some(error),
             connection_lost: false,
             deadline: None,
+            names_not_kept: false,
         }
     }
 
@@ -611,6 +646,7 @@ impl Failure {
             status: Some(driver_error(err)),
             connection_lost,
             deadline: None,
+            names_not_kept: false,
         }
     }
 
@@ -621,6 +657,7 @@ impl Failure {
             status: None,
             error: anyhow::Error::new(err).context("database connection lost mid-transaction"),
             deadline: None,
+            names_not_kept: false,
         }
     }
 
