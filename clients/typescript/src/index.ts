@@ -40,7 +40,8 @@ export interface TodoClientOptions {
   baseUrl: string;
   /**
    * Returns a JWT: Better Auth's `authClient.token` (jwt plugin) as it is, or any function
-   * returning a token. Called when no unexpired token is cached, and once more after a 401.
+   * returning a token. Called when no unexpired token of the user in the path is cached
+   * (one call at a time: concurrent requests share it), and once more after a 401 or 403.
    */
   getToken: () => TokenResult | Promise<TokenResult>;
   /** A `fetch` to use instead of the global one (tests, server-side rendering). */
@@ -49,7 +50,10 @@ export interface TodoClientOptions {
 
 /** Options of a conditional write. */
 export interface IfMatch {
-  /** The task's `etag`: the write fails with 412 and changes nothing if the task changed. */
+  /**
+   * The task's `etag`: the write fails with 412 and changes nothing if the task changed. An
+   * empty one (the `ETag` header could not be read) throws rather than write unconditionally.
+   */
   etag?: string;
 }
 
@@ -79,7 +83,7 @@ export class ApiError extends Error {
 
 type Answer = { data?: unknown; error?: unknown; response: Response };
 
-/** Tokens are reused until 30 s before their `exp`. */
+/** Tokens are reused until 30 s before their `exp`, for the user they name (`sub`). */
 const TOKEN_MARGIN_MS = 30_000;
 
 export function createTodoClient(options: TodoClientOptions) {
@@ -87,22 +91,42 @@ export function createTodoClient(options: TodoClientOptions) {
     baseUrl: options.baseUrl.replace(/\/+$/, ""),
     ...(options.fetch ? { fetch: options.fetch } : {}),
   });
-  let cached: { token: string; expiresAt: number } | null = null;
+  let cached: { token: string; expiresAt: number; subject: string | null } | null = null;
+  let pending: Promise<string> | null = null;
 
-  async function token(fresh: boolean): Promise<string> {
-    if (!fresh && cached && Date.now() < cached.expiresAt) return cached.token;
-    const result = await options.getToken();
-    const value = typeof result === "string" ? result : (result?.data?.token ?? null);
-    if (!value) throw new ApiError(401, "getToken returned no token", null);
-    cached = { token: value, expiresAt: expiryOf(value) - TOKEN_MARGIN_MS };
-    return value;
+  /** A token from `getToken`; concurrent callers share one call. */
+  function fetchToken(): Promise<string> {
+    pending ??= (async () => {
+      try {
+        const result = await options.getToken();
+        const value = typeof result === "string" ? result : (result?.data?.token ?? null);
+        if (!value) throw new ApiError(401, "getToken returned no token", null);
+        const claims = claimsOf(value);
+        cached = { token: value, expiresAt: claims.exp - TOKEN_MARGIN_MS, subject: claims.sub };
+        return value;
+      } finally {
+        pending = null;
+      }
+    })();
+    return pending;
   }
 
-  /** Runs a request with a token; after a 401, once more with a fresh token. */
-  async function send<A extends Answer>(request: (headers: Record<string, string>) => Promise<A>) {
-    let answer = await request({ Authorization: `Bearer ${await token(false)}` });
-    if (answer.response.status === 401) {
-      answer = await request({ Authorization: `Bearer ${await token(true)}` });
+  /** The cached token while it is unexpired and names `userId` (when it names anyone). */
+  async function token(userId: string, fresh: boolean): Promise<string> {
+    const reusable =
+      cached && Date.now() < cached.expiresAt && (cached.subject === null || cached.subject === userId);
+    if (!fresh && cached && reusable) return cached.token;
+    return fetchToken();
+  }
+
+  /**
+   * Runs a request for `userId` with a token; after a 401 or 403, once more with a fresh
+   * token (a sign-in as someone else since the token was cached).
+   */
+  async function send<A extends Answer>(userId: string, request: (headers: Record<string, string>) => Promise<A>) {
+    let answer = await request({ Authorization: `Bearer ${await token(userId, false)}` });
+    if (answer.response.status === 401 || answer.response.status === 403) {
+      answer = await request({ Authorization: `Bearer ${await token(userId, true)}` });
     }
     if (!answer.response.ok) throw toApiError(answer);
     return answer as A & { data: Exclude<A["data"], undefined> };
@@ -110,12 +134,26 @@ export function createTodoClient(options: TodoClientOptions) {
 
   const user = (userId: string) => ({ user_id: userId });
   const task = (userId: string, id: string) => ({ user_id: userId, id });
-  const ifMatch = (opts?: IfMatch) => (opts?.etag ? { "If-Match": opts.etag } : {});
+  const ifMatch = (opts?: IfMatch) => {
+    if (opts && "etag" in opts && !opts.etag) {
+      // A task whose `ETag` could not be read (a CORS setup that does not expose it): a
+      // write sent without `If-Match` would not be conditional at all.
+      throw new TypeError(
+        "no ETag to send as If-Match (is ETag in the API's CORS ExposeHeaders?); refusing an unconditional write",
+      );
+    }
+    return opts?.etag ? { "If-Match": opts.etag } : {};
+  };
 
   return {
+    /** Forgets the cached token: call it when the user signs out. */
+    clearToken(): void {
+      cached = null;
+    },
+
     /** `GET /api/{user_id}/tasks`: one page of tasks, the total and the next page's query. */
     async list(userId: string, query: ListQuery = {}): Promise<TaskPage> {
-      const { data, response } = await send((headers) =>
+      const { data, response } = await send(userId, (headers) =>
         api.GET("/api/{user_id}/tasks", { params: { path: user(userId), query }, headers }),
       );
       return {
@@ -137,11 +175,11 @@ export function createTodoClient(options: TodoClientOptions) {
       body: TaskCreate,
       opts: { idempotencyKey?: string; attempts?: number } = {},
     ): Promise<VersionedTask> {
-      const key = opts.idempotencyKey ?? globalThis.crypto.randomUUID();
+      const key = opts.idempotencyKey ?? newKey();
       const attempts = Math.max(1, opts.attempts ?? 3);
       for (let attempt = 1; ; attempt++) {
         try {
-          const { data, response } = await send((headers) =>
+          const { data, response } = await send(userId, (headers) =>
             api.POST("/api/{user_id}/tasks", {
               params: { path: user(userId), header: { "Idempotency-Key": key } },
               body,
@@ -159,7 +197,7 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `GET /api/{user_id}/tasks/{id}` */
     async get(userId: string, id: string): Promise<VersionedTask> {
-      const { data, response } = await send((headers) =>
+      const { data, response } = await send(userId, (headers) =>
         api.GET("/api/{user_id}/tasks/{id}", { params: { path: task(userId, id) }, headers }),
       );
       return versioned(data, response);
@@ -167,7 +205,7 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `PUT /api/{user_id}/tasks/{id}`: a partial update. */
     async update(userId: string, id: string, changes: TaskUpdate, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send((headers) =>
+      const { data, response } = await send(userId, (headers) =>
         api.PUT("/api/{user_id}/tasks/{id}", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           body: changes,
@@ -179,7 +217,7 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `PATCH /api/{user_id}/tasks/{id}/complete` without a body: flips `completed`. */
     async toggle(userId: string, id: string, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send((headers) =>
+      const { data, response } = await send(userId, (headers) =>
         api.PATCH("/api/{user_id}/tasks/{id}/complete", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           headers,
@@ -190,7 +228,7 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `PATCH /api/{user_id}/tasks/{id}/complete` with `{"completed": …}`. */
     async setCompleted(userId: string, id: string, completed: boolean, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send((headers) =>
+      const { data, response } = await send(userId, (headers) =>
         api.PATCH("/api/{user_id}/tasks/{id}/complete", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           body: { completed },
@@ -202,7 +240,7 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `DELETE /api/{user_id}/tasks/{id}` */
     async remove(userId: string, id: string, opts?: IfMatch): Promise<void> {
-      await send((headers) =>
+      await send(userId, (headers) =>
         api.DELETE("/api/{user_id}/tasks/{id}", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           headers,
@@ -232,16 +270,36 @@ function toApiError({ error, response }: Answer): ApiError {
   );
 }
 
-/** The `exp` of a JWT in milliseconds; 0 (use once) when it cannot be read. */
-function expiryOf(jwt: string): number {
+/**
+ * A JWT's `exp` in milliseconds (0, use once, when it cannot be read) and the user it names
+ * (`sub`, or Better Auth's `user.id`; null when it names none).
+ */
+function claimsOf(jwt: string): { exp: number; sub: string | null } {
   try {
     const payload = jwt.split(".")[1] ?? "";
     const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
-    const exp = (JSON.parse(json) as { exp?: unknown }).exp;
-    return typeof exp === "number" ? exp * 1000 : 0;
+    const claims = JSON.parse(json) as { exp?: unknown; sub?: unknown; user?: { id?: unknown } };
+    const sub = typeof claims.sub === "string" ? claims.sub : claims.user?.id;
+    return {
+      exp: typeof claims.exp === "number" ? claims.exp * 1000 : 0,
+      sub: typeof sub === "string" ? sub : null,
+    };
   } catch {
-    return 0;
+    return { exp: 0, sub: null };
   }
+}
+
+/**
+ * A fresh random key (a version 4 UUID). `crypto.randomUUID` exists only in secure contexts
+ * (HTTPS, localhost); `crypto.getRandomValues` also on plain HTTP (a phone on the LAN).
+ */
+function newKey(): string {
+  if (typeof globalThis.crypto.randomUUID === "function") return globalThis.crypto.randomUUID();
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x40;
+  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 /** The query of `Link: <…>; rel="next"`, or null. */

@@ -175,7 +175,9 @@ export interface components {
             completed?: boolean | null;
         } | {
             title: string;
-        } | unknown | {
+        } | {
+            description: string | null;
+        } | {
             completed: boolean;
         };
         /**
@@ -428,7 +430,7 @@ export interface components {
         /** @description Filter by completion. Default `all`. */
         Status: "all" | "pending" | "completed";
         /** @description The same filter, the other common spelling: `true` = completed, `false` = pending. Contradicting `status` -> 422. */
-        Completed: "true" | "false";
+        Completed: boolean;
         /** @description Case-insensitive substring of title or description; `%` and `_` match literally. Empty means no filter. At most 255 code points, no U+0000. */
         Search: string;
         /** @description Sort field; ties are broken by `id`. */

@@ -130,6 +130,64 @@ describe("the typed client against the API", { skip }, () => {
     assert.equal(refused.calls.getToken, 2, "exactly one retry");
   });
 
+  test("after a sign-in as someone else, the new user's token is used, not the cached one", async () => {
+    const users = [`ts-${randomUUID()}`, `ts-${randomUUID()}`];
+    let signedIn = users[0];
+    let fetched = 0;
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => {
+        fetched += 1;
+        return mint(signedIn);
+      },
+    });
+    await client.create(users[0], { title: "first user's" });
+    signedIn = users[1];
+    assert.equal((await client.list(users[1])).total, 0, "the second user's own list");
+    assert.equal(fetched, 2, "the first user's token was not sent for the second");
+    client.clearToken();
+    await client.list(users[1]);
+    assert.equal(fetched, 3, "clearToken forgets the token");
+  });
+
+  test("concurrent calls share one getToken call", async () => {
+    const { userId, client, calls } = newUser();
+    const pages = await Promise.all(Array.from({ length: 5 }, () => client.list(userId)));
+    assert.ok(pages.every((page) => page.total === 0));
+    assert.equal(calls.getToken, 1);
+  });
+
+  test("outside a secure context (no crypto.randomUUID) create still sends a UUID key", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const keys = [];
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => mint(userId),
+      fetch: (request) => {
+        keys.push(request.headers.get("idempotency-key"));
+        return fetch(request);
+      },
+    });
+    Object.defineProperty(globalThis.crypto, "randomUUID", { value: undefined, configurable: true });
+    try {
+      await client.create(userId, { title: "from http://192.168.1.20:3000" });
+    } finally {
+      delete globalThis.crypto.randomUUID;
+    }
+    assert.equal(typeof globalThis.crypto.randomUUID, "function");
+    assert.match(keys[0], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  });
+
+  test("a conditional write without a readable ETag is refused, not sent unconditionally", async () => {
+    const { userId, client } = newUser();
+    const task = await client.create(userId, { title: "guarded" });
+    await assert.rejects(
+      client.update(userId, task.id, { title: "blind" }, { etag: "" }),
+      /ETag/,
+    );
+    assert.equal((await client.get(userId, task.id)).title, "guarded");
+  });
+
   test("getToken may be Better Auth's authClient.token() answer", async () => {
     const { userId, client } = newUser((id) => [{ data: { token: mint(id) }, error: null }]);
     assert.equal((await client.list(userId)).total, 0);

@@ -1,12 +1,15 @@
 import { createAuthClient } from "better-auth/client";
 import { jwtClient } from "better-auth/client/plugins";
-import { createTodoClient } from "@todo-api/client";
+import { createTodoClient, type TodoClient } from "@todo-api/client";
 
 export const authClient = createAuthClient({ plugins: [jwtClient()] });
 
 // Your API's URL (the ApiUrl output of `sam deploy`, or scripts/dev's http://127.0.0.1:9000).
-export const todos = (apiUrl: string) =>
-  createTodoClient({ baseUrl: apiUrl, getToken: authClient.token });
+// One client per URL, kept: it reuses its token (clearToken() it when the user signs out).
+const clients = new Map<string, TodoClient>();
+export const todos = (apiUrl: string): TodoClient =>
+  clients.get(apiUrl) ??
+  clients.set(apiUrl, createTodoClient({ baseUrl: apiUrl, getToken: authClient.token })).get(apiUrl)!;
 
 export async function addTask(apiUrl: string, title: string) {
   const { data: session } = await authClient.getSession();

@@ -1,0 +1,18 @@
+// Compile-time checks of the client's types (`npm run typecheck`, which scripts/test runs):
+// each line under `@ts-expect-error` must fail to compile, or the check fails.
+import { createTodoClient } from "../src/index.js";
+
+declare const client: ReturnType<typeof createTodoClient>;
+
+export async function bodiesAndQueriesAreTyped(): Promise<void> {
+  await client.update("u", "t", { title: "x" });
+  await client.update("u", "t", { description: null });
+  await client.update("u", "t", { completed: true });
+  // @ts-expect-error a misspelt field
+  await client.update("u", "t", { titel: "x" });
+  // @ts-expect-error not an object
+  await client.update("u", "t", 42);
+  await client.list("u", { completed: true });
+  // @ts-expect-error the filter is a boolean
+  await client.list("u", { completed: "true" });
+}
