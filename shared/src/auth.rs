@@ -123,14 +123,19 @@ impl TokenVerifier {
     /// Only algorithms the configuration enables are accepted, and each only with a key of
     /// its own kind: an HS256 token is never checked against a public key.
     pub async fn verify_token(&self, token: &str) -> Result<UserId, ApiError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("not a JWT"))?;
         let key = match header.alg {
-            Algorithm::HS256 => self.hs256.clone().ok_or(AuthError::Invalid)?,
+            Algorithm::HS256 => (self.hs256.clone()).ok_or(AuthError::Invalid(
+                "HS256, and no HS256 secret is configured",
+            ))?,
             Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256 => {
-                let store = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
+                let store = (self.jwks.as_ref()).ok_or(AuthError::Invalid(
+                    "signed with a key pair, and no JWKS is configured",
+                ))?;
                 store.key_for(header.kid.as_deref(), header.alg).await?
             }
-            _ => return Err(AuthError::Invalid.into()),
+            _ => return Err(AuthError::Invalid("an algorithm the API does not accept").into()),
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
@@ -153,7 +158,16 @@ impl TokenVerifier {
                 match err.kind() {
                     ErrorKind::ExpiredSignature => AuthError::Expired,
                     ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    _ => AuthError::Invalid,
+                    ErrorKind::InvalidSignature => AuthError::Invalid("a bad signature"),
+                    ErrorKind::InvalidIssuer => AuthError::Invalid("another issuer (iss)"),
+                    ErrorKind::InvalidAudience => AuthError::Invalid("another audience (aud)"),
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        AuthError::Invalid("a required claim missing (exp, or iss or aud when set)")
+                    }
+                    ErrorKind::InvalidAlgorithm => {
+                        AuthError::Invalid("an algorithm that is not its key's")
+                    }
+                    _ => AuthError::Invalid("claims that cannot be read"),
                 }
             })?;
         self.check_claims(&data.claims)
@@ -167,7 +181,7 @@ impl TokenVerifier {
             .flatten()
         {
             if !claim.is_number() {
-                return Err(AuthError::Invalid.into());
+                return Err(AuthError::Invalid("a time claim that is not a number").into());
             }
         }
         if let Some(iat) = claims.iat.as_ref().and_then(Value::as_f64) {
@@ -332,7 +346,7 @@ impl KeyStore {
             return Ok(key);
         }
         let Some(remote) = &self.remote else {
-            return Err(AuthError::Invalid.into());
+            return Err(AuthError::Invalid("no key of its kid and algorithm").into());
         };
         // Unknown kid: refetch, at most once per cool-down however many requests ask.
         let mut last_fetch = remote.last_fetch.lock().await;
@@ -347,7 +361,7 @@ impl KeyStore {
         if !due {
             return match *last_fetch {
                 Some((_, false)) => Err(ApiError::Unavailable(anyhow!("JWKS unavailable"))),
-                _ => Err(AuthError::Invalid.into()),
+                _ => Err(AuthError::Invalid("no key of its kid and algorithm").into()),
             };
         }
         // A document without a usable key counts as a failed fetch: the keys that worked
@@ -368,7 +382,7 @@ impl KeyStore {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
-        key.ok_or_else(|| AuthError::Invalid.into())
+        key.ok_or_else(|| AuthError::Invalid("no key of its kid and algorithm").into())
     }
 }
 

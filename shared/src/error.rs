@@ -20,8 +20,9 @@ pub enum AuthError {
     Expired,
     #[error("Token is not yet valid")]
     NotYetValid,
+    /// Why, for the request's log line only; the client is told only "Invalid token".
     #[error("Invalid token")]
-    Invalid,
+    Invalid(&'static str),
     #[error("Invalid token subject")]
     InvalidSubject,
 }

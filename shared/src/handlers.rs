@@ -217,7 +217,8 @@ impl Call<'_> {
     async fn owner(&self) -> Result<Owner, ApiError> {
         let token = bearer_token(self.req.headers())?;
         let caller = self.state.verifier.verify_token(token).await?;
-        let path_user_id = self.path_parameter("user_id").ok_or(AuthError::Invalid)?;
+        let path_user_id =
+            (self.path_parameter("user_id")).ok_or(AuthError::Invalid("no user id in the path"))?;
         Owner::authorize(caller, &path_user_id)
     }
 
@@ -278,12 +279,17 @@ fn finish(
 ) -> HttpResponse {
     let request_id = request_id(req);
     let method = req.method();
-    let (mut response, error) = match outcome {
-        Ok(response) => (response, None),
+    let (mut response, error, reason) = match outcome {
+        Ok(response) => (response, None, None),
         Err(err) => {
             let status = err.status();
             let logged = (status.is_server_error()).then(|| format!("{err:?}"));
-            (err.into_response(), logged)
+            // Why a token was refused, which the client is not told (never the token).
+            let reason = match &err {
+                ApiError::Unauthorized(AuthError::Invalid(reason)) => Some(*reason),
+                _ => None,
+            };
+            (err.into_response(), logged, reason)
         }
     };
     if method != http::Method::OPTIONS {
@@ -298,7 +304,14 @@ fn finish(
         Some(error) => tracing::error!(
             request_id, method = %method, route, status, latency_ms, error, "request failed"
         ),
-        None => tracing::info!(request_id, method = %method, route, status, latency_ms, "request"),
+        None => match reason {
+            Some(reason) => tracing::info!(
+                request_id, method = %method, route, status, latency_ms, reason, "request"
+            ),
+            None => {
+                tracing::info!(request_id, method = %method, route, status, latency_ms, "request")
+            }
+        },
     }
     response
 }

@@ -2,7 +2,9 @@
 //! `BETTER_AUTH_SECRET`, so frontend developers can call the local API. The scripts and the
 //! Python system tests mint their tokens with it too.
 //!
-//! Usage: `dev-token <user_id> [lifetime-seconds]` (default one hour).
+//! Usage: `dev-token <user_id> [lifetime-seconds]` (default one hour). With `JWT_ISSUER` or
+//! `JWT_AUDIENCE` set, which the API then requires in every token, the token carries the
+//! first value of each as `iss` / `aud`.
 
 use std::process::ExitCode;
 
@@ -35,7 +37,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match shared::auth::mint_hs256(secret.expose_secret(), &user_id, lifetime) {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = serde_json::json!({ "sub": user_id, "iat": now, "exp": now + lifetime });
+    for (claim, variable) in [("iss", "JWT_ISSUER"), ("aud", "JWT_AUDIENCE")] {
+        let first = std::env::var(variable).ok().and_then(|list| {
+            list.split(',')
+                .map(str::trim)
+                .find(|value| !value.is_empty())
+                .map(str::to_owned)
+        });
+        if let Some(value) = first {
+            claims[claim] = serde_json::Value::from(value);
+        }
+    }
+    match shared::auth::sign_hs256(secret.expose_secret(), &claims) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
