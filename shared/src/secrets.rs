@@ -75,11 +75,50 @@ async fn fetch(
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| anyhow!("{arn_var}: secret {arn} has no SecretString value"))?;
-            anyhow::Ok((target, value.to_owned()))
+            let value =
+                secret_value(target, value).with_context(|| format!("{arn_var}: secret {arn}"))?;
+            anyhow::Ok((target, value))
         },
     ))
     .await?;
     Ok(values.into_iter().collect())
+}
+
+/// The value of setting `target` in a secret's `SecretString`: the string itself, or, when
+/// it is a JSON object (the console's "key/value" secrets), its entry named after the
+/// setting (or its alias), or its only entry. Any other object is refused, naming its keys,
+/// never a value: taken whole, it would be a wrong but plausible value (a 40-byte HS256
+/// secret that signs nothing Better Auth sends).
+#[cfg(any(feature = "secrets-manager", test))]
+fn secret_value(target: &str, raw: &str) -> anyhow::Result<String> {
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_str::<serde_json::Value>(raw)
+    else {
+        return Ok(raw.to_owned());
+    };
+    let alias = match target {
+        "DATABASE_URL" => "NEON_DATABASE_URL",
+        "BETTER_AUTH_SECRET" => "JWT_SECRET",
+        _ => target,
+    };
+    let named = entries.get(target).or_else(|| entries.get(alias));
+    let only = (entries.len() == 1)
+        .then(|| entries.values().next())
+        .flatten();
+    match named
+        .or(only)
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+    {
+        Some(value) if !value.is_empty() => Ok(value.to_owned()),
+        _ => {
+            let keys: Vec<&str> = entries.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "holds a JSON object (keys: {}) without a non-empty string under \"{target}\": \
+                 store the plain value, or a key/value pair named {target}",
+                keys.join(", ")
+            )
+        }
+    }
 }
 
 #[cfg(not(feature = "secrets-manager"))]
@@ -96,6 +135,31 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_value_secret_gives_its_entry_and_a_plain_one_itself() {
+        let url = "postgresql://u:p@ep-x-pooler.neon.tech/db?sslmode=require";
+        assert_eq!(secret_value("DATABASE_URL", url).unwrap(), url);
+        let named = format!(r#"{{"DATABASE_URL": "{url}", "other": "x"}}"#);
+        assert_eq!(secret_value("DATABASE_URL", &named).unwrap(), url);
+        let alias = format!(r#"{{"NEON_DATABASE_URL": "{url}", "other": "x"}}"#);
+        assert_eq!(secret_value("DATABASE_URL", &alias).unwrap(), url);
+        assert_eq!(
+            secret_value("BETTER_AUTH_SECRET", r#"{"key1": " s3cret-value "}"#).unwrap(),
+            "s3cret-value"
+        );
+        let refused = secret_value(
+            "BETTER_AUTH_SECRET",
+            r#"{"a": "s3cret-1", "b": "s3cret-2"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("keys: a, b"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
+        assert!(secret_value("BETTER_AUTH_SECRET", r#"{"BETTER_AUTH_SECRET": 42}"#).is_err());
+        // Not an object: the string as it is.
+        assert_eq!(secret_value("BETTER_AUTH_SECRET", "[1]").unwrap(), "[1]");
+    }
 
     #[tokio::test]
     async fn no_arn_means_no_sdk_and_no_settings() {

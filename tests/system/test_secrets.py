@@ -2,6 +2,7 @@
 from AWS Secrets Manager (moto's server on 127.0.0.1 stands in for AWS), and a missing or
 unreadable secret stops the start-up with a message that names it and never its value."""
 
+import json
 import subprocess
 import tempfile
 import time
@@ -108,6 +109,32 @@ def test_at_log_level_trace_no_token_secret_or_password_is_logged(secrets, moto)
     assert '"message":"request"' in out and '"status":201' in out, out[-3000:]
     assert token in MINTED_TOKENS
     assert_no_secrets(out, AUTH_SECRET, DB_PASSWORD, with_password)
+
+
+def test_key_value_secrets_give_their_entry(secrets, moto):
+    """The console's default "key/value" secrets hold a JSON object: its entry named after
+    the setting is used (taken whole, the object would have been a plausible but wrong
+    HS256 secret: every token a 401)."""
+    endpoint, client = moto
+    _, _, _, db_url = secrets
+    db_arn = client.create_secret(Name=f"todo/db-kv-{uuid.uuid4().hex}",
+                                  SecretString=json.dumps({"DATABASE_URL": db_url}))["ARN"]
+    auth_arn = client.create_secret(Name=f"todo/auth-kv-{uuid.uuid4().hex}",
+                                    SecretString=json.dumps({"BETTER_AUTH_SECRET": AUTH_SECRET}))["ARN"]
+    runtime = RuntimeApi()
+    proc = start("list-tasks", lambda_env(runtime, "list-tasks", DATABASE_URL_SECRET_ARN=db_arn,
+                                          BETTER_AUTH_SECRET_ARN=auth_arn, **aws(endpoint)))
+    try:
+        user = uuid.uuid4().hex
+        response = runtime.invoke(api_event("GET", f"/api/{user}/tasks",
+                                            token=hs256_token(AUTH_SECRET, user),
+                                            path_parameters={"user_id": user}))
+        assert response["statusCode"] == 200, response
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        runtime.close()
+    assert AUTH_SECRET not in out
 
 
 @pytest.mark.parametrize("which", ["DATABASE_URL_SECRET_ARN", "BETTER_AUTH_SECRET_ARN"])
