@@ -533,9 +533,9 @@ fn statement_names_not_kept(error: &tokio_postgres::Error, named: bool) -> bool 
 /// - an error that a pooler raised before the statement completed: unknown, unless it
 ///   refused a call it never forwarded ([`never_forwarded`]): it may stand for a server lost
 ///   after committing;
-/// - an error after the statement completed: the commit failed, rolled back for an error
-///   of class 40 or 23 (serialization, deadlock, deferred constraint), otherwise unknown (a
-///   server that shuts down while committing may have committed);
+/// - an error after the statement completed: the commit failed, rolled back where the
+///   error says so ([`rolled_back_at_commit`]), otherwise unknown (a server that shuts
+///   down while committing may have committed);
 /// - no answer because the connection died: unknown.
 ///
 /// `names_not_kept` is [`statement_names_not_kept`] of the answer's error, found once by the
@@ -578,12 +578,19 @@ fn call_outcome(
         // with it, as when a direct connection just closes.
         return Err(Failure::unknown(error));
     }
-    let rolled_back = db.code().code().starts_with("40") || db.code().code().starts_with("23");
-    if completed && !rolled_back {
+    if completed && !rolled_back_at_commit(db.code()) {
         Err(Failure::unknown(error))
     } else {
         Err(Failure::not_done(error))
     }
+}
+
+/// Whether an error that came with the commit says that it rolled back: serialization
+/// failures and deadlocks (class 40) and deferred constraints (class 23), but not 40003,
+/// "statement completion unknown".
+fn rolled_back_at_commit(code: &SqlState) -> bool {
+    (code.code().starts_with("40") && *code != SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN)
+        || code.code().starts_with("23")
 }
 
 /// Whether Postgres itself raised an error: it reports the source file, line and routine of
@@ -742,6 +749,18 @@ fn is_transient(code: Option<&SqlState>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_says_so_rolled_back_at_commit() {
+        assert!(rolled_back_at_commit(&SqlState::T_R_SERIALIZATION_FAILURE));
+        assert!(rolled_back_at_commit(&SqlState::T_R_DEADLOCK_DETECTED));
+        assert!(rolled_back_at_commit(&SqlState::UNIQUE_VIOLATION));
+        assert!(!rolled_back_at_commit(
+            &SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN
+        ));
+        assert!(!rolled_back_at_commit(&SqlState::ADMIN_SHUTDOWN));
+        assert!(!rolled_back_at_commit(&SqlState::IO_ERROR));
+    }
 
     #[test]
     fn database_trouble_is_transient_and_faults_of_the_statement_are_not() {
