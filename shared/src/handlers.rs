@@ -46,7 +46,11 @@ pub async fn list_tasks(state: &AppState, req: Request) -> HttpResponse {
         let mut response = json_response(StatusCode::OK, &page.tasks);
         let headers = response.headers_mut();
         headers.insert("x-total-count", HeaderValue::from(page.total));
-        let path = format!("/api/{}/tasks", encode_segment(owner.as_str()));
+        let path = format!(
+            "{}/api/{}/tasks",
+            call.mapping_key(),
+            encode_segment(owner.as_str())
+        );
         if let Some(link) = query.next_link(&path, call.req.uri().query(), page.total) {
             if let Ok(value) = HeaderValue::from_str(&link) {
                 headers.insert(header::LINK, value);
@@ -80,7 +84,12 @@ pub async fn create_task(state: &AppState, req: Request) -> HttpResponse {
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
         }
-        let location = format!("/api/{}/tasks/{}", encode_segment(owner.as_str()), task.id);
+        let location = format!(
+            "{}/api/{}/tasks/{}",
+            call.mapping_key(),
+            encode_segment(owner.as_str()),
+            task.id
+        );
         if let Ok(value) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, value);
         }
@@ -234,6 +243,22 @@ impl Call<'_> {
         self.route
             .match_path(self.req.uri().path())
             .and_then(|mut params| params.remove(name))
+    }
+
+    /// What comes before the route's own segments in the request's path: behind a custom
+    /// domain whose API mapping has a key (`api.example.com/v1` → this API), API Gateway
+    /// routes the path after the key and the raw path keeps it (`/v1`), which the URLs the
+    /// API hands out (`Location`, `Link`) must keep too. Empty otherwise.
+    fn mapping_key(&self) -> &str {
+        let path = self.req.uri().path();
+        let mut end = path.len();
+        for _ in 0..self.route.path.matches('/').count() {
+            match path[..end].rfind('/') {
+                Some(at) => end = at,
+                None => return "",
+            }
+        }
+        &path[..end]
     }
 
     fn task_id(&self) -> Result<TaskId, FieldError> {

@@ -1,8 +1,9 @@
 //! The fallback routes: a request that no operation's route takes reaches the health
 //! function (API Gateway routes it through `<method> /{proxy+}`), which answers 404, or 405
 //! with `Allow`, with `detail` and `X-Request-Id` as every other error, instead of API
-//! Gateway's own `{"message":"Not Found"}`. And the health route still answers when the
-//! raw path is not its own (behind a custom domain's API mapping).
+//! Gateway's own `{"message":"Not Found"}`. And behind a custom domain's API mapping with a
+//! key, where the raw path starts with the key, the health route still answers and the URLs
+//! the API hands out keep the key.
 
 use serde_json::json;
 use shared::routes::Operation;
@@ -90,4 +91,50 @@ async fn behind_an_api_mapping_key_the_routed_path_decides() {
     let response = send_event(&state, Operation::Health, with_key(put)).await;
     response.assert_status(405);
     assert_eq!(response.header("allow"), Some("GET, POST, OPTIONS"));
+}
+
+/// The URLs the API hands out keep the mapping's key: `Location` of a create, `Link` of a
+/// page.
+#[tokio::test]
+async fn behind_an_api_mapping_key_locations_and_links_keep_it() {
+    let state = state();
+    let user = user_id();
+    let with_key = |event: ApiEvent| {
+        let mut event = event.to_json();
+        let path = format!("/v1{}", event["rawPath"].as_str().unwrap());
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event
+    };
+    for title in ["one", "two"] {
+        let create = ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .json(&json!({ "title": title }));
+        let created = send_event(&state, Operation::CreateTask, with_key(create)).await;
+        created.assert_status(201);
+        let id = created.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created.header("location"),
+            Some(format!("/v1/api/{user}/tasks/{id}").as_str())
+        );
+    }
+    let list = ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .query("limit=1");
+    let page = send_event(&state, Operation::ListTasks, with_key(list)).await;
+    page.assert_status(200);
+    assert_eq!(
+        page.header("link"),
+        Some(format!("</v1/api/{user}/tasks?limit=1&offset=1>; rel=\"next\"").as_str())
+    );
+    // Without a key, as before.
+    let plain = ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .query("limit=1")
+        .send(&state)
+        .await;
+    assert_eq!(
+        plain.header("link"),
+        Some(format!("</api/{user}/tasks?limit=1&offset=1>; rel=\"next\"").as_str())
+    );
 }
