@@ -57,8 +57,9 @@ def start(function, env):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_function_reads_both_secrets_at_cold_start(secrets):
-    endpoint, db_arn, auth_arn, _ = secrets
+def list_with_secrets(endpoint, db_arn, auth_arn):
+    """A new user's list from list-tasks started with both secrets' ARNs: the answer, and the
+    function's output."""
     runtime = RuntimeApi()
     proc = start("list-tasks", lambda_env(runtime, "list-tasks", DATABASE_URL_SECRET_ARN=db_arn,
                                           BETTER_AUTH_SECRET_ARN=auth_arn, **aws(endpoint)))
@@ -67,12 +68,18 @@ def test_a_function_reads_both_secrets_at_cold_start(secrets):
         response = runtime.invoke(api_event("GET", f"/api/{user}/tasks",
                                             token=hs256_token(AUTH_SECRET, user),
                                             path_parameters={"user_id": user}))
-        assert response["statusCode"] == 200, response
-        assert response["body"] == "[]"
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
         runtime.close()
+    return response, out
+
+
+def test_a_function_reads_both_secrets_at_cold_start(secrets):
+    endpoint, db_arn, auth_arn, _ = secrets
+    response, out = list_with_secrets(endpoint, db_arn, auth_arn)
+    assert response["statusCode"] == 200, response
+    assert response["body"] == "[]"
     assert AUTH_SECRET not in out
 
 
@@ -121,19 +128,8 @@ def test_key_value_secrets_give_their_entry(secrets, moto):
                                   SecretString=json.dumps({"DATABASE_URL": db_url}))["ARN"]
     auth_arn = client.create_secret(Name=f"todo/auth-kv-{uuid.uuid4().hex}",
                                     SecretString=json.dumps({"BETTER_AUTH_SECRET": AUTH_SECRET}))["ARN"]
-    runtime = RuntimeApi()
-    proc = start("list-tasks", lambda_env(runtime, "list-tasks", DATABASE_URL_SECRET_ARN=db_arn,
-                                          BETTER_AUTH_SECRET_ARN=auth_arn, **aws(endpoint)))
-    try:
-        user = uuid.uuid4().hex
-        response = runtime.invoke(api_event("GET", f"/api/{user}/tasks",
-                                            token=hs256_token(AUTH_SECRET, user),
-                                            path_parameters={"user_id": user}))
-        assert response["statusCode"] == 200, response
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-        runtime.close()
+    response, out = list_with_secrets(endpoint, db_arn, auth_arn)
+    assert response["statusCode"] == 200, response
     assert AUTH_SECRET not in out
 
 

@@ -62,6 +62,46 @@ def old_pgbouncer(cluster):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class Functions:
+    """Function binaries, each under a Lambda Runtime API of its own, all reaching the
+    database through `url`; their logs are in `logs` once the `with` block ends."""
+
+    def __init__(self, url):
+        self.url = url
+        self.processes = []
+        self.logs = []
+
+    def start(self, function):
+        runtime = RuntimeApi()
+        log = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([str(TARGET / function)], stdout=log, stderr=subprocess.STDOUT,
+                                env=lambda_env(runtime, function, DATABASE_URL=self.url,
+                                               BETTER_AUTH_SECRET=SECRET))
+        self.processes.append((proc, runtime, log))
+        return runtime
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for proc, runtime, log in self.processes:
+            proc.kill()
+            proc.wait(timeout=10)
+            runtime.close()
+            log.seek(0)
+            self.logs.append(log.read())
+            log.close()
+
+
+def hold_a_server_connection(cluster, url):
+    """Keeps one of the pooler's two server connections busy for 2 s, so that the next
+    process to start prepares its statements on the other one."""
+    holder = subprocess.Popen([str(cluster.pg_bin / "psql"), url, "-c",
+                               "BEGIN; SELECT pg_sleep(2); COMMIT;"], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return holder
+
+
 def test_a_call_never_runs_another_functions_statement(cluster, old_pgbouncer):
     def sql(statement):
         return subprocess.run([str(cluster.pg_bin / "psql"), cluster.url, "-Atc", statement],
@@ -79,32 +119,19 @@ def test_a_call_never_runs_another_functions_statement(cluster, old_pgbouncer):
         return api_event(method, f"/api/{user}/tasks/{task}", token=token,
                          path_parameters={"user_id": user, "id": task})
 
-    processes = []
-
-    def start(function):
-        runtime = RuntimeApi()
-        log = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen([str(TARGET / function)], stdout=log, stderr=subprocess.STDOUT,
-                                env=lambda_env(runtime, function, DATABASE_URL=old_pgbouncer,
-                                               BETTER_AUTH_SECRET=SECRET))
-        processes.append((proc, runtime, log))
-        return runtime
-
     answers = []  # (method, task, status, body)
 
     def call(runtime, method, task):
         response = runtime.invoke(event(method, task))
         answers.append((method, task, response["statusCode"], response.get("body") or ""))
 
-    try:
-        get = start("get-task")
+    with Functions(old_pgbouncer) as functions:
+        get = functions.start("get-task")
         call(get, "GET", kept[0])  # prepares "s0" on a server connection
         call(get, "GET", kept[0])
         # Keep that server connection busy, so that delete-task prepares its "s0" on the other.
-        holder = subprocess.Popen([str(cluster.pg_bin / "psql"), old_pgbouncer, "-c",
-                                   "BEGIN; SELECT pg_sleep(2); COMMIT;"], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        delete = start("delete-task")
+        holder = hold_a_server_connection(cluster, old_pgbouncer)
+        delete = functions.start("delete-task")
         call(delete, "DELETE", doomed[0])
         call(delete, "DELETE", doomed[1])
         holder.wait(timeout=30)
@@ -115,15 +142,7 @@ def test_a_call_never_runs_another_functions_statement(cluster, old_pgbouncer):
             for task, request in submitted:
                 response = runtime.result(request)
                 answers.append((method, task, response["statusCode"], response.get("body") or ""))
-    finally:
-        logs = []
-        for proc, runtime, log in processes:
-            proc.kill()
-            proc.wait(timeout=10)
-            runtime.close()
-            log.seek(0)
-            logs.append(log.read())
-            log.close()
+    logs = functions.logs
 
     left = set(sql(f"SELECT id FROM tasks WHERE user_id = '{user}'").split("\n"))
     wrong = []
@@ -159,26 +178,14 @@ def test_a_named_statement_of_another_shape_switches_to_unnamed_statements(clust
     get_event = api_event("GET", f"/api/{user}/tasks/{task}", token=token,
                           path_parameters={"user_id": user, "id": task})
     health_event = api_event("GET", "/health")
-    processes = []
-
-    def start(function):
-        runtime = RuntimeApi()
-        log = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen([str(TARGET / function)], stdout=log, stderr=subprocess.STDOUT,
-                                env=lambda_env(runtime, function, DATABASE_URL=old_pgbouncer,
-                                               BETTER_AUTH_SECRET=SECRET))
-        processes.append((proc, runtime, log))
-        return runtime
 
     answers = []
-    try:
-        get = start("get-task")
+    with Functions(old_pgbouncer) as functions:
+        get = functions.start("get-task")
         for _ in range(2):  # prepares "s0" on a server connection
             answers.append(("get", get.invoke(get_event)["statusCode"]))
-        holder = subprocess.Popen([str(cluster.pg_bin / "psql"), old_pgbouncer, "-c",
-                                   "BEGIN; SELECT pg_sleep(2); COMMIT;"], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        health = start("health")
+        holder = hold_a_server_connection(cluster, old_pgbouncer)
+        health = functions.start("health")
         for _ in range(2):  # its "s0" on the other one
             answers.append(("health", health.invoke(health_event)["statusCode"]))
         holder.wait(timeout=30)
@@ -188,15 +195,7 @@ def test_a_named_statement_of_another_shape_switches_to_unnamed_statements(clust
             for name, request in submitted:
                 response = (get if name == "get" else health).result(request)
                 answers.append((name, response["statusCode"]))
-    finally:
-        logs = []
-        for proc, runtime, log in processes:
-            proc.kill()
-            proc.wait(timeout=10)
-            runtime.close()
-            log.seek(0)
-            logs.append(log.read())
-            log.close()
+    logs = functions.logs
     assert any(SWITCHED in log for log in logs), (
         "no process switched to unnamed statements (no Bind met another statement, or one did "
         "and was not recognised)")

@@ -5,7 +5,7 @@
 //! key, where the raw path starts with the key, the health route still answers and the URLs
 //! the API hands out keep the key.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use shared::routes::Operation;
 use tests::events::send_event;
 use tests::{state, user_id, ApiEvent};
@@ -66,19 +66,22 @@ async fn the_fallback_answers_cross_origin_requests_with_cors() {
     );
 }
 
-/// Behind a custom domain whose API mapping has a key (`api.example.com/v1` → this API),
-/// API Gateway routes the path after the key, and the raw path keeps the key.
+/// `event` as API Gateway delivers it behind a custom domain whose API mapping has the key
+/// `v1` (`api.example.com/v1` → this API): it routes the path after the key, and the raw
+/// path keeps the key.
+fn with_key(event: ApiEvent) -> Value {
+    let mut event = event.to_json();
+    let path = format!("/v1{}", event["rawPath"].as_str().unwrap());
+    event["rawPath"] = json!(path);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event
+}
+
+/// Behind an API mapping's key, the routed path decides.
 #[tokio::test]
 async fn behind_an_api_mapping_key_the_routed_path_decides() {
     let state = state();
     let user = user_id();
-    let with_key = |event: ApiEvent| {
-        let mut event = event.to_json();
-        let path = format!("/v1{}", event["rawPath"].as_str().unwrap());
-        event["rawPath"] = json!(path);
-        event["requestContext"]["http"]["path"] = json!(path);
-        event
-    };
     let health = send_event(
         &state,
         Operation::Health,
@@ -99,13 +102,6 @@ async fn behind_an_api_mapping_key_the_routed_path_decides() {
 async fn behind_an_api_mapping_key_locations_and_links_keep_it() {
     let state = state();
     let user = user_id();
-    let with_key = |event: ApiEvent| {
-        let mut event = event.to_json();
-        let path = format!("/v1{}", event["rawPath"].as_str().unwrap());
-        event["rawPath"] = json!(path);
-        event["requestContext"]["http"]["path"] = json!(path);
-        event
-    };
     for title in ["one", "two"] {
         let create = ApiEvent::post(&tasks_path(&user))
             .as_user(&user)
