@@ -75,12 +75,26 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
 }
 
+/// Settings that are also read under a second name (the contract's aliases).
+const ALIASES: [(&str, &str); 2] = [
+    ("DATABASE_URL", "NEON_DATABASE_URL"),
+    ("BETTER_AUTH_SECRET", "JWT_SECRET"),
+];
+
+/// The other name setting `name` is also read under, if it has one.
+pub fn alias_of(name: &str) -> Option<&'static str> {
+    ALIASES
+        .iter()
+        .find(|(setting, _)| *setting == name)
+        .map(|(_, alias)| *alias)
+}
+
 impl Config {
     /// Reads settings through `get`, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let url = var("DATABASE_URL")
-            .or_else(|| var("NEON_DATABASE_URL"))
+            .or_else(|| alias_of("DATABASE_URL").and_then(&var))
             .ok_or(ConfigError::Missing("DATABASE_URL"))?;
         Ok(Config {
             database: Self::database(&var, SecretString::from(url))?,
@@ -122,7 +136,9 @@ impl Config {
     }
 
     fn auth(var: &impl Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
-        let hs256_secret = match var("BETTER_AUTH_SECRET").or_else(|| var("JWT_SECRET")) {
+        let hs256_secret = match var("BETTER_AUTH_SECRET")
+            .or_else(|| alias_of("BETTER_AUTH_SECRET").and_then(&var))
+        {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => {
                 return Err(ConfigError::Invalid {
                     name: "BETTER_AUTH_SECRET",

@@ -95,12 +95,8 @@ fn secret_value(target: &str, raw: &str) -> anyhow::Result<String> {
     else {
         return Ok(raw.to_owned());
     };
-    let alias = match target {
-        "DATABASE_URL" => "NEON_DATABASE_URL",
-        "BETTER_AUTH_SECRET" => "JWT_SECRET",
-        _ => target,
-    };
-    let named = entries.get(target).or_else(|| entries.get(alias));
+    let named = (entries.get(target))
+        .or_else(|| crate::config::alias_of(target).and_then(|alias| entries.get(alias)));
     let only = (entries.len() == 1)
         .then(|| entries.values().next())
         .flatten();
