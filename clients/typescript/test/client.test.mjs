@@ -34,6 +34,23 @@ function newUser(tokens) {
   return { userId, client, calls };
 }
 
+/**
+ * A client that records the Idempotency-Key of every request it sends; `answer` turns the
+ * API's response to the n-th request into what the client sees (by default, itself).
+ */
+function recordingKeys(getToken, answer = (response) => response) {
+  const keys = [];
+  const client = createTodoClient({
+    baseUrl,
+    getToken,
+    fetch: async (request) => {
+      keys.push(request.headers.get("idempotency-key"));
+      return answer(await fetch(request), keys.length);
+    },
+  });
+  return { client, keys };
+}
+
 async function rejects(promise, status) {
   try {
     await promise;
@@ -159,15 +176,7 @@ describe("the typed client against the API", { skip }, () => {
 
   test("outside a secure context (no crypto.randomUUID) create still sends a UUID key", async () => {
     const userId = `ts-${randomUUID()}`;
-    const keys = [];
-    const client = createTodoClient({
-      baseUrl,
-      getToken: () => mint(userId),
-      fetch: (request) => {
-        keys.push(request.headers.get("idempotency-key"));
-        return fetch(request);
-      },
-    });
+    const { client, keys } = recordingKeys(() => mint(userId));
     Object.defineProperty(globalThis.crypto, "randomUUID", { value: undefined, configurable: true });
     try {
       await client.create(userId, { title: "from http://192.168.1.20:3000" });
@@ -195,16 +204,8 @@ describe("the typed client against the API", { skip }, () => {
 
   test("create sends one Idempotency-Key and reuses it on the retry", async () => {
     const userId = `ts-${randomUUID()}`;
-    const keys = [];
     const tokens = [mint(userId, -3600), mint(userId)];
-    const client = createTodoClient({
-      baseUrl,
-      getToken: () => tokens.shift(),
-      fetch: (request) => {
-        keys.push(request.headers.get("idempotency-key"));
-        return fetch(request);
-      },
-    });
+    const { client, keys } = recordingKeys(() => tokens.shift());
     const task = await client.create(userId, { title: "once" });
     assert.equal(keys.length, 2);
     assert.ok(keys[0] && keys[0] === keys[1], "the retry reuses the key");
@@ -216,23 +217,19 @@ describe("the typed client against the API", { skip }, () => {
 
   test("a create answered 504 (outcome unknown) is retried with the same key and made once", async () => {
     const userId = `ts-${randomUUID()}`;
-    const keys = [];
-    const client = createTodoClient({
-      baseUrl,
-      getToken: () => mint(userId),
-      // The first create reaches the API and is applied; its answer is then lost, as when
-      // the database connection dies after COMMIT: the client sees a 504.
-      fetch: async (request) => {
-        keys.push(request.headers.get("idempotency-key"));
-        const response = await fetch(request);
-        if (keys.length > 1) return response;
+    // The first create reaches the API and is applied; its answer is then lost, as when the
+    // database connection dies after COMMIT: the client sees a 504.
+    const { client, keys } = recordingKeys(
+      () => mint(userId),
+      (response, n) => {
+        if (n > 1) return response;
         assert.equal(response.status, 201);
         return new Response(JSON.stringify({ detail: "may or may not have been applied" }), {
           status: 504,
           headers: { "content-type": "application/json", "retry-after": "0" },
         });
       },
-    });
+    );
     const task = await client.create(userId, { title: "exactly once" });
     assert.equal(keys.length, 2);
     assert.equal(keys[0], keys[1], "the retry reuses the key");
