@@ -51,6 +51,9 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     pub pool_wait_timeout: Duration,
     pub statement_timeout: Duration,
+    /// A pooled connection idle at least this long is checked with a round trip before a
+    /// request uses it (`DB_IDLE_CHECK_AFTER_MS`).
+    pub idle_check_after: Duration,
     /// Named prepared statements, cached per connection (`DB_PREPARED_STATEMENTS`); off,
     /// every statement is sent unnamed and parsed anew, as PgBouncer before 1.21 needs in
     /// transaction mode.
@@ -128,6 +131,7 @@ impl Config {
             connect_timeout: millis(var, "DB_CONNECT_TIMEOUT_MS", 3_000)?,
             pool_wait_timeout: millis(var, "DB_POOL_TIMEOUT_MS", 3_000)?,
             statement_timeout: millis(var, "DB_STATEMENT_TIMEOUT_MS", 5_000)?,
+            idle_check_after: millis(var, "DB_IDLE_CHECK_AFTER_MS", 30_000)?,
             prepared_statements: flag(var, "DB_PREPARED_STATEMENTS", true)?,
             ca_file: var("DATABASE_CA_FILE")
                 .map(PathBuf::from)
@@ -372,6 +376,23 @@ mod tests {
             pool(&[("AWS_LAMBDA_MAX_CONCURRENCY", "32"), ("DB_POOL_SIZE", "4")]),
             4
         );
+    }
+
+    #[test]
+    fn idle_connections_are_checked_after_30_s_unless_db_idle_check_after_ms_says_otherwise() {
+        let base = [
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ];
+        let after = |extra: &[(&str, &str)]| {
+            load(&[&base[..], extra].concat()).map(|config| config.database.idle_check_after)
+        };
+        assert_eq!(after(&[]), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            after(&[("DB_IDLE_CHECK_AFTER_MS", "250")]),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(after(&[("DB_IDLE_CHECK_AFTER_MS", "0")]).is_err());
     }
 
     #[test]

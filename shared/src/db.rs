@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context as _};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::types::{ToSql, Type};
@@ -67,6 +69,10 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// How long the client waits for the answer after sending a cancel request, before it
 /// gives up on the connection.
 const CANCEL_GRACE: Duration = Duration::from_millis(1000);
+
+/// How long the check of a connection that sat idle ([`Database::new`]) waits for its
+/// answer before the connection is replaced.
+const IDLE_CHECK_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Opens one connection outside the pool (for the `migrate` command and tooling), with the
 /// same URL handling and TLS as the functions.
@@ -131,6 +137,7 @@ impl Database {
             // this bounds the whole handshake (TLS, authentication) as well.
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
+            .pre_recycle(idle_check(config.idle_check_after))
             .build()
             .context("cannot build the connection pool")?;
         Ok(Database {
@@ -445,6 +452,48 @@ impl Database {
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.query_unscoped("SELECT 1", &[]).await.map(drop)
     }
+}
+
+/// Checks a pooled connection that has sat idle for `after` or longer with one round trip
+/// (a Sync, answered by ReadyForQuery) before a request uses it; if that fails or takes
+/// over [`IDLE_CHECK_TIMEOUT`], the pool drops it and opens another.
+///
+/// An idle connection can have been forgotten on the way without this end hearing of it,
+/// typically while a Lambda instance was frozen between invocations: a NAT gateway times it
+/// out (AWS's after 350 s) and answers its next packet with a reset; Neon suspends an idle
+/// compute; a path loses its state and answers nothing. A closed connection whose goodbye
+/// arrived is found without a round trip ([`Database::live_connection`]); these are not, and
+/// the request sent on one would be the one to find out: a write's outcome would be unknown
+/// (504), and a read would wait for its deadline. Connections in use more often than `after`
+/// are not checked, so a busy instance keeps one round trip per request.
+///
+/// Whatever forgot one idle connection has forgotten the others idle since then: after a
+/// failed check, connections idle since before it are dropped unchecked, so that a request
+/// pays for one check that fails, not one per pooled connection.
+fn idle_check(after: Duration) -> Hook {
+    let failed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    Hook::async_fn(move |client, metrics| {
+        let failed_at = failed_at.clone();
+        Box::pin(async move {
+            let idle = metrics.last_used();
+            if idle < after {
+                return Ok(());
+            }
+            let last_used = Instant::now().checked_sub(idle);
+            let failed = *failed_at.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!((last_used, failed), (Some(used), Some(failed)) if used <= failed) {
+                return Err(HookError::message("idle since before a failed check"));
+            }
+            let outcome =
+                match tokio::time::timeout(IDLE_CHECK_TIMEOUT, client.check_connection()).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(err)) => HookError::Backend(err),
+                    Err(_) => HookError::message("an idle connection did not answer its check"),
+                };
+            *failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            Err(outcome)
+        })
+    })
 }
 
 /// The statement's rows, from its function's answer: the rows of a set, or the one row of

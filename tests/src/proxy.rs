@@ -1,11 +1,12 @@
 //! TCP proxies in front of Postgres: one that counts round trips ("flights", the times the
 //! client starts sending after having received something, or for the first time: one
-//! request/response exchange is one flight however many messages it carries), and one that
+//! request/response exchange is one flight however many messages it carries); one that
 //! can lose the answer to a write: its commit reaches the server and takes effect, then
 //! the connection dies before the client hears of it, the one failure after which a client
-//! cannot know a write's outcome.
+//! cannot know a write's outcome; and one that forgets its connections, as a NAT or Neon's
+//! proxy does while a Lambda instance is frozen, without the client hearing of it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -193,4 +194,105 @@ async fn relay(client: TcpStream, server: TcpStream, cuts: Arc<AtomicUsize>) {
     }
     upstream.abort();
     let _ = client_write.shutdown().await;
+}
+
+/// What a [`Forgetter`] does with the next bytes a forgotten connection sends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Forget {
+    /// Answers them with a reset, as a NAT gateway does for a connection it timed out, or a
+    /// host for a connection it no longer knows. They never reach the server.
+    Reset,
+    /// Drops them and everything after, without a word: a path that lost its state and
+    /// answers nothing.
+    Silently,
+}
+
+pub struct Forgetter {
+    pub port: u16,
+    state: Arc<ForgetterState>,
+}
+
+struct ForgetterState {
+    /// Connections accepted before the latest [`Forgetter::forget`] are forgotten.
+    generation: AtomicUsize,
+    mode: AtomicU8,
+    /// Client bytes that arrived on a forgotten connection (each connection counts once).
+    hits: AtomicUsize,
+}
+
+impl Forgetter {
+    /// Proxies 127.0.0.1:`port` (a free one) to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Forgetter {
+        let state = Arc::new(ForgetterState {
+            generation: AtomicUsize::new(0),
+            mode: AtomicU8::new(0),
+            hits: AtomicUsize::new(0),
+        });
+        let shared = state.clone();
+        let port = listen(upstream, move |client, server| {
+            let born = shared.generation.load(Ordering::SeqCst);
+            forgetful_relay(client, server, shared.clone(), born)
+        })
+        .await;
+        Forgetter { port, state }
+    }
+
+    /// Forgets every connection open now, without telling either side: the client's next
+    /// bytes on one are answered as `how` says; the server side is closed then.
+    pub fn forget(&self, how: Forget) {
+        self.state.mode.store(how as u8, Ordering::SeqCst);
+        self.state.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many forgotten connections the client has tried to use.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn forgetful_relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    state: Arc<ForgetterState>,
+    born: usize,
+) {
+    let mut up = vec![0u8; 64 * 1024];
+    let mut down = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = client.read(&mut up) => {
+                let n = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if state.generation.load(Ordering::SeqCst) != born {
+                    state.hits.fetch_add(1, Ordering::SeqCst);
+                    drop(server);
+                    if state.mode.load(Ordering::SeqCst) == Forget::Reset as u8 {
+                        let _ = client.set_zero_linger();
+                        return;
+                    }
+                    // Silently: hold the client's side open and swallow it, until it gives up.
+                    while let Ok(n) = client.read(&mut up).await {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                if server.write_all(&up[..n]).await.is_err() {
+                    return;
+                }
+            }
+            read = server.read(&mut down) => {
+                let n = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if client.write_all(&down[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

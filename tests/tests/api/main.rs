@@ -7,6 +7,7 @@ mod database;
 mod fallback;
 mod faults;
 mod hostile_events;
+mod idle;
 mod jwt;
 mod listing;
 mod outcomes;
