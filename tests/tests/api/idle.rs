@@ -124,27 +124,35 @@ async fn after_one_failed_check_the_connections_idle_as_long_are_dropped_uncheck
 }
 
 /// The check costs one round trip, and only after the pause: a warm connection still
-/// serves a request in one.
+/// serves a request in one. A check that passes keeps the connection (a reconnect would
+/// take several more flights), directly and through both poolers: the Sync goes through
+/// PgBouncer 1.18, and through 1.24 (Neon's kind, which keeps prepared statements).
 #[tokio::test(flavor = "current_thread")]
 async fn only_a_connection_idle_past_the_threshold_is_checked() {
-    let (_, upstream) = tests::through_port(database_url(), 0);
-    let proxy = FlightCounter::start(upstream).await;
-    let (url, _) = tests::through_port(database_url(), proxy.port);
-    let state = state_with(env(&[
-        ("DATABASE_URL", url.as_str()),
-        ("DB_POOL_SIZE", "1"),
-        ("DB_IDLE_CHECK_AFTER_MS", IDLE_CHECK_AFTER_MS),
-    ]));
-    let user = user_id();
-    let list = || ApiEvent::get(&tasks_path(&user)).as_user(&user);
-    list().send(&state).await.assert_status(200);
-    list().send(&state).await.assert_status(200);
-    let flights = |before: usize| proxy.flights.load(Ordering::SeqCst) - before;
-    let before = proxy.flights.load(Ordering::SeqCst);
-    list().send(&state).await.assert_status(200);
-    assert_eq!(flights(before), 1, "a warm request");
-    tokio::time::sleep(IDLE).await;
-    let before = proxy.flights.load(Ordering::SeqCst);
-    list().send(&state).await.assert_status(200);
-    assert_eq!(flights(before), 2, "the check, then the request");
+    let direct = database_url().to_owned();
+    let pgbouncer = crate::pooler::topology().1.url();
+    let keeping = crate::pooler::prepared_topology().1.url();
+    for (url, prepared) in [(direct, "true"), (pgbouncer, "false"), (keeping, "true")] {
+        let (_, upstream) = tests::through_port(&url, 0);
+        let proxy = FlightCounter::start(upstream).await;
+        let (proxied, _) = tests::through_port(&url, proxy.port);
+        let state = state_with(env(&[
+            ("DATABASE_URL", proxied.as_str()),
+            ("DB_POOL_SIZE", "1"),
+            ("DB_PREPARED_STATEMENTS", prepared),
+            ("DB_IDLE_CHECK_AFTER_MS", IDLE_CHECK_AFTER_MS),
+        ]));
+        let user = user_id();
+        let list = || ApiEvent::get(&tasks_path(&user)).as_user(&user);
+        list().send(&state).await.assert_status(200);
+        list().send(&state).await.assert_status(200);
+        let flights = |before: usize| proxy.flights.load(Ordering::SeqCst) - before;
+        let before = proxy.flights.load(Ordering::SeqCst);
+        list().send(&state).await.assert_status(200);
+        assert_eq!(flights(before), 1, "a warm request, {url}");
+        tokio::time::sleep(IDLE).await;
+        let before = proxy.flights.load(Ordering::SeqCst);
+        list().send(&state).await.assert_status(200);
+        assert_eq!(flights(before), 2, "the check, then the request, {url}");
+    }
 }

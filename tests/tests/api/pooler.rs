@@ -69,7 +69,7 @@ async fn every_operation_works_through_pgbouncer_in_transaction_mode() {
 
 /// A cluster and a pooler that keeps prepared statements as Neon's does (PgBouncer ≥ 1.21,
 /// `max_prepared_statements`), with two server connections for many clients.
-fn prepared_topology() -> &'static (Cluster, PgBouncer) {
+pub fn prepared_topology() -> &'static (Cluster, PgBouncer) {
     static TOPOLOGY: OnceLock<(Cluster, PgBouncer)> = OnceLock::new();
     TOPOLOGY.get_or_init(|| {
         let cluster = Cluster::start();
