@@ -38,6 +38,8 @@ pub struct Database {
     /// Whether requests switch to `todo_app` ([`ROLE_SWITCH`]) or not ([`ROLE_AS_LOGIN`]);
     /// until the first request has found out ([`ROLE_UNKNOWN`]), they do.
     role: Arc<AtomicU8>,
+    /// Which pooled connections are checked before use ([`IdleWatch`]).
+    idle: Arc<IdleWatch>,
 }
 
 /// The role's name, for the SQL built with `concat!` and for [`APP_ROLE`].
@@ -122,6 +124,7 @@ impl Database {
             pg.application_name("todo-api");
         }
         let tls = tls::connector(config.ca_file.as_deref())?;
+        let idle = Arc::new(IdleWatch::new(config.idle_check_after));
         let manager = Manager::from_config(
             pg,
             tls.clone(),
@@ -137,7 +140,7 @@ impl Database {
             // this bounds the whole handshake (TLS, authentication) as well.
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
-            .pre_recycle(idle_check(config.idle_check_after))
+            .pre_recycle(idle_check(idle.clone()))
             .build()
             .context("cannot build the connection pool")?;
         Ok(Database {
@@ -146,6 +149,7 @@ impl Database {
             statement_timeout: config.statement_timeout,
             prepared: Arc::new(AtomicBool::new(config.prepared_statements)),
             role: Arc::new(AtomicU8::new(ROLE_UNKNOWN)),
+            idle,
         })
     }
 
@@ -433,6 +437,7 @@ impl Database {
     /// it, so the check below sees it closed and the request gets a fresh connection
     /// instead of failing. Costs no round trip.
     async fn live_connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        self.idle.request(SystemTime::now(), Instant::now());
         for _ in 0..=self.pool.status().max_size {
             let client = self.pool.get().await.map_err(pool_error)?;
             for _ in 0..2 {
@@ -454,9 +459,9 @@ impl Database {
     }
 }
 
-/// Checks a pooled connection that has sat idle for `after` or longer with one round trip
-/// (a Sync, answered by ReadyForQuery) before a request uses it; if that fails or takes
-/// over [`IDLE_CHECK_TIMEOUT`], the pool drops it and opens another.
+/// Decides which pooled connections are checked before a request uses them: those idle for
+/// `after` or longer get one round trip (a Sync, answered by ReadyForQuery) and are replaced
+/// if it fails or takes over [`IDLE_CHECK_TIMEOUT`] ([`idle_check`]).
 ///
 /// An idle connection can have been forgotten on the way without this end hearing of it,
 /// typically while a Lambda instance was frozen between invocations: a NAT gateway times it
@@ -467,31 +472,103 @@ impl Database {
 /// (504), and a read would wait for its deadline. Connections in use more often than `after`
 /// are not checked, so a busy instance keeps one round trip per request.
 ///
-/// Whatever forgot one idle connection has forgotten the others idle since then: after a
-/// failed check, connections idle since before it are dropped unchecked, so that a request
-/// pays for one check that fails, not one per pooled connection.
-fn idle_check(after: Duration) -> Hook {
-    let failed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+/// Idle time is the pool's own (monotonic) measure, and also wall-clock time: the monotonic
+/// clock need not advance while an instance is frozen. A request that comes `after` or more
+/// of wall-clock time since the one before it marks every connection used before it as idle
+/// that long. And whatever forgot one idle connection has forgotten the others idle since
+/// then: after a failed check, those are dropped unchecked, so that a request pays for one
+/// failed check, not one per pooled connection.
+#[derive(Debug)]
+struct IdleWatch {
+    after: Duration,
+    state: std::sync::Mutex<IdleState>,
+}
+
+#[derive(Debug, Default)]
+struct IdleState {
+    /// The wall-clock time of the latest request for a connection.
+    last_request: Option<SystemTime>,
+    /// When a request came `after` or more of wall-clock time after the one before it.
+    quiet_until: Option<Instant>,
+    /// When a check last failed.
+    failed_at: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Use,
+    Check,
+    Drop,
+}
+
+impl IdleWatch {
+    fn new(after: Duration) -> Self {
+        IdleWatch {
+            after,
+            state: std::sync::Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, IdleState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request asks for a connection at `wall` (wall clock), `now` (monotonic).
+    fn request(&self, wall: SystemTime, now: Instant) {
+        let mut state = self.state();
+        let quiet = state
+            .last_request
+            .and_then(|last| wall.duration_since(last).ok());
+        if quiet.is_some_and(|quiet| quiet >= self.after) {
+            state.quiet_until = Some(now);
+        }
+        state.last_request = Some(wall);
+    }
+
+    /// What to do with a pooled connection last handed out `idle` ago (monotonic), at `now`.
+    fn verdict(&self, idle: Duration, now: Instant) -> Verdict {
+        let state = self.state();
+        let last_used = now.checked_sub(idle);
+        let used_before = |moment: Option<Instant>| match (last_used, moment) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(used), Some(moment)) => used <= moment,
+        };
+        if idle < self.after && !used_before(state.quiet_until) {
+            Verdict::Use
+        } else if used_before(state.failed_at) {
+            Verdict::Drop
+        } else {
+            Verdict::Check
+        }
+    }
+
+    fn check_failed(&self, now: Instant) {
+        self.state().failed_at = Some(now);
+    }
+}
+
+/// The pool's hook that applies [`IdleWatch`]'s verdict to a connection it is about to
+/// hand out; an error makes the pool drop it and take or open another.
+fn idle_check(watch: Arc<IdleWatch>) -> Hook {
     Hook::async_fn(move |client, metrics| {
-        let failed_at = failed_at.clone();
+        let watch = watch.clone();
         Box::pin(async move {
-            let idle = metrics.last_used();
-            if idle < after {
-                return Ok(());
+            match watch.verdict(metrics.last_used(), Instant::now()) {
+                Verdict::Use => return Ok(()),
+                Verdict::Drop => {
+                    return Err(HookError::message("idle since before a failed check"))
+                }
+                Verdict::Check => {}
             }
-            let last_used = Instant::now().checked_sub(idle);
-            let failed = *failed_at.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!((last_used, failed), (Some(used), Some(failed)) if used <= failed) {
-                return Err(HookError::message("idle since before a failed check"));
-            }
-            let outcome =
+            let failure =
                 match tokio::time::timeout(IDLE_CHECK_TIMEOUT, client.check_connection()).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(err)) => HookError::Backend(err),
                     Err(_) => HookError::message("an idle connection did not answer its check"),
                 };
-            *failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            Err(outcome)
+            watch.check_failed(Instant::now());
+            Err(failure)
         })
     })
 }
@@ -798,6 +875,57 @@ fn is_transient(code: Option<&SqlState>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AFTER: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_connection_used_within_the_threshold_is_used_unchecked() {
+        let watch = IdleWatch::new(AFTER);
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        watch.request(wall, now);
+        let later = now + Duration::from_secs(29);
+        watch.request(wall + Duration::from_secs(29), later);
+        assert_eq!(watch.verdict(Duration::from_secs(29), later), Verdict::Use);
+        assert_eq!(watch.verdict(AFTER, now + AFTER), Verdict::Check);
+    }
+
+    /// A frozen instance's monotonic clock may stand still: the pool sees the connection as
+    /// used a moment ago, the wall clock says ten minutes.
+    #[test]
+    fn a_pause_on_the_wall_clock_alone_marks_the_connections_used_before_it() {
+        let watch = IdleWatch::new(AFTER);
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        watch.request(wall, now);
+        let thawed = now + Duration::from_millis(1);
+        watch.request(wall + Duration::from_secs(600), thawed);
+        assert_eq!(
+            watch.verdict(Duration::from_millis(1), thawed),
+            Verdict::Check,
+            "used before the pause"
+        );
+        // A connection opened after it (by this request, say) is not.
+        let next = thawed + Duration::from_millis(5);
+        watch.request(wall + Duration::from_secs(600), next);
+        assert_eq!(watch.verdict(Duration::from_millis(2), next), Verdict::Use);
+    }
+
+    #[test]
+    fn after_a_failed_check_the_connections_idle_since_before_it_are_dropped() {
+        let watch = IdleWatch::new(AFTER);
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        watch.request(wall, now);
+        let thawed = now + Duration::from_millis(1);
+        watch.request(wall + Duration::from_secs(600), thawed);
+        watch.check_failed(thawed + Duration::from_secs(1));
+        let after_it = thawed + Duration::from_secs(1) + Duration::from_millis(1);
+        // Last used at `now`, before the pause.
+        assert_eq!(watch.verdict(after_it - now, after_it), Verdict::Drop);
+        // One opened after the failure, or in use around it, is not.
+        assert_eq!(
+            watch.verdict(Duration::from_micros(500), after_it),
+            Verdict::Use
+        );
+    }
 
     #[test]
     fn only_what_says_so_rolled_back_at_commit() {
