@@ -315,8 +315,13 @@ impl KeyStore {
         crate::tls::install_crypto_provider();
         // No redirects: a redirect could lead from https:// to http:// (config.rs allows
         // http:// for loopback hosts only, and only as configured).
+        // No connection kept alive between fetches: they are at least a cool-down apart
+        // (and a Lambda freeze, perhaps), by when a NAT gateway may have forgotten the
+        // connection and answer its reuse with a reset, failing the refetch after a key
+        // rotation. A fetch pays for its own TLS handshake instead.
         let client = reqwest::Client::builder()
             .timeout(JWKS_FETCH_TIMEOUT)
+            .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| ConfigError::Invalid {

@@ -266,7 +266,7 @@ async fn only_configured_algorithms_are_accepted() {
 }
 
 /// A JWKS endpoint on 127.0.0.1 that counts its requests; it serves `document`, or
-/// redirects to `redirect_to` when that is set.
+/// redirects to `redirect_to` when that is set, and keeps connections alive.
 struct JwksServer {
     url: String,
     hits: Arc<AtomicUsize>,
@@ -284,21 +284,32 @@ impl JwksServer {
         let (h, d, r) = (hits.clone(), document.clone(), redirect_to.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                h.fetch_add(1, Ordering::SeqCst);
-                let body = d.lock().unwrap().clone();
-                let location = r.lock().unwrap().clone();
-                let response = match location {
-                    Some(location) => format!(
-                        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    ),
-                    None => format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
-                };
-                let _ = socket.write_all(response.as_bytes()).await;
+                let (h, d, r) = (h.clone(), d.clone(), r.clone());
+                // Keep-alive, as Better Auth's Node server: one connection serves every
+                // request the client sends on it.
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let body = d.lock().unwrap().clone();
+                        let location = r.lock().unwrap().clone();
+                        let response = match location {
+                            Some(location) => format!(
+                                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+                            ),
+                            None => format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            ),
+                        };
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
         });
         JwksServer {
@@ -363,6 +374,48 @@ async fn a_rotated_key_is_picked_up_after_the_cooldown() {
     );
     list_with(&state, &user, &rotated).await.assert_status(200);
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+}
+
+/// The refetch after a key rotation comes long after the fetch before it (the cool-down, a
+/// Lambda freeze): a kept-alive connection to the JWKS endpoint may have been forgotten on
+/// the way since (a NAT gateway's timeout answers with a reset), and reusing it made the
+/// refetch fail, every token of the new key a 503 until the retry 5 s later. Each fetch
+/// opens a connection of its own.
+#[tokio::test]
+async fn a_refetch_does_not_reuse_a_connection_that_sat_idle() {
+    let server = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let upstream = server.url["http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let forgetter = tests::proxy::Forgetter::start(upstream.clone()).await;
+    let url = server
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", forgetter.port), 1);
+    let state = state_with(env(&[
+        ("JWT_JWKS", ""),
+        ("JWKS_URL", &url),
+        ("JWKS_REFETCH_COOLDOWN_SECONDS", "0"),
+    ]));
+    let user = user_id();
+    let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    list_with(&state, &user, &known).await.assert_status(200);
+    forgetter.forget(tests::proxy::Forget::Reset);
+    *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
+    let rotated = signed(
+        Algorithm::EdDSA,
+        "ed25519-rotated",
+        Some("ed-2"),
+        &claims(&user),
+    );
+    list_with(&state, &user, &rotated).await.assert_status(200);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        forgetter.hits(),
+        0,
+        "the first fetch's connection was not reused"
+    );
 }
 
 #[tokio::test]
