@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context as _};
+use deadpool::managed::QueueMode;
 use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
@@ -140,6 +141,10 @@ impl Database {
             // this bounds the whole handshake (TLS, authentication) as well.
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
+            // The connection returned last is handed out first: a busy instance keeps using
+            // warm connections (never checked), and after a pause the first one checked is
+            // the one used most recently, so if even it fails, the older ones go unchecked.
+            .queue_mode(QueueMode::Lifo)
             .pre_recycle(idle_check(idle.clone()))
             .build()
             .context("cannot build the connection pool")?;
@@ -476,8 +481,9 @@ impl Database {
 /// clock need not advance while an instance is frozen. A request that comes `after` or more
 /// of wall-clock time since the one before it marks every connection used before it as idle
 /// that long. And whatever forgot one idle connection has forgotten the others idle since
-/// then: after a failed check, those are dropped unchecked, so that a request pays for one
-/// failed check, not one per pooled connection.
+/// then: the pool hands out the connection used last first, and after a failed check the
+/// idle ones used before it are dropped unchecked, so that a request pays for one failed
+/// check, not one per pooled connection.
 #[derive(Debug)]
 struct IdleWatch {
     after: Duration,
@@ -490,7 +496,7 @@ struct IdleState {
     last_request: Option<SystemTime>,
     /// When a request came `after` or more of wall-clock time after the one before it.
     quiet_until: Option<Instant>,
-    /// When a check last failed.
+    /// When the latest check that failed was started.
     failed_at: Option<Instant>,
 }
 
@@ -502,10 +508,15 @@ enum Verdict {
 }
 
 impl IdleWatch {
+    /// Made at the cold start, which counts as the first request: the connection the
+    /// warm-up opens is idle from then on.
     fn new(after: Duration) -> Self {
         IdleWatch {
             after,
-            state: std::sync::Mutex::default(),
+            state: std::sync::Mutex::new(IdleState {
+                last_request: Some(SystemTime::now()),
+                ..IdleState::default()
+            }),
         }
     }
 
@@ -525,16 +536,13 @@ impl IdleWatch {
         state.last_request = Some(wall);
     }
 
-    /// What to do with a pooled connection last handed out `idle` ago (monotonic), at `now`.
-    fn verdict(&self, idle: Duration, now: Instant) -> Verdict {
+    /// What to do, at `now`, with a pooled connection last handed out at `last_used`
+    /// (monotonic).
+    fn verdict(&self, last_used: Instant, now: Instant) -> Verdict {
         let state = self.state();
-        let last_used = now.checked_sub(idle);
-        let used_before = |moment: Option<Instant>| match (last_used, moment) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(used), Some(moment)) => used <= moment,
-        };
-        if idle < self.after && !used_before(state.quiet_until) {
+        let used_before = |moment: Option<Instant>| moment.is_some_and(|m| last_used <= m);
+        if now.saturating_duration_since(last_used) < self.after && !used_before(state.quiet_until)
+        {
             Verdict::Use
         } else if used_before(state.failed_at) {
             Verdict::Drop
@@ -543,21 +551,26 @@ impl IdleWatch {
         }
     }
 
-    fn check_failed(&self, now: Instant) {
-        self.state().failed_at = Some(now);
+    /// A check that started at `started` failed.
+    fn check_failed(&self, started: Instant) {
+        self.state().failed_at = Some(started);
     }
 }
 
 /// The pool's hook that applies [`IdleWatch`]'s verdict to a connection it is about to
-/// hand out; an error makes the pool drop it and take or open another.
+/// hand out; an error makes the pool drop it and take or open another. A replaced
+/// connection is noted in the request's log line ([`crate::telemetry::note`]).
 fn idle_check(watch: Arc<IdleWatch>) -> Hook {
     Hook::async_fn(move |client, metrics| {
         let watch = watch.clone();
+        let last_used = metrics.recycled.unwrap_or(metrics.created);
         Box::pin(async move {
-            match watch.verdict(metrics.last_used(), Instant::now()) {
+            let started = Instant::now();
+            match watch.verdict(last_used, started) {
                 Verdict::Use => return Ok(()),
                 Verdict::Drop => {
-                    return Err(HookError::message("idle since before a failed check"))
+                    crate::telemetry::note(IDLE_DROPPED);
+                    return Err(HookError::message(IDLE_DROPPED));
                 }
                 Verdict::Check => {}
             }
@@ -565,13 +578,17 @@ fn idle_check(watch: Arc<IdleWatch>) -> Hook {
                 match tokio::time::timeout(IDLE_CHECK_TIMEOUT, client.check_connection()).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(err)) => HookError::Backend(err),
-                    Err(_) => HookError::message("an idle connection did not answer its check"),
+                    Err(_) => HookError::message(IDLE_FAILED),
                 };
-            watch.check_failed(Instant::now());
+            watch.check_failed(started);
+            crate::telemetry::note(IDLE_FAILED);
             Err(failure)
         })
     })
 }
+
+const IDLE_FAILED: &str = "an idle connection failed its check and was replaced";
+const IDLE_DROPPED: &str = "an idle connection was replaced unchecked after a failed check";
 
 /// The statement's rows, from its function's answer: the rows of a set, or the one row of
 /// one `record` (none when the statement found none; also none for a `void` function, of a
@@ -881,12 +898,12 @@ mod tests {
     #[test]
     fn a_connection_used_within_the_threshold_is_used_unchecked() {
         let watch = IdleWatch::new(AFTER);
-        let (wall, now) = (SystemTime::now(), Instant::now());
-        watch.request(wall, now);
-        let later = now + Duration::from_secs(29);
+        let (wall, used) = (SystemTime::now(), Instant::now());
+        watch.request(wall, used);
+        let later = used + Duration::from_secs(29);
         watch.request(wall + Duration::from_secs(29), later);
-        assert_eq!(watch.verdict(Duration::from_secs(29), later), Verdict::Use);
-        assert_eq!(watch.verdict(AFTER, now + AFTER), Verdict::Check);
+        assert_eq!(watch.verdict(used, later), Verdict::Use);
+        assert_eq!(watch.verdict(used, used + AFTER), Verdict::Check);
     }
 
     /// A frozen instance's monotonic clock may stand still: the pool sees the connection as
@@ -894,37 +911,41 @@ mod tests {
     #[test]
     fn a_pause_on_the_wall_clock_alone_marks_the_connections_used_before_it() {
         let watch = IdleWatch::new(AFTER);
-        let (wall, now) = (SystemTime::now(), Instant::now());
-        watch.request(wall, now);
-        let thawed = now + Duration::from_millis(1);
+        let (wall, used) = (SystemTime::now(), Instant::now());
+        watch.request(wall, used);
+        let thawed = used + Duration::from_millis(1);
         watch.request(wall + Duration::from_secs(600), thawed);
-        assert_eq!(
-            watch.verdict(Duration::from_millis(1), thawed),
-            Verdict::Check,
-            "used before the pause"
-        );
+        assert_eq!(watch.verdict(used, thawed), Verdict::Check);
         // A connection opened after it (by this request, say) is not.
-        let next = thawed + Duration::from_millis(5);
+        let opened = thawed + Duration::from_millis(2);
+        let next = opened + Duration::from_millis(3);
         watch.request(wall + Duration::from_secs(600), next);
-        assert_eq!(watch.verdict(Duration::from_millis(2), next), Verdict::Use);
+        assert_eq!(watch.verdict(opened, next), Verdict::Use);
+    }
+
+    /// The connection the warm-up opens at the cold start, before any request.
+    #[test]
+    fn the_cold_start_counts_as_the_first_request() {
+        let opened = Instant::now();
+        let watch = IdleWatch::new(AFTER);
+        let thawed = opened + Duration::from_millis(1);
+        watch.request(SystemTime::now() + Duration::from_secs(600), thawed);
+        assert_eq!(watch.verdict(opened, thawed), Verdict::Check);
     }
 
     #[test]
-    fn after_a_failed_check_the_connections_idle_since_before_it_are_dropped() {
+    fn after_a_failed_check_the_idle_connections_used_before_it_are_dropped() {
         let watch = IdleWatch::new(AFTER);
-        let (wall, now) = (SystemTime::now(), Instant::now());
-        watch.request(wall, now);
-        let thawed = now + Duration::from_millis(1);
+        let (wall, used) = (SystemTime::now(), Instant::now());
+        watch.request(wall, used);
+        let thawed = used + Duration::from_millis(1);
         watch.request(wall + Duration::from_secs(600), thawed);
-        watch.check_failed(thawed + Duration::from_secs(1));
-        let after_it = thawed + Duration::from_secs(1) + Duration::from_millis(1);
-        // Last used at `now`, before the pause.
-        assert_eq!(watch.verdict(after_it - now, after_it), Verdict::Drop);
-        // One opened after the failure, or in use around it, is not.
-        assert_eq!(
-            watch.verdict(Duration::from_micros(500), after_it),
-            Verdict::Use
-        );
+        watch.check_failed(thawed);
+        let after_it = thawed + Duration::from_secs(1);
+        assert_eq!(watch.verdict(used, after_it), Verdict::Drop);
+        // One opened while the check ran, or after it, is not.
+        let opened = thawed + Duration::from_millis(500);
+        assert_eq!(watch.verdict(opened, after_it), Verdict::Use);
     }
 
     #[test]

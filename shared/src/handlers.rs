@@ -166,7 +166,7 @@ pub async fn health(state: &AppState, req: Request) -> HttpResponse {
         } else {
             Err(unrouted.into())
         };
-        return finish(state, &req, FALLBACK_ROUTE, started, outcome);
+        return finish(state, &req, FALLBACK_ROUTE, started, outcome, None);
     }
     serve(state, Operation::Health, req, async |_| {
         match state.tasks.database().ping().await {
@@ -280,27 +280,28 @@ async fn serve(
 ) -> HttpResponse {
     let started = Instant::now();
     let route = operation.route();
-    let outcome = if Cors::is_preflight(&req) {
-        Ok(state.cors.preflight(&req))
+    let (outcome, note) = if Cors::is_preflight(&req) {
+        (Ok(state.cors.preflight(&req)), None)
     } else {
         let call = Call {
             state,
             route,
             req: &req,
         };
-        run(&call).await
+        crate::telemetry::noting(run(&call)).await
     };
-    finish(state, &req, route.path, started, outcome)
+    finish(state, &req, route.path, started, outcome, note)
 }
 
 /// A request's response from its outcome, with the CORS and request-id headers; logs the
-/// request's one line.
+/// request's one line, with what the database layer noted (`database`).
 fn finish(
     state: &AppState,
     req: &Request,
     route: &'static str,
     started: Instant,
     outcome: Result<HttpResponse, ApiError>,
+    database: Option<&'static str>,
 ) -> HttpResponse {
     let request_id = request_id(req);
     let method = req.method();
@@ -325,18 +326,15 @@ fn finish(
     }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // `None` fields are left out of the line.
     match error {
         Some(error) => tracing::error!(
-            request_id, method = %method, route, status, latency_ms, error, "request failed"
+            request_id, method = %method, route, status, latency_ms, error, database,
+            "request failed"
         ),
-        None => match reason {
-            Some(reason) => tracing::info!(
-                request_id, method = %method, route, status, latency_ms, reason, "request"
-            ),
-            None => {
-                tracing::info!(request_id, method = %method, route, status, latency_ms, "request")
-            }
-        },
+        None => tracing::info!(
+            request_id, method = %method, route, status, latency_ms, reason, database, "request"
+        ),
     }
     response
 }

@@ -1,5 +1,8 @@
 //! Structured JSON logs: one line per request, never a token, a secret or a password.
 
+use std::cell::Cell;
+use std::future::Future;
+
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -32,6 +35,26 @@ pub fn init() {
         .try_init();
 }
 
+tokio::task_local! {
+    /// What the layers below a request noticed during it, for its log line ([`note`]).
+    static NOTE: Cell<Option<&'static str>>;
+}
+
+/// Runs a request's `work`, and returns with its output what [`note`] was told meanwhile.
+pub async fn noting<T>(work: impl Future<Output = T>) -> (T, Option<&'static str>) {
+    NOTE.scope(Cell::new(None), async {
+        let output = work.await;
+        (output, NOTE.with(Cell::get))
+    })
+    .await
+}
+
+/// Puts `what` into the log line of the request under way (the last one told wins), where
+/// it would otherwise be a line of its own; outside a request ([`noting`]), nothing.
+pub fn note(what: &'static str) {
+    let _ = NOTE.try_with(|note| note.set(Some(what)));
+}
+
 /// Every dependency stops at `info`, whatever `RUST_LOG` asks for: below it, the Lambda
 /// runtime logs each raw event, `Authorization` header included (`trace`), tokio-postgres
 /// every statement's parameters (`debug`), and the AWS SDK its signed requests. A common
@@ -47,6 +70,20 @@ fn dependency_cap() -> Targets {
 mod tests {
     use super::*;
     use tracing::Level;
+
+    #[tokio::test]
+    async fn a_note_reaches_its_own_request_only() {
+        note("outside any request");
+        let (output, noted) = noting(async {
+            note("first");
+            tokio::task::yield_now().await;
+            note("second");
+            7
+        })
+        .await;
+        assert_eq!((output, noted), (7, Some("second")));
+        assert_eq!(noting(async {}).await.1, None);
+    }
 
     #[test]
     fn only_this_workspace_logs_below_info() {

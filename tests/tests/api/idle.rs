@@ -15,9 +15,10 @@ use tests::{database_url, env, state_with, user_id, ApiEvent};
 
 use crate::{create_titled, id_of, task_path, tasks_path};
 
-/// The check's threshold in these tests, and a pause that exceeds it.
-const IDLE_CHECK_AFTER_MS: &str = "200";
-const IDLE: Duration = Duration::from_millis(400);
+/// The check's threshold in these tests, and a pause that exceeds it. (A second: requests
+/// meant to come within it do, even on a loaded machine.)
+const IDLE_CHECK_AFTER_MS: &str = "1000";
+const IDLE: Duration = Duration::from_millis(1500);
 
 /// A state whose connections go through a [`Forgetter`] in front of `url`'s server.
 async fn forgetful_state(url: &str, extra: &[(&str, &str)]) -> (Forgetter, shared::AppState) {
@@ -80,12 +81,12 @@ async fn a_read_on_a_connection_silent_since_it_was_idle_is_answered_within_the_
     );
     response.assert_status(200);
     assert_eq!(response.json().as_array().map(Vec::len), Some(1));
-    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(took < Duration::from_millis(3000), "took {took:?}");
 }
 
 /// With several pooled connections, as on Lambda Managed Instances, what silenced one has
 /// silenced the others idle as long: one failed check drops them all, rather than a
-/// second's check each.
+/// second's check each (4 s here before).
 #[tokio::test(flavor = "current_thread")]
 async fn after_one_failed_check_the_connections_idle_as_long_are_dropped_unchecked() {
     let base = database_url();
@@ -120,7 +121,7 @@ async fn after_one_failed_check_the_connections_idle_as_long_are_dropped_uncheck
     let started = Instant::now();
     list().await.assert_status(200);
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1800), "took {took:?}");
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
 }
 
 /// The check costs one round trip, and only after the pause: a warm connection still
