@@ -451,6 +451,7 @@ impl Database {
             if !client.is_closed() {
                 return Ok(client);
             }
+            crate::telemetry::note(CLOSED_REPLACED);
             drop(deadpool_postgres::Object::take(client));
         }
         Err(ApiError::Unavailable(anyhow!(
@@ -565,6 +566,10 @@ fn idle_check(watch: Arc<IdleWatch>) -> Hook {
         let watch = watch.clone();
         let last_used = metrics.recycled.unwrap_or(metrics.created);
         Box::pin(async move {
+            if client.is_closed() {
+                crate::telemetry::note(CLOSED_REPLACED);
+                return Err(HookError::message(CLOSED_REPLACED));
+            }
             let started = Instant::now();
             match watch.verdict(last_used, started) {
                 Verdict::Use => return Ok(()),
@@ -587,6 +592,7 @@ fn idle_check(watch: Arc<IdleWatch>) -> Hook {
     })
 }
 
+const CLOSED_REPLACED: &str = "a connection closed while idle was replaced";
 const IDLE_FAILED: &str = "an idle connection failed its check and was replaced";
 const IDLE_DROPPED: &str = "an idle connection was replaced unchecked after a failed check";
 

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -13,26 +14,35 @@ use tracing_subscriber::EnvFilter;
 /// `info`. (Targets match as prefixes; no dependency's name starts with one of these.)
 const OWN_CRATES: [&str; 2] = ["shared", "todo_server"];
 
-/// Installs the JSON log subscriber. Level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`,
-/// else `info`; the dependencies never below `info` ([`dependency_cap`]). Safe to call more
-/// than once.
+/// Installs the JSON log subscriber ([`json_logs`], to standard output). Level from
+/// `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`; the dependencies never below `info`
+/// ([`dependency_cap`]). Safe to call more than once.
 pub fn init() {
-    let filter = std::env::var("RUST_LOG")
+    let level = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
-        .and_then(|level| EnvFilter::try_new(level.to_lowercase()).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|| "info".into());
+    let _ = json_logs(&level, std::io::stdout).try_init();
+}
+
+/// The functions' log subscriber: one JSON object per line, at `level` (an `EnvFilter`
+/// directive; `info` when it is not one), written to `writer`.
+pub fn json_logs<W>(level: &str, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_new(level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_target(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .finish()
         .with(dependency_cap())
-        .try_init();
 }
 
 tokio::task_local! {
@@ -59,9 +69,15 @@ pub fn note(what: &'static str) {
 /// runtime logs each raw event, `Authorization` header included (`trace`), tokio-postgres
 /// every statement's parameters (`debug`), and the AWS SDK its signed requests. A common
 /// debugging step (`RUST_LOG=trace`) must not put a token or a credential in the logs.
+///
+/// The pool's warnings of a connection closed or failed (`deadpool.postgres`) are left out
+/// too: they are lines of their own, in the middle of a request; what they say is in the
+/// request's line instead (`database`, [`note`]), or in its error.
 fn dependency_cap() -> Targets {
     OWN_CRATES.iter().fold(
-        Targets::new().with_default(LevelFilter::INFO),
+        Targets::new()
+            .with_default(LevelFilter::INFO)
+            .with_target("deadpool", LevelFilter::ERROR),
         |targets, own| targets.with_target(*own, LevelFilter::TRACE),
     )
 }
@@ -99,6 +115,8 @@ mod tests {
             assert!(!cap.would_enable(dependency, &Level::DEBUG), "{dependency}");
             assert!(!cap.would_enable(dependency, &Level::TRACE), "{dependency}");
         }
+        assert!(!cap.would_enable("deadpool.postgres", &Level::WARN));
+        assert!(cap.would_enable("deadpool.postgres", &Level::ERROR));
         for own in ["shared::auth", "shared", "todo_server"] {
             assert!(cap.would_enable(own, &Level::TRACE), "{own}");
         }

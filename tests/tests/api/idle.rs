@@ -7,6 +7,7 @@
 //! with one Sync round trip before use, and replaced if that fails.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -19,6 +20,38 @@ use crate::{create_titled, id_of, task_path, tasks_path};
 /// meant to come within it do, even on a loaded machine.)
 const IDLE_CHECK_AFTER_MS: &str = "1000";
 const IDLE: Duration = Duration::from_millis(1500);
+
+/// The JSON log lines of this thread while captured, as the functions write them (the tests
+/// run on a current-thread runtime, so the handler logs on the test's thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let sink = self.clone();
+        tracing::subscriber::set_default(shared::telemetry::json_logs("info", move || sink.clone()))
+    }
+
+    fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A state whose connections go through a [`Forgetter`] in front of `url`'s server.
 async fn forgetful_state(url: &str, extra: &[(&str, &str)]) -> (Forgetter, shared::AppState) {
@@ -44,17 +77,28 @@ async fn a_write_on_a_connection_reset_while_idle_is_applied_not_a_504() {
     let id = id_of(&create_titled(&state, &user, "before").await);
     forgetter.forget(Forget::Reset);
     tokio::time::sleep(IDLE).await;
-    let response = ApiEvent::put(&task_path(&user, &id))
-        .as_user(&user)
-        .json(&json!({"title": "after"}))
-        .send(&state)
-        .await;
+    let logs = Logs::default();
+    let response = {
+        let _capture = logs.capture();
+        ApiEvent::put(&task_path(&user, &id))
+            .as_user(&user)
+            .json(&json!({"title": "after"}))
+            .send(&state)
+            .await
+    };
     assert_eq!(
         forgetter.hits(),
         1,
         "the forgotten connection was tried once"
     );
     response.assert_status(200);
+    // One line for the request, which says why it took a reconnect.
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0]["database"],
+        "an idle connection failed its check and was replaced"
+    );
     let stored = crate::get(&state, &user, &id).await.json();
     assert_eq!(stored["title"], "after");
 }
