@@ -912,15 +912,37 @@ mod tests {
         assert_eq!(watch.verdict(used, used + AFTER), Verdict::Check);
     }
 
-    /// A frozen instance's monotonic clock may stand still: the pool sees the connection as
-    /// used a moment ago, the wall clock says ten minutes.
-    #[test]
-    fn a_pause_on_the_wall_clock_alone_marks_the_connections_used_before_it() {
+    /// A request at `used`, then one ten minutes later by the wall clock, 1 ms later by the
+    /// monotonic one (which may stand still while an instance is frozen), at `thawed`.
+    struct Thawed {
+        watch: IdleWatch,
+        wall: SystemTime,
+        used: Instant,
+        thawed: Instant,
+    }
+
+    fn frozen_for_ten_minutes() -> Thawed {
         let watch = IdleWatch::new(AFTER);
         let (wall, used) = (SystemTime::now(), Instant::now());
         watch.request(wall, used);
         let thawed = used + Duration::from_millis(1);
         watch.request(wall + Duration::from_secs(600), thawed);
+        Thawed {
+            watch,
+            wall,
+            used,
+            thawed,
+        }
+    }
+
+    #[test]
+    fn a_pause_on_the_wall_clock_alone_marks_the_connections_used_before_it() {
+        let Thawed {
+            watch,
+            wall,
+            used,
+            thawed,
+        } = frozen_for_ten_minutes();
         assert_eq!(watch.verdict(used, thawed), Verdict::Check);
         // A connection opened after it (by this request, say) is not.
         let opened = thawed + Duration::from_millis(2);
@@ -941,11 +963,12 @@ mod tests {
 
     #[test]
     fn after_a_failed_check_the_idle_connections_used_before_it_are_dropped() {
-        let watch = IdleWatch::new(AFTER);
-        let (wall, used) = (SystemTime::now(), Instant::now());
-        watch.request(wall, used);
-        let thawed = used + Duration::from_millis(1);
-        watch.request(wall + Duration::from_secs(600), thawed);
+        let Thawed {
+            watch,
+            used,
+            thawed,
+            ..
+        } = frozen_for_ten_minutes();
         watch.check_failed(thawed);
         let after_it = thawed + Duration::from_secs(1);
         assert_eq!(watch.verdict(used, after_it), Verdict::Drop);

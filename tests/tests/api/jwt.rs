@@ -362,9 +362,20 @@ async fn a_rotated_key_is_picked_up_after_the_cooldown() {
         ),
         ("JWKS_REFETCH_COOLDOWN_SECONDS", "0"),
     ]));
+    rotate_between_two_requests(&state, &server, || {}).await;
+}
+
+/// A request with the endpoint's first key; `between`; the endpoint's keys rotated; a
+/// request with the new key, which the refetch (no cool-down in `state`) must find.
+async fn rotate_between_two_requests(
+    state: &shared::AppState,
+    server: &JwksServer,
+    between: impl FnOnce(),
+) {
     let user = user_id();
     let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
-    list_with(&state, &user, &known).await.assert_status(200);
+    list_with(state, &user, &known).await.assert_status(200);
+    between();
     *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
     let rotated = signed(
         Algorithm::EdDSA,
@@ -372,7 +383,7 @@ async fn a_rotated_key_is_picked_up_after_the_cooldown() {
         Some("ed-2"),
         &claims(&user),
     );
-    list_with(&state, &user, &rotated).await.assert_status(200);
+    list_with(state, &user, &rotated).await.assert_status(200);
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 }
 
@@ -398,19 +409,10 @@ async fn a_refetch_does_not_reuse_a_connection_that_sat_idle() {
         ("JWKS_URL", &url),
         ("JWKS_REFETCH_COOLDOWN_SECONDS", "0"),
     ]));
-    let user = user_id();
-    let known = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
-    list_with(&state, &user, &known).await.assert_status(200);
-    forgetter.forget(tests::proxy::Forget::Reset);
-    *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
-    let rotated = signed(
-        Algorithm::EdDSA,
-        "ed25519-rotated",
-        Some("ed-2"),
-        &claims(&user),
-    );
-    list_with(&state, &user, &rotated).await.assert_status(200);
-    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    rotate_between_two_requests(&state, &server, || {
+        forgetter.forget(tests::proxy::Forget::Reset)
+    })
+    .await;
     assert_eq!(
         forgetter.hits(),
         0,
