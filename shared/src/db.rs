@@ -440,7 +440,8 @@ impl Database {
     /// idle (a Lambda freeze and thaw, a Neon compute suspend, `pg_terminate_backend`) has
     /// the server's goodbye waiting in its socket; yielding lets its connection task read
     /// it, so the check below sees it closed and the request gets a fresh connection
-    /// instead of failing. Costs no round trip.
+    /// instead of failing, without a round trip. A connection idle long enough to have been
+    /// forgotten without a goodbye is checked with one by the pool's hook ([`IdleWatch`]).
     async fn live_connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
         self.idle.request(SystemTime::now(), Instant::now());
         for _ in 0..=self.pool.status().max_size {
