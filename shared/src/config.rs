@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::{SslMode, SslNegotiation};
 
 /// Shortest HS256 secret accepted; Better Auth itself asks for at least 32 characters.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -58,8 +59,8 @@ pub struct DatabaseConfig {
     /// every statement is sent unnamed and parsed anew, as PgBouncer before 1.21 needs in
     /// transaction mode.
     pub prepared_statements: bool,
-    /// An extra CA certificate (PEM) trusted besides the public web PKI roots:
-    /// `DATABASE_CA_FILE`, else the URL's `sslrootcert`.
+    /// The only CA certificates (PEM) trusted for the database, instead of the public web
+    /// PKI roots: `DATABASE_CA_FILE`, else the URL's `sslrootcert`.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -182,59 +183,135 @@ impl Config {
 }
 
 /// libpq options that tokio-postgres does not know and that only concern TLS, which rustls
-/// handles (certificates are always verified, SNI is always sent).
-const LIBPQ_TLS_ONLY_OPTIONS: &[&str] = &["sslsni", "sslcompression", "gssencmode", "sslcrl"];
+/// handles (certificates are always verified, SNI is always sent), or that ask for nothing
+/// (`gssencmode` other than `require`: no GSSAPI encryption is ever tried).
+const LIBPQ_TLS_ONLY_OPTIONS: &[&str] = &["sslsni", "sslcompression", "gssencmode"];
 
 /// Parses a Postgres URL as libpq users write it (including Neon's
 /// `?sslmode=require&channel_binding=require`) into a tokio-postgres config.
 ///
 /// `verify-ca` and `verify-full` become `require`: rustls always verifies the certificate
 /// chain and host name, which is what they ask for.
+///
+/// A connection that leaves the machine is encrypted unless the URL says otherwise in so
+/// many words: without `sslmode`, a host other than `localhost`, 127.0.0.0/8, `::1` or a
+/// Unix socket gets `require` (libpq's default, `prefer`, falls back to clear text when the
+/// server, or anyone on the path, answers that it has no TLS), and `sslmode=prefer` is
+/// refused for such a host. `sslmode=disable` is taken as written (a private network's
+/// server without TLS). Options that ask for a protection this client cannot give
+/// (`sslcrl`, `gssencmode=require`) are refused rather than ignored.
 pub fn parse_url(url: &str) -> Result<PostgresUrl, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
         name: "DATABASE_URL",
         reason,
     };
-    let (normalized, root_cert) = normalize_url(url);
-    let postgres = tokio_postgres::Config::from_str(&normalized)
+    let normalized = normalize_url(url).map_err(invalid)?;
+    let mut postgres = tokio_postgres::Config::from_str(&normalized.url)
         .map_err(|err| invalid(format!("not a usable Postgres URL ({err})")))?;
+    let local = stays_on_this_machine(&postgres);
+    if !normalized.ssl_mode_given && (!local || normalized.system_roots) {
+        postgres.ssl_mode(SslMode::Require);
+    }
+    if postgres.get_ssl_mode() == SslMode::Prefer && !local {
+        return Err(invalid(
+            "sslmode=prefer falls back to an unencrypted connection, which anyone on the way \
+             to a remote host can force: write sslmode=require (or sslmode=disable to mean it)"
+                .into(),
+        ));
+    }
+    if postgres.get_ssl_negotiation() == SslNegotiation::Direct
+        && postgres.get_ssl_mode() != SslMode::Require
+    {
+        return Err(invalid(
+            "sslnegotiation=direct needs sslmode=require (or verify-full)".into(),
+        ));
+    }
     Ok(PostgresUrl {
         postgres,
-        root_cert: root_cert.map(PathBuf::from),
+        root_cert: normalized.root_cert.map(PathBuf::from),
     })
 }
 
-/// Returns the URL tokio-postgres can parse and the `sslrootcert` it named, if any.
-fn normalize_url(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
+/// Whether every host the config names is this machine: a Unix socket, `localhost` or a
+/// loopback address, and so is every `hostaddr`. No host at all counts as local (the
+/// driver refuses it when it connects).
+fn stays_on_this_machine(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => is_loopback(name),
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    }) && config.get_hostaddrs().iter().all(|addr| addr.is_loopback())
+}
+
+/// A URL as tokio-postgres can parse it, and what was taken out of it on the way.
+#[derive(Debug, PartialEq)]
+struct Normalized {
+    url: String,
+    /// The CA file `sslrootcert` names.
+    root_cert: Option<String>,
+    /// Whether the URL says `sslmode` at all (tokio-postgres's own default is `prefer`).
+    ssl_mode_given: bool,
+    /// `sslrootcert=system`, which libpq (16 and later) takes as `verify-full`.
+    system_roots: bool,
+}
+
+/// Rewrites a libpq URL for tokio-postgres: `verify-*` modes become `require`, `sslrootcert`
+/// and the TLS options rustls covers anyway are taken out. Refuses options that ask for a
+/// check this client would not make. A key/value string (`host=… sslmode=…`) passes as it
+/// is, but for noting its `sslmode`.
+fn normalize_url(url: &str) -> Result<Normalized, String> {
+    let mut normalized = Normalized {
+        url: url.to_owned(),
+        root_cert: None,
+        ssl_mode_given: false,
+        system_roots: false,
     };
-    let mut root_cert = None;
+    let Some((base, query)) = url.split_once('?') else {
+        normalized.ssl_mode_given = !url.contains("://")
+            && url
+                .split_whitespace()
+                .any(|pair| pair.starts_with("sslmode="));
+        return Ok(normalized);
+    };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
-            "sslmode" if value == "verify-full" || value == "verify-ca" => {
-                kept.push("sslmode=require".to_owned());
-            }
-            "sslrootcert" => {
-                if value != "system" {
-                    root_cert = Some(
-                        percent_encoding::percent_decode_str(value)
-                            .decode_utf8_lossy()
-                            .into_owned(),
-                    );
+            "sslmode" => {
+                normalized.ssl_mode_given = true;
+                if value == "verify-full" || value == "verify-ca" {
+                    kept.push("sslmode=require".to_owned());
+                } else {
+                    kept.push(pair.to_owned());
                 }
+            }
+            "sslrootcert" if value == "system" => normalized.system_roots = true,
+            "sslrootcert" => {
+                normalized.root_cert = Some(
+                    percent_encoding::percent_decode_str(value)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+            "sslcrl" | "sslcrldir" => {
+                return Err(format!(
+                    "{key} is not supported: certificate revocation lists are not checked"
+                ));
+            }
+            "gssencmode" if value == "require" => {
+                return Err("gssencmode=require is not supported (no GSSAPI encryption)".into());
             }
             key if LIBPQ_TLS_ONLY_OPTIONS.contains(&key) => {}
             _ => kept.push(pair.to_owned()),
         }
     }
-    if kept.is_empty() {
-        (base.to_owned(), root_cert)
+    normalized.url = if kept.is_empty() {
+        base.to_owned()
     } else {
-        (format!("{base}?{}", kept.join("&")), root_cert)
-    }
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok(normalized)
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -485,14 +562,103 @@ mod tests {
 
     #[test]
     fn verify_modes_become_require_and_libpq_only_options_are_dropped() {
-        let (url, ca) = normalize_url(
+        let normalized = normalize_url(
             "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&sslsni=1&channel_binding=require",
-        );
+        )
+        .unwrap();
         assert_eq!(
-            url,
+            normalized.url,
             "postgres://u:p@h/db?sslmode=require&channel_binding=require"
         );
-        assert_eq!(ca.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(normalized.root_cert.as_deref(), Some("/tmp/ca.pem"));
+        assert!(normalized.ssl_mode_given);
+    }
+
+    fn ssl_mode(url: &str) -> Result<SslMode, ConfigError> {
+        parse_url(url).map(|parsed| parsed.postgres.get_ssl_mode())
+    }
+
+    #[test]
+    fn a_remote_host_without_sslmode_gets_tls_required() {
+        for url in [
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb",
+            "postgresql://alex:pw@ep-x-pooler.us-east-2.aws.neon.tech/neondb?channel_binding=require",
+            "postgresql://alex:pw@10.0.0.5:5432/db",
+            // The name decides, wherever hostaddr points: TLS is verified against the name.
+            "postgresql://alex:pw@db.example.com/db?hostaddr=127.0.0.1",
+            // A local name with a remote address leaves the machine all the same.
+            "postgresql://alex:pw@localhost/db?hostaddr=10.0.0.5",
+            "postgresql://alex:pw@localhost,db.example.com/db",
+            "host=db.example.com user=alex dbname=db",
+            // libpq 16 reads sslrootcert=system as verify-full.
+            "postgresql://alex:pw@localhost/db?sslrootcert=system",
+        ] {
+            assert_eq!(ssl_mode(url), Ok(SslMode::Require), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_local_host_keeps_libpqs_default_and_any_mode_written() {
+        for url in [
+            "postgres://localhost/db",
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@[::1]:5432/db",
+            "host=/var/run/postgresql dbname=db",
+        ] {
+            assert_eq!(ssl_mode(url), Ok(SslMode::Prefer), "{url}");
+        }
+        assert_eq!(
+            ssl_mode("postgres://u@127.0.0.1/db?sslmode=disable"),
+            Ok(SslMode::Disable)
+        );
+        assert_eq!(
+            ssl_mode("postgres://u@db.internal/db?sslmode=disable"),
+            Ok(SslMode::Disable),
+            "a mode written out is taken as written"
+        );
+        assert_eq!(
+            ssl_mode("host=db.internal sslmode=disable"),
+            Ok(SslMode::Disable)
+        );
+    }
+
+    #[test]
+    fn a_fallback_to_clear_text_or_a_check_not_made_is_refused() {
+        for (url, says) in [
+            (
+                "postgres://u:s3cr3t@db.example.com/db?sslmode=prefer",
+                "sslmode=prefer",
+            ),
+            (
+                "host=db.example.com password=s3cr3t sslmode=prefer",
+                "sslmode=prefer",
+            ),
+            (
+                "postgres://u:s3cr3t@127.0.0.1/db?sslnegotiation=direct",
+                "sslnegotiation=direct",
+            ),
+            (
+                "postgres://u:s3cr3t@db.example.com/db?sslmode=disable&sslnegotiation=direct",
+                "sslnegotiation=direct",
+            ),
+            (
+                "postgres://u:s3cr3t@db.example.com/db?sslmode=require&sslcrl=%2Fcrl.pem",
+                "sslcrl",
+            ),
+            (
+                "postgres://u:s3cr3t@db.example.com/db?gssencmode=require",
+                "gssencmode",
+            ),
+        ] {
+            let err = parse_url(url).unwrap_err().to_string();
+            assert!(
+                err.contains("DATABASE_URL") && err.contains(says),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+        // Without sslmode, direct negotiation to a remote host is fine: the mode is require.
+        assert!(parse_url("postgres://u@db.example.com/db?sslnegotiation=direct").is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! TLS to Postgres through rustls: a server whose certificate comes from a CA the test
-//! makes. Trusted (extra CA file) → the API works, with Neon's URL parameters verbatim;
+//! makes. Trusted (its CA file) → the API works, with Neon's URL parameters verbatim;
 //! untrusted → it refuses to connect and answers 503.
 
 use std::sync::OnceLock;
@@ -178,4 +178,36 @@ async fn a_cold_start_over_tls_costs_a_known_number_of_round_trips() {
     // final; then the request.
     assert!(connected <= 6, "{connected} flights to connect");
     assert_eq!(total - connected, 1, "the first request is one round trip");
+}
+
+/// Without `sslmode`, a host that is not this machine is reached over TLS or not at all. A
+/// server that answers that it has no TLS (as anyone on the path can answer for it) is
+/// refused, where libpq's default, `prefer`, goes on in clear text: the password exchange
+/// and every task readable on the way. The host's name decides; `hostaddr` points it at a
+/// cluster without TLS.
+#[tokio::test]
+async fn a_remote_host_without_sslmode_is_never_reached_in_clear_text() {
+    let cluster = Cluster::start();
+    tests::migrate_with(&cluster.url(), None);
+    let url = format!(
+        "postgres://postgres@db.example.com:{}/postgres?hostaddr=127.0.0.1",
+        cluster.port
+    );
+    // The same server and route answer in clear text when the URL asks for that in words.
+    let clear = format!("{url}&sslmode=disable");
+    let state = state_with(env(&[("DATABASE_URL", clear.as_str())]));
+    ApiEvent::get("/health")
+        .send(&state)
+        .await
+        .assert_status(200);
+
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let response = ApiEvent::get("/health").send(&state).await;
+    response.assert_status(503);
+    let user = user_id();
+    ApiEvent::get(&format!("/api/{user}/tasks"))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(503);
 }
