@@ -286,23 +286,30 @@ impl Database {
             };
             named = cached.is_some();
             let pipeline = async {
+                // Each of the two answers with its error, if any, for `refused_before`.
                 let detect = async {
                     if self.role.load(Ordering::Relaxed) == ROLE_UNKNOWN {
-                        let subject = client.query_typed(LOGIN_ROLE_IS_SUBJECT_TO_RLS, &[]).await;
-                        if let Ok(Some(subject)) =
-                            subject.map(|rows| rows.first().map(|row| row.get(0)))
-                        {
-                            let role = if subject { ROLE_AS_LOGIN } else { ROLE_SWITCH };
-                            self.role.store(role, Ordering::Relaxed);
+                        match client.query_typed(LOGIN_ROLE_IS_SUBJECT_TO_RLS, &[]).await {
+                            Ok(rows) => {
+                                if let Some(subject) = rows.first().map(|row| row.get(0)) {
+                                    let role = if subject { ROLE_AS_LOGIN } else { ROLE_SWITCH };
+                                    self.role.store(role, Ordering::Relaxed);
+                                }
+                            }
+                            Err(err) => return Some(err),
                         }
                     }
+                    None
                 };
                 // A preparation still under way finishes in this flight; a failure only
                 // means that the next request tries again.
                 let prepare = async {
                     if first.is_none() {
-                        let _ = prepare.as_mut().await;
+                        if let Some(Err(err)) = prepare.as_mut().await {
+                            return Some(err);
+                        }
                     }
+                    None
                 };
                 let call = async {
                     let stream = match &cached {
@@ -315,8 +322,8 @@ impl Database {
                     };
                     rows_to_the_end(stream).await
                 };
-                let (_, _, answer) = tokio::join!(detect, prepare, call);
-                answer
+                let (detected, prepared, answer) = tokio::join!(detect, prepare, call);
+                answer.map_err(|failed| refused_before(failed, detected.or(prepared)))
             };
             tokio::pin!(pipeline);
             match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut pipeline).await
@@ -636,6 +643,29 @@ struct CallError {
     completed: bool,
 }
 
+/// The call's error, unless a request sent before it in the same flight was refused by a
+/// pooler that never forwarded it ([`never_forwarded`]) and the call then met only the
+/// closed connection: the pooler answers a client it refuses once, at its first request,
+/// and closes it, so nothing sent after that request reached a server either. The call's
+/// outcome is then the refusal's.
+fn refused_before(failed: CallError, earlier: Option<tokio_postgres::Error>) -> CallError {
+    match earlier {
+        Some(error)
+            if !failed.completed
+                && failed.error.as_db_error().is_none()
+                && error
+                    .as_db_error()
+                    .is_some_and(|db| !raised_by_postgres(db) && never_forwarded(db)) =>
+        {
+            CallError {
+                error,
+                completed: false,
+            }
+        }
+        _ => failed,
+    }
+}
+
 /// Reads a call's answer to the end: its ReadyForQuery, which the server sends after the
 /// implicit transaction has committed (or failed).
 async fn rows_to_the_end(
@@ -722,7 +752,10 @@ fn call_outcome(
     if *db.code() == SqlState::UNDEFINED_FUNCTION {
         tracing::error!("a statement's function is missing: run `migrate` for this release");
     }
-    if !completed && !raised_by_postgres(db) && !never_forwarded(db) {
+    if !completed && !raised_by_postgres(db) {
+        if never_forwarded(db) {
+            return Err(Failure::refused(error));
+        }
         // A pooler answering for the server connection it lost under the call (PgBouncer's
         // "server conn crashed?"): the server may have committed first, its answer lost
         // with it, as when a direct connection just closes.
@@ -753,19 +786,32 @@ fn raised_by_postgres(db: &DbError) -> bool {
 
 /// PgBouncer's refusals of a call that it never forwarded to a server: the client was still
 /// waiting for one (`query_wait_timeout`, and `query_timeout` while waiting, where a
-/// forwarded call's is "query timeout"), or none could be had. Any other error of a pooler
-/// may stand for a server lost under the call.
+/// forwarded call's is "query timeout"), or none could be had. That includes a server's
+/// refusal of PgBouncer's login, which PgBouncer relays, code and message, to every client
+/// waiting for a server: codes Postgres raises only before a session starts (class 28,
+/// `too_many_connections`, an unknown database, "cannot connect now"). Any other error of
+/// a pooler may stand for a server lost under the call.
 fn never_forwarded(db: &DbError) -> bool {
-    const WAITING: [&str; 6] = [
+    const WAITING: [&str; 7] = [
         "query_wait_timeout",
         "server login has been failing",
+        "server login failed",
         "pgbouncer cannot connect to server",
         "server shutting down",
         "pooler is shutting down",
         "no more connections allowed",
     ];
     let message = db.message();
-    message == "query_timeout" || WAITING.iter().any(|refusal| message.starts_with(refusal))
+    let at_login = db.code().code().starts_with("28")
+        || [
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(db.code());
+    at_login
+        || message == "query_timeout"
+        || WAITING.iter().any(|refusal| message.starts_with(refusal))
 }
 
 /// A failed attempt: what went wrong, whether the write may have taken effect all the
@@ -801,6 +847,23 @@ impl Failure {
         Failure {
             error: anyhow!("database answered with an error"),
             status: Some(driver_error(err)),
+            connection_lost,
+            deadline: None,
+            names_not_kept: false,
+        }
+    }
+
+    /// A pooler refused the call before any server had it ([`never_forwarded`]): nothing
+    /// took effect, and the database is unavailable, whatever code the pooler relayed (a
+    /// server's refusal of its login: 28P01 after a password change is a 503 here as it is
+    /// on a direct connection that cannot log in).
+    fn refused(err: tokio_postgres::Error) -> Self {
+        let connection_lost = err.is_closed() || err.code().is_some_and(is_connection_class);
+        Failure {
+            error: anyhow!("the pooler refused the call before a server had it"),
+            status: Some(ApiError::Unavailable(
+                anyhow::Error::new(err).context("database pooler"),
+            )),
             connection_lost,
             deadline: None,
             names_not_kept: false,

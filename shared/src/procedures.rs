@@ -240,7 +240,9 @@ impl Procedure {
     ///   running, the call itself). A call that waited in a pooler's queue may so wait for
     ///   a lock past its deadline, by at most its time in the queue; the client cancels a
     ///   call that outlives the deadline, and the answer to the cancel tells that nothing
-    ///   was written;
+    ///   was written (a cancel cannot reach a call still queued in a pooler, which is then
+    ///   answered as unknown, though it can only be refused by the check above or dropped
+    ///   with the connection);
     /// - for a listing ([`Guards::pinned_plan`]), plans the statement once per connection,
     ///   from the table's average statistics (`plan_cache_mode = force_generic_plan`), and
     ///   never with a sequential scan of the table (`enable_seqscan = off`; the listing

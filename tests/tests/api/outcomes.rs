@@ -87,6 +87,88 @@ async fn behind_pgbouncer_a_write_whose_commit_answer_was_lost_is_a_504_and_it_d
     assert_eq!(stored["title"], "after");
 }
 
+/// Behind PgBouncer, a call that waits for a server connection which Postgres then refuses
+/// at its login (here `pg_hba.conf`; on Neon also "too many connections" on a small
+/// compute, or a rotated password) is refused with the server's own error, which PgBouncer
+/// relays to every waiting client without the routine Postgres reports. The call never
+/// reached a server: nothing was written, so a 503, not "may or may not" (504). Through a
+/// PgBouncer ≥ 1.21 as Neon runs (Debian's 1.18 keeps such a client waiting instead: it
+/// gets the 504 of a call still unanswered after its cancel), in both statement modes: a
+/// statement not yet prepared on the connection is prepared in the same flight, and the
+/// refusal then answers the preparation, the call only the closed connection.
+#[tokio::test]
+async fn behind_pgbouncer_a_write_refused_at_the_servers_login_is_a_503_and_did_not_happen() {
+    for prepared in [true, false] {
+        let cluster = Cluster::start();
+        tests::migrate_with(&cluster.url(), None);
+        let pooler = PgBouncer::start(
+            &cluster,
+            PoolerOptions {
+                pool_size: 1,
+                prepared_statements: true,
+                ..PoolerOptions::default()
+            },
+        );
+        let url = pooler.url();
+        let state = state_with(env(&[
+            ("DATABASE_URL", url.as_str()),
+            ("DB_POOL_SIZE", "1"),
+            (
+                "DB_PREPARED_STATEMENTS",
+                if prepared { "true" } else { "false" },
+            ),
+        ]));
+        let user = user_id();
+        let id = id_of(&create_titled(&state, &user, "before").await);
+
+        // Opened before the refusal, which ends no session that has logged in.
+        let (admin, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        std::fs::write(
+            cluster.dir.join("data/pg_hba.conf"),
+            "local all all trust\nhost all all 0.0.0.0/0 reject\nhost all all ::/0 reject\n",
+        )
+        .unwrap();
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+        // The pooler's server connection goes; it has to log in again for the next call.
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let response = ApiEvent::put(&task_path(&user, &id))
+            .as_user(&user)
+            .json(&json!({"title": "after"}))
+            .send(&state)
+            .await;
+        assert!(
+            pooler.log().contains("pg_hba.conf rejects connection"),
+            "{}",
+            pooler.log()
+        );
+        response.assert_status(503);
+        assert!(response.header("retry-after").is_some());
+        let title: String = admin
+            .query_one(
+                "SELECT title FROM tasks WHERE id = $1",
+                &[&id.parse::<uuid::Uuid>().unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(title, "before", "prepared statements: {prepared}");
+    }
+}
+
 /// A write whose commit waits past its deadline for a synchronous standby (Neon's computes
 /// wait so for their safekeepers) is cancelled; Postgres then ends the wait with a warning
 /// that the commit is local and may not be replicated, and answers success. So a write
