@@ -273,3 +273,23 @@ def test_local_secrets_are_private_and_the_cluster_asks_for_its_password(stack):
     assert refused.returncode != 0 and "password" in refused.stderr, refused.stderr
     assert connect(PGPASSWORD="wrong").returncode != 0
     assert connect(PGPASSWORD=password).stdout.strip() == "1"
+
+
+def test_a_change_outside_the_functions_sources_restarts_no_function():
+    """`cargo lambda watch` rebuilds and restarts every running function when a file it
+    watches changes. Building the TypeScript client (clients/, as the README's frontend
+    steps do while scripts/dev runs) is no such change (.cargolambdaignore); before, it
+    restarted all seven functions, killing any call they were answering."""
+    s = Stack(env={"WATCH_ARGS": ""})
+    try:
+        s.start()
+        call(s, "GET", "/health", expect=200)
+        assert "Running `target/debug/health`" in s.output()
+        before = s.output().count("Running `target/")
+        client_source = ROOT / "clients" / "typescript" / "src" / "index.ts"
+        os.utime(client_source)
+        time.sleep(4)
+        assert s.output().count("Running `target/") == before, s.output()[-3000:]
+        call(s, "GET", "/health", expect=200)
+    finally:
+        s.stop()
