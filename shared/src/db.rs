@@ -323,7 +323,7 @@ impl Database {
                     rows_to_the_end(stream).await
                 };
                 let (detected, prepared, answer) = tokio::join!(detect, prepare, call);
-                answer.map_err(|failed| refused_before(failed, detected.or(prepared)))
+                answer.map_err(|failed| refused_before(failed, [prepared, detected]))
             };
             tokio::pin!(pipeline);
             match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut pipeline).await
@@ -648,21 +648,25 @@ struct CallError {
 /// closed connection: the pooler answers a client it refuses once, at its first request,
 /// and closes it, so nothing sent after that request reached a server either. The call's
 /// outcome is then the refusal's.
-fn refused_before(failed: CallError, earlier: Option<tokio_postgres::Error>) -> CallError {
-    match earlier {
-        Some(error)
-            if !failed.completed
-                && failed.error.as_db_error().is_none()
-                && error
-                    .as_db_error()
-                    .is_some_and(|db| !raised_by_postgres(db) && never_forwarded(db)) =>
-        {
-            CallError {
-                error,
-                completed: false,
-            }
-        }
-        _ => failed,
+///
+/// Which request went first varies (the preparation is sent at its first poll, before the
+/// role's check), and the pooler's one refusal answers whichever did; the others meet the
+/// closed connection too. So any of them may carry it.
+fn refused_before(failed: CallError, earlier: [Option<tokio_postgres::Error>; 2]) -> CallError {
+    if failed.completed || failed.error.as_db_error().is_some() {
+        return failed;
+    }
+    let refusal = earlier.into_iter().flatten().find(|error| {
+        error
+            .as_db_error()
+            .is_some_and(|db| !raised_by_postgres(db) && never_forwarded(db))
+    });
+    match refusal {
+        Some(error) => CallError {
+            error,
+            completed: false,
+        },
+        None => failed,
     }
 }
 
@@ -802,13 +806,15 @@ fn never_forwarded(db: &DbError) -> bool {
         "no more connections allowed",
     ];
     let message = db.message();
-    let at_login = db.code().code().starts_with("28")
-        || [
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::INVALID_CATALOG_NAME,
-            SqlState::CANNOT_CONNECT_NOW,
-        ]
-        .contains(db.code());
+    // PgBouncer relays a server's login refusal as FATAL, and then closes the connection.
+    let at_login = db.severity() == "FATAL"
+        && (db.code().code().starts_with("28")
+            || [
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::INVALID_CATALOG_NAME,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(db.code()));
     at_login
         || message == "query_timeout"
         || WAITING.iter().any(|refusal| message.starts_with(refusal))

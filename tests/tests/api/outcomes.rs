@@ -145,6 +145,23 @@ async fn behind_pgbouncer_a_write_refused_at_the_servers_login_is_a_503_and_did_
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
 
+        // An instance's first request: its flight also asks for the login role's kind, and
+        // whichever of the three requests went first gets the refusal.
+        let fresh = state_with(env(&[
+            ("DATABASE_URL", url.as_str()),
+            ("DB_POOL_SIZE", "1"),
+            (
+                "DB_PREPARED_STATEMENTS",
+                if prepared { "true" } else { "false" },
+            ),
+        ]));
+        let response = ApiEvent::put(&task_path(&user, &id))
+            .as_user(&user)
+            .json(&json!({"title": "from a fresh instance"}))
+            .send(&fresh)
+            .await;
+        response.assert_status(503);
+
         let response = ApiEvent::put(&task_path(&user, &id))
             .as_user(&user)
             .json(&json!({"title": "after"}))
