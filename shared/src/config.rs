@@ -294,6 +294,8 @@ fn normalize_url(url: &str) -> Result<Normalized, String> {
                         .into_owned(),
                 );
             }
+            // Empty, as libpq reads it: not set.
+            "sslcrl" | "sslcrldir" if value.is_empty() => {}
             "sslcrl" | "sslcrldir" => {
                 return Err(format!(
                     "{key} is not supported: certificate revocation lists are not checked"
@@ -657,6 +659,7 @@ mod tests {
             );
             assert!(!err.contains("s3cr3t"), "{err}");
         }
+        assert!(parse_url("postgres://u@db.example.com/db?sslcrl=&sslcrldir=").is_ok());
         // Without sslmode, direct negotiation to a remote host is fine: the mode is require.
         assert!(parse_url("postgres://u@db.example.com/db?sslnegotiation=direct").is_ok());
     }
