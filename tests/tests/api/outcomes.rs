@@ -24,6 +24,18 @@ pub async fn cutting_state() -> (CommitCutter, shared::AppState) {
     (cutter, state)
 }
 
+/// The task's title as stored, read on a direct connection of the test's own.
+async fn stored_title(admin: &tokio_postgres::Client, id: &str) -> String {
+    admin
+        .query_one(
+            "SELECT title FROM tasks WHERE id = $1",
+            &[&id.parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn a_write_whose_commit_answer_was_lost_is_a_504_and_it_did_happen() {
     let (cutter, cut_state) = cutting_state().await;
@@ -174,14 +186,7 @@ async fn behind_pgbouncer_a_write_refused_at_the_servers_login_is_a_503_and_did_
         );
         response.assert_status(503);
         assert!(response.header("retry-after").is_some());
-        let title: String = admin
-            .query_one(
-                "SELECT title FROM tasks WHERE id = $1",
-                &[&id.parse::<uuid::Uuid>().unwrap()],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let title = stored_title(&admin, &id).await;
         assert_eq!(title, "before", "prepared statements: {prepared}");
     }
 }
@@ -232,14 +237,7 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
     response.assert_status(504);
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
     // Committed locally all the same: the answer could not have been "not done" either.
-    let title: String = admin
-        .query_one(
-            "SELECT title FROM tasks WHERE id = $1",
-            &[&id.parse::<uuid::Uuid>().unwrap()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let title = stored_title(&admin, &id).await;
     assert_eq!(title, "after");
     tokio::time::sleep(Duration::from_millis(300)).await;
     crate::get(&state, &user, &id).await.assert_status(200);
