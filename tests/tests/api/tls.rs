@@ -124,21 +124,26 @@ async fn an_untrusted_certificate_is_refused() {
         if let Some(file) = ca_file {
             vars.push(("DATABASE_CA_FILE", file));
         }
-        let state = state_with(env(&vars));
-        let response = ApiEvent::get("/health").send(&state).await;
-        response.assert_status(503);
-        assert!(
-            !response.text().contains("certificate"),
-            "no driver details: {}",
-            response.text()
-        );
-        let user = user_id();
-        ApiEvent::get(&format!("/api/{user}/tasks"))
-            .as_user(&user)
-            .send(&state)
-            .await
-            .assert_status(503);
+        refuses_to_connect(&state_with(env(&vars))).await;
     }
+}
+
+/// A state that cannot connect answers `/health` and a listing 503, without the driver's
+/// reason (the certificate's) in the body.
+async fn refuses_to_connect(state: &shared::AppState) {
+    let response = ApiEvent::get("/health").send(state).await;
+    response.assert_status(503);
+    assert!(
+        !response.text().contains("certificate"),
+        "no driver details: {}",
+        response.text()
+    );
+    let user = user_id();
+    ApiEvent::get(&format!("/api/{user}/tasks"))
+        .as_user(&user)
+        .send(state)
+        .await
+        .assert_status(503);
 }
 
 /// The cold start of a function over TLS, counted on the wire by a proxy: every round trip
@@ -201,13 +206,5 @@ async fn a_remote_host_without_sslmode_is_never_reached_in_clear_text() {
         .await
         .assert_status(200);
 
-    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
-    let response = ApiEvent::get("/health").send(&state).await;
-    response.assert_status(503);
-    let user = user_id();
-    ApiEvent::get(&format!("/api/{user}/tasks"))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(503);
+    refuses_to_connect(&state_with(env(&[("DATABASE_URL", url.as_str())]))).await;
 }
