@@ -22,6 +22,10 @@ pub const USER_ID_MAX_CHARS: usize = 255;
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed fetch, how long before the next attempt.
 const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// The largest JWKS document read. Better Auth's holds a few keys of a few hundred bytes
+/// each; anything near this is not a key set, and reading it whole could exhaust a small
+/// function's memory (the fetch can be triggered by anyone, with an unknown `kid`).
+const JWKS_MAX_BYTES: usize = 256 * 1024;
 
 /// The verified identity of the caller: the token's `sub` (or `user.id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,7 +397,7 @@ impl KeyStore {
 
 impl Remote {
     async fn fetch(&self) -> anyhow::Result<KeySet> {
-        let response = self
+        let mut response = self
             .client
             .get(&self.url)
             .header("accept", "application/json")
@@ -404,7 +408,17 @@ impl Remote {
         if !response.status().is_success() {
             anyhow::bail!("JWKS endpoint answered {}", response.status());
         }
-        let body = response.bytes().await.context("JWKS body")?;
+        if response.content_length().unwrap_or(0) > JWKS_MAX_BYTES as u64 {
+            anyhow::bail!("JWKS document over {JWKS_MAX_BYTES} bytes");
+        }
+        // Read chunk by chunk: a body without a length is bounded too.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.context("JWKS body")? {
+            if body.len() + chunk.len() > JWKS_MAX_BYTES {
+                anyhow::bail!("JWKS document over {JWKS_MAX_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
         tracing::debug!(url = %self.url, "fetched JWKS");
         KeySet::parse(&body)
     }

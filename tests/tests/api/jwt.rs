@@ -1,6 +1,6 @@
 //! The token matrix: what is refused (401) and what is accepted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::Algorithm;
@@ -266,12 +266,14 @@ async fn only_configured_algorithms_are_accepted() {
 }
 
 /// A JWKS endpoint on 127.0.0.1 that counts its requests; it serves `document`, or
-/// redirects to `redirect_to` when that is set, and keeps connections alive.
+/// redirects to `redirect_to` when that is set, and keeps connections alive. With
+/// `no_length`, it sends the document without a length and closes the connection after it.
 struct JwksServer {
     url: String,
     hits: Arc<AtomicUsize>,
     document: Arc<Mutex<String>>,
     redirect_to: Arc<Mutex<Option<String>>>,
+    no_length: Arc<AtomicBool>,
 }
 
 impl JwksServer {
@@ -281,10 +283,16 @@ impl JwksServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let document = Arc::new(Mutex::new(document.to_owned()));
         let redirect_to = Arc::new(Mutex::new(None::<String>));
-        let (h, d, r) = (hits.clone(), document.clone(), redirect_to.clone());
+        let no_length = Arc::new(AtomicBool::new(false));
+        let (h, d, r, u) = (
+            hits.clone(),
+            document.clone(),
+            redirect_to.clone(),
+            no_length.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let (h, d, r) = (h.clone(), d.clone(), r.clone());
+                let (h, d, r, u) = (h.clone(), d.clone(), r.clone(), u.clone());
                 // Keep-alive, as Better Auth's Node server: one connection serves every
                 // request the client sends on it.
                 tokio::spawn(async move {
@@ -296,16 +304,20 @@ impl JwksServer {
                         h.fetch_add(1, Ordering::SeqCst);
                         let body = d.lock().unwrap().clone();
                         let location = r.lock().unwrap().clone();
+                        let no_length = u.load(Ordering::SeqCst);
                         let response = match location {
                             Some(location) => format!(
                                 "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+                            ),
+                            None if no_length => format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{body}"
                             ),
                             None => format!(
                                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                                 body.len()
                             ),
                         };
-                        if socket.write_all(response.as_bytes()).await.is_err() {
+                        if socket.write_all(response.as_bytes()).await.is_err() || no_length {
                             return;
                         }
                     }
@@ -317,6 +329,7 @@ impl JwksServer {
             hits,
             document,
             redirect_to,
+            no_length,
         }
     }
 }
@@ -486,4 +499,33 @@ async fn a_refetch_without_usable_keys_keeps_the_keys_that_worked() {
     // A document with usable keys still replaces the set (key rotation).
     *server.document.lock().unwrap() = include_str!("../../fixtures/jwks-rotated.json").into();
     list_with(&state, &user, &unknown).await.assert_status(200);
+}
+
+#[tokio::test]
+async fn an_oversized_jwks_document_is_refused_with_or_without_a_length() {
+    let fixture = include_str!("../../fixtures/jwks.json");
+    // A usable key set, padded with whitespace past the 256 KiB the API reads.
+    let padded = format!("{}{}", fixture, " ".repeat(300 * 1024));
+    for no_length in [false, true] {
+        let server = JwksServer::start(fixture).await;
+        server.no_length.store(no_length, Ordering::SeqCst);
+        let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &server.url)]));
+        let user = user_id();
+        let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+        // The same document, unpadded, is read in both modes.
+        list_with(&state, &user, &token).await.assert_status(200);
+
+        *server.document.lock().unwrap() = padded.clone();
+        let fresh = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &server.url)]));
+        let response = list_with(&fresh, &user, &token).await;
+        response.assert_status(503);
+        assert!(
+            response.header("retry-after").is_some(),
+            "no_length: {no_length}"
+        );
+        assert!(
+            server.hits.load(Ordering::SeqCst) >= 2,
+            "the padded document was fetched (no_length: {no_length})"
+        );
+    }
 }
