@@ -40,10 +40,12 @@ impl IfMatch {
             if tag == "*" {
                 return Some(IfMatch::Any);
             }
+            // Strong comparison is character by character: `"03"` or `"+3"` is not the
+            // tag `"3"` this API sent, so only a version's own spelling counts.
             if let Some(version) = tag
                 .strip_prefix('"')
                 .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<i64>().ok())
+                .and_then(|t| t.parse::<i64>().ok().filter(|v| v.to_string() == t))
             {
                 versions.push(version);
             }
@@ -123,6 +125,14 @@ mod tests {
         assert_eq!(
             IfMatch::from_headers(&headers("if-match", "\"3\", W/\"4\", \"x\"")),
             Some(IfMatch::Versions(vec![3]))
+        );
+        assert_eq!(
+            IfMatch::from_headers(&headers(
+                "if-match",
+                "\"03\", \"+3\", \" 3\", \"-0\", \"5\""
+            )),
+            Some(IfMatch::Versions(vec![5])),
+            "only a version's own spelling is its tag"
         );
         assert_eq!(
             IfMatch::from_headers(&headers("if-match", "*")),
