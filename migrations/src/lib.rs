@@ -26,6 +26,13 @@ mod embedded {
 /// Arbitrary but fixed: "todo" in ASCII.
 const MIGRATION_LOCK_KEY: i64 = 0x746f_646f;
 
+/// How long a migration waits for a lock on a table (an `ALTER TABLE` waits for every
+/// transaction that uses it). While it waits, every request that touches the table queues
+/// behind it, so a migration that cannot have the table soon gives up, rolls everything
+/// back, and says so; run it again. The migration lock itself is waited for without limit:
+/// a concurrent run holds it only while it applies.
+pub const LOCK_TIMEOUT_MS: u32 = 3_000;
+
 /// Applies every pending migration and returns the names of those it applied.
 pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
     Ok(run(client, false, None).await?.0)
@@ -66,6 +73,29 @@ async fn run(
     prune: bool,
     up_to: Option<i32>,
 ) -> anyhow::Result<(Vec<String>, Pruned)> {
+    run_locked(client, prune, up_to).await.map_err(|err| {
+        let timed_out = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.code())
+                == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+        });
+        if timed_out {
+            err.context(format!(
+                "a migration waited over {LOCK_TIMEOUT_MS} ms for a lock on a table in use \
+                 (requests queue behind it meanwhile); nothing was applied: run migrate again"
+            ))
+        } else {
+            err
+        }
+    })
+}
+
+async fn run_locked(
+    client: &mut tokio_postgres::Client,
+    prune: bool,
+    up_to: Option<i32>,
+) -> anyhow::Result<(Vec<String>, Pruned)> {
     let transaction = client
         .transaction()
         .await
@@ -73,7 +103,8 @@ async fn run(
     // Simple-protocol statements only: no prepared statement that a pooler could lose.
     transaction
         .batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); \
+             SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"
         ))
         .await
         .context("cannot take the migration lock")?;

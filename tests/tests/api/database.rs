@@ -308,3 +308,53 @@ async fn the_release_before_the_length_domains_keeps_working_after_them() {
     drop((migrator, earlier));
     tests::drop_database(&url).await;
 }
+
+/// A migration that needs a table a transaction is using gives up after
+/// `migrations::LOCK_TIMEOUT_MS`, applies nothing, and says why; once the table is free,
+/// the next run applies it. Without the timeout it would wait for as long as that
+/// transaction lasts, every request to the table queued behind it.
+#[tokio::test]
+async fn a_migration_waits_a_bounded_time_for_a_table_in_use() {
+    let url = tests::new_database("lockwait").await;
+    let connect = || shared::db::connect_once(&url, None, Duration::from_secs(10));
+    let mut migrator = connect().await.unwrap();
+    migrations::apply_up_to(&mut migrator, 3).await.unwrap();
+    // A request's transaction that has read the table and is still open.
+    let mut user = connect().await.unwrap();
+    let open = user.transaction().await.unwrap();
+    open.batch_execute("SELECT count(*) FROM tasks")
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let failed = tokio::time::timeout(Duration::from_secs(30), migrations::apply(&mut migrator))
+        .await
+        .expect("the migration waited for the table as long as it was in use")
+        .expect_err("the migration could not have had the table");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(migrations::LOCK_TIMEOUT_MS.into())
+            && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let message = format!("{failed:#}");
+    assert!(message.contains("run migrate again"), "{message}");
+    assert_eq!(
+        latest_version(&migrator).await,
+        3,
+        "nothing of V4 was applied"
+    );
+
+    open.rollback().await.unwrap();
+    let applied = migrations::apply(&mut migrator).await.unwrap();
+    assert!(!applied.is_empty(), "{applied:?}");
+    assert!(latest_version(&migrator).await >= 4);
+}
+
+async fn latest_version(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
