@@ -6,6 +6,7 @@ else; the default one has none of that."""
 
 import copy
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -233,3 +234,28 @@ def test_api_gateway_answers_preflights_and_sends_the_rest_to_a_function():
             for operation in paths[fallback].values():
                 uri = str(operation["x-amazon-apigateway-integration"]["uri"])
                 assert "${HealthFunction.Arn}" in uri, (path.name, fallback, uri)
+
+
+def test_api_gateway_logs_every_request_it_answers_itself():
+    """API Gateway's own answers (its throttling, a Lambda invocation that failed or was
+    throttled) reach no function's log: the stage's access log records them, one JSON line
+    per request, into a group with the functions' retention, and never a header."""
+    for path in (TEMPLATE, MANAGED):
+        resources = transformed(path)["Resources"]
+        (stage,) = of_type(transformed(path), "AWS::ApiGatewayV2::Stage").values()
+        settings = stage["Properties"]["AccessLogSettings"]
+        (group,) = settings["DestinationArn"]["Fn::GetAtt"][:1]
+        assert settings["DestinationArn"] == {"Fn::GetAtt": [group, "Arn"]}, settings
+        log_group = resources[group]
+        assert log_group["Type"] == "AWS::Logs::LogGroup"
+        assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+        assert log_group["DeletionPolicy"] == "Delete"
+        line = settings["Format"]
+        assert "\n" not in line, "one line per request"
+        # Every $context variable stands inside a JSON string, so any value keeps it JSON.
+        record = json.loads(re.sub(r"\$context\.[A-Za-z.]+", "x", line))
+        assert {"requestId", "lambdaRequestId", "status", "integrationStatus",
+                "integrationError"} <= set(record), record
+        assert "$context.integrationErrorMessage" in line
+        assert "$context.integration.requestId" in line
+        assert "header" not in line.lower() and "authorization" not in line.lower()
