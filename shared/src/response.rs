@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 /// The response type every handler returns.
 pub type HttpResponse = http::Response<Body>;
 
-/// The one way a JSON response is built.
+/// The one way a JSON response is built. `Cache-Control: no-store`: every answer is one
+/// user's tasks (or about them), so no browser or proxy keeps a copy on disk; the API
+/// answers no conditional GET that a stored copy could serve.
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> HttpResponse {
     let bytes = match serde_json::to_vec(value) {
         Ok(bytes) => bytes,
@@ -18,10 +20,12 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Ht
     };
     let mut response = http::Response::new(Body::Binary(bytes));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -30,6 +30,14 @@ async fn create_returns_201_with_the_task_and_its_location() {
     );
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert!(response.header("x-request-id").is_some());
+    // One user's data: stored by no browser or proxy.
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let list = ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .send(&state)
+        .await;
+    list.assert_status(200);
+    assert_eq!(list.header("cache-control"), Some("no-store"));
     let keys: Vec<_> = task.as_object().unwrap().keys().cloned().collect();
     assert_eq!(
         keys.len(),
