@@ -72,6 +72,14 @@ impl AppState {
     pub async fn from_env_with_defaults(
         default: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Self> {
+        let state = Self::from_env_lazily(default).await?;
+        state.tasks.warm_up().await;
+        Ok(state)
+    }
+
+    /// Like [`AppState::from_env_with_defaults`], without opening a database connection:
+    /// the first request that needs one opens it.
+    pub async fn from_env_lazily(default: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
         let from_secrets = secrets::resolve(env).await?;
         let config = Config::from_lookup(|name| {
@@ -81,18 +89,27 @@ impl AppState {
                 .or_else(|| env(name))
                 .or_else(|| default(name))
         })?;
-        let state = Self::new(&config)?;
-        state.tasks.warm_up().await;
-        Ok(state)
+        Self::new(&config)
     }
 }
 
 /// What every function's `main` does first: JSON logging, then the state, which lives as
 /// long as the process (so that concurrent invocations can share it without counting
 /// references).
-pub async fn cold_start() -> anyhow::Result<&'static AppState> {
+///
+/// A task function opens its first database connection here, so its first request does
+/// not wait for it. The health function does not: it also answers every path no route
+/// has (API Gateway's fallback routes, where scanners land), and a connection at each of
+/// its cold starts would wake a suspended Neon compute for them. `/health` connects when
+/// asked.
+pub async fn cold_start(operation: routes::Operation) -> anyhow::Result<&'static AppState> {
     telemetry::init();
-    let state = AppState::from_env().await.inspect_err(|err| {
+    let state = if operation == routes::Operation::Health {
+        AppState::from_env_lazily(|_| None).await
+    } else {
+        AppState::from_env().await
+    };
+    let state = state.inspect_err(|err| {
         tracing::error!(error = format!("{err:#}"), "cold start failed");
     })?;
     Ok(Box::leak(Box::new(state)))

@@ -30,7 +30,7 @@ pub fn generated() -> Vec<(PathBuf, String)> {
         files.push((dir.join("Cargo.toml"), function_manifest(route.function)));
         files.push((
             dir.join("src/main.rs"),
-            function_main(route.method, route.path, route.function),
+            function_main(route.method, route.path, route.function, route.operation),
         ));
     }
     let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
@@ -69,14 +69,19 @@ secrets-manager = ["shared/secrets-manager"]
     )
 }
 
-fn function_main(method: &str, path: &str, function: &str) -> String {
+fn function_main(
+    method: &str,
+    path: &str,
+    function: &str,
+    operation: shared::routes::Operation,
+) -> String {
     let handler = function.replace('-', "_");
     format!(
         r#"//! Lambda function for `{method} {path}`.
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {{
-    let state = shared::cold_start().await?;
+    let state = shared::cold_start(shared::routes::Operation::{operation:?}).await?;
     shared::lambda::run(move |req| shared::handlers::{handler}(state, req)).await
 }}
 "#

@@ -2,6 +2,6 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    let state = shared::cold_start().await?;
+    let state = shared::cold_start(shared::routes::Operation::ListTasks).await?;
     shared::lambda::run(move |req| shared::handlers::list_tasks(state, req)).await
 }
