@@ -3,7 +3,8 @@
 //! `GET /runtime/invocation/next`, `POST /runtime/invocation/{id}/response`).
 //!
 //! For each function and run: exec → its first `next` request ("ready": the process has
-//! read its configuration, built its state and opened its database connection), and
+//! read its configuration, built its state and opened its database connection; `health`
+//! opens none at its cold start, so its first response includes the connection), and
 //! exec → the first response (the first request served). Then one longer run serves
 //! `RSS_INVOCATIONS` requests and reads the peak RSS (VmHWM) of the process.
 //!

@@ -349,6 +349,8 @@ async fn a_migration_waits_a_bounded_time_for_a_table_in_use() {
     let applied = migrations::apply(&mut migrator).await.unwrap();
     assert!(!applied.is_empty(), "{applied:?}");
     assert!(latest_version(&migrator).await >= 4);
+    drop((migrator, user));
+    tests::drop_database(&url).await;
 }
 
 async fn latest_version(client: &tokio_postgres::Client) -> i32 {
