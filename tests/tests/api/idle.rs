@@ -26,10 +26,54 @@ const IDLE: Duration = Duration::from_millis(1500);
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// Where this thread's log lines go while a [`Logs::capture`] lasts.
+    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ends a capture.
+struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURING.with(|capturing| capturing.borrow_mut().take());
+    }
+}
+
+/// Writes one line to the capture of the thread that logs it, if any.
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURING.with(|capturing| {
+            if let Some(logs) = capturing.borrow().as_ref() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        tracing::subscriber::set_default(shared::telemetry::json_logs("info", move || sink.clone()))
+    /// One global subscriber for the whole test binary, routing each line to its thread's
+    /// capture. Not a scoped one (`set_default`): tracing caches each log call site's
+    /// interest globally, and with a single scoped subscriber alive it computes a call
+    /// site's interest from the default of whichever thread registers it, so a request line
+    /// could be dropped here while other tests ran (seen about once in seven full runs).
+    fn capture(&self) -> Capture {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            tracing::subscriber::set_global_default(shared::telemetry::json_logs("info", || {
+                ThreadSink
+            }))
+            .expect("no other global subscriber in the API tests");
+        });
+        CAPTURING.with(|capturing| *capturing.borrow_mut() = Some(self.clone()));
+        Capture
     }
 
     fn lines(&self) -> Vec<serde_json::Value> {
@@ -39,17 +83,6 @@ impl Logs {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
