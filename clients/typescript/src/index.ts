@@ -65,6 +65,8 @@ export class ApiError extends Error {
   readonly requestId: string | null;
   /** From `Retry-After` on a 503, in milliseconds. */
   readonly retryAfterMs: number | null;
+  /** On an error of `create`: the `Idempotency-Key` it sent, to retry the create with. */
+  idempotencyKey?: string;
 
   constructor(
     status: number,
@@ -82,6 +84,9 @@ export class ApiError extends Error {
 }
 
 type Answer = { data?: unknown; error?: unknown; response: Response };
+
+/** The longest `create` waits before a retry by default, whatever `Retry-After` says. */
+const MAX_RETRY_WAIT_MS = 10_000;
 
 /** Tokens are reused until 30 s before their `exp`, for the user they name (`sub`). */
 const TOKEN_MARGIN_MS = 30_000;
@@ -166,17 +171,20 @@ export function createTodoClient(options: TodoClientOptions) {
     /**
      * `POST /api/{user_id}/tasks`, with an `Idempotency-Key` generated here (or given) and
      * reused on every retry, so a retried create never creates a second task. A 503 (not
-     * done) or 504 (outcome unknown) is retried with the same key up to `attempts` times
-     * in all, after `Retry-After` (or a second): the retry returns the task if the first
-     * attempt did create it.
+     * done), a 504 (outcome unknown) or no answer at all (`fetch` failed: the outcome is
+     * unknown too) is retried with the same key up to `attempts` times in all (3; at most 10), after
+     * `Retry-After` (or a second; at most `maxWaitMs`): the retry returns the task if an
+     * earlier attempt did create it. Every error it throws carries the key as
+     * `idempotencyKey`: a later create with it (a "try again" button) is just as safe.
      */
     async create(
       userId: string,
       body: TaskCreate,
-      opts: { idempotencyKey?: string; attempts?: number } = {},
+      opts: { idempotencyKey?: string; attempts?: number; maxWaitMs?: number } = {},
     ): Promise<VersionedTask> {
       const key = opts.idempotencyKey ?? newKey();
-      const attempts = Math.max(1, opts.attempts ?? 3);
+      const attempts = Math.min(10, Math.max(1, opts.attempts ?? 3) || 1);
+      const maxWaitMs = Math.max(0, opts.maxWaitMs ?? MAX_RETRY_WAIT_MS);
       for (let attempt = 1; ; attempt++) {
         try {
           const { data, response } = await send(userId, (headers) =>
@@ -188,9 +196,13 @@ export function createTodoClient(options: TodoClientOptions) {
           );
           return versioned(data, response);
         } catch (err) {
-          const retriable = err instanceof ApiError && (err.status === 503 || err.status === 504);
+          // fetch rejects with a TypeError when no answer came (an abort is a DOMException).
+          const unanswered = err instanceof TypeError;
+          const retriable = unanswered || (err instanceof ApiError && (err.status === 503 || err.status === 504));
+          if (err instanceof Error) (err as Error & { idempotencyKey?: string }).idempotencyKey = key;
           if (!retriable || attempt >= attempts) throw err;
-          await new Promise((resolve) => setTimeout(resolve, err.retryAfterMs ?? 1000));
+          const wait = err instanceof ApiError ? (err.retryAfterMs ?? 1000) : 1000;
+          await new Promise((resolve) => setTimeout(resolve, Math.min(wait, maxWaitMs)));
         }
       }
     },
@@ -257,16 +269,21 @@ function versioned(data: Task, response: Response): VersionedTask {
 }
 
 function toApiError({ error, response }: Answer): ApiError {
+  const body = (error && typeof error === "object" ? error : {}) as { detail?: unknown; message?: unknown };
   const detail =
-    error && typeof error === "object" && "detail" in error
-      ? (error.detail as string | ValidationErrorItem[])
-      : response.statusText || `HTTP ${response.status}`;
-  const retryAfter = Number(response.headers.get("retry-after"));
+    typeof body.detail === "string" || Array.isArray(body.detail)
+      ? (body.detail as string | ValidationErrorItem[])
+      : // API Gateway's own answers (its 429, a throttled or failed invocation's 500).
+        typeof body.message === "string"
+        ? body.message
+        : response.statusText || `HTTP ${response.status}`;
+  const header = response.headers.get("retry-after");
+  const retryAfter = header === null || header.trim() === "" ? NaN : Number(header);
   return new ApiError(
     response.status,
     detail,
     response.headers.get("x-request-id"),
-    Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : null,
+    Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter * 1000 : null,
   );
 }
 

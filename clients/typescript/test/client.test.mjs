@@ -236,4 +236,79 @@ describe("the typed client against the API", { skip }, () => {
     assert.equal(task.title, "exactly once");
     assert.equal((await client.list(userId)).total, 1);
   });
+
+  test("a create whose answer never came (fetch failed) is retried with the same key and made once", async () => {
+    const userId = `ts-${randomUUID()}`;
+    // The first create reaches the API and is applied, then the connection drops before
+    // the answer: fetch rejects with a TypeError, as browsers do.
+    const { client, keys } = recordingKeys(
+      () => mint(userId),
+      (response, n) => {
+        if (n > 1) return response;
+        assert.equal(response.status, 201);
+        throw new TypeError("Failed to fetch");
+      },
+    );
+    const task = await client.create(userId, { title: "no answer" }, { maxWaitMs: 0 });
+    assert.equal(keys.length, 2);
+    assert.equal(keys[0], keys[1], "the retry reuses the key");
+    assert.equal(task.title, "no answer");
+    assert.equal((await client.list(userId)).total, 1);
+  });
+
+  test("an error of create carries its key, and a later create with it is safe", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const { client, keys } = recordingKeys(
+      () => mint(userId),
+      (response, n) => {
+        if (n > 1) return response;
+        throw new TypeError("Failed to fetch");
+      },
+    );
+    let thrown;
+    try {
+      await client.create(userId, { title: "try again" }, { attempts: 1 });
+    } catch (err) {
+      thrown = err;
+    }
+    assert.ok(thrown instanceof TypeError, `${thrown}`);
+    assert.equal(thrown.idempotencyKey, keys[0]);
+    const task = await client.create(userId, { title: "try again" }, { idempotencyKey: thrown.idempotencyKey });
+    assert.equal(task.title, "try again");
+    assert.equal((await client.list(userId)).total, 1, "the first attempt's task, not a second");
+  });
+
+  test("a long Retry-After is waited at most maxWaitMs", { timeout: 5000 }, async () => {
+    const userId = `ts-${randomUUID()}`;
+    const { client, keys } = recordingKeys(
+      () => mint(userId),
+      (response, n) =>
+        n > 1
+          ? response
+          : new Response(JSON.stringify({ detail: "Service unavailable" }), {
+              status: 503,
+              headers: { "content-type": "application/json", "retry-after": "30" },
+            }),
+    );
+    const started = Date.now();
+    await client.create(userId, { title: "soon" }, { maxWaitMs: 50 });
+    assert.equal(keys.length, 2);
+    assert.ok(Date.now() - started < 4000);
+  });
+
+  test("API Gateway's own error bodies keep their message", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => mint(userId),
+      fetch: async () =>
+        new Response(JSON.stringify({ message: "Too Many Requests" }), {
+          status: 429,
+          headers: { "content-type": "application/json" },
+        }),
+    });
+    const err = await rejects(client.list(userId), 429);
+    assert.equal(err.detail, "Too Many Requests");
+    assert.equal(err.requestId, null);
+  });
 });

@@ -11,8 +11,8 @@ export const todos = (apiUrl: string): TodoClient =>
   clients.get(apiUrl) ??
   clients.set(apiUrl, createTodoClient({ baseUrl: apiUrl, getToken: authClient.token })).get(apiUrl)!;
 
-export async function addTask(apiUrl: string, title: string) {
+export async function addTask(apiUrl: string, title: string, idempotencyKey?: string) {
   const { data: session } = await authClient.getSession();
   if (!session) throw new Error("not signed in");
-  return todos(apiUrl).create(session.user.id, { title });
+  return todos(apiUrl).create(session.user.id, { title }, { idempotencyKey });
 }
