@@ -48,8 +48,17 @@ export interface TodoClientOptions {
   fetch?: typeof globalThis.fetch;
 }
 
+/** What every call takes. */
+export interface CallOptions {
+  /**
+   * Cancels the call, and a create's retries and waits: it rejects with the signal's reason
+   * (an `AbortError`). A write cancelled after it was sent has an unknown outcome.
+   */
+  signal?: AbortSignal;
+}
+
 /** Options of a conditional write. */
-export interface IfMatch {
+export interface IfMatch extends CallOptions {
   /**
    * The task's `etag`: the write fails with 412 and changes nothing if the task changed. An
    * empty one (the `ETag` header could not be read) throws rather than write unconditionally.
@@ -128,10 +137,20 @@ export function createTodoClient(options: TodoClientOptions) {
    * Runs a request for `userId` with a token; after a 401 or 403, once more with a fresh
    * token (a sign-in as someone else since the token was cached).
    */
-  async function send<A extends Answer>(userId: string, request: (headers: Record<string, string>) => Promise<A>) {
-    let answer = await request({ Authorization: `Bearer ${await token(userId, false)}` });
+  async function send<A extends Answer>(
+    userId: string,
+    signal: AbortSignal | undefined,
+    request: (headers: Record<string, string>) => Promise<A>,
+  ) {
+    const attempt = async (fresh: boolean) => {
+      signal?.throwIfAborted();
+      const bearer = await token(userId, fresh);
+      signal?.throwIfAborted();
+      return request({ Authorization: `Bearer ${bearer}` });
+    };
+    let answer = await attempt(false);
     if (answer.response.status === 401 || answer.response.status === 403) {
-      answer = await request({ Authorization: `Bearer ${await token(userId, true)}` });
+      answer = await attempt(true);
     }
     if (!answer.response.ok) throw toApiError(answer);
     return answer as A & { data: Exclude<A["data"], undefined> };
@@ -157,9 +176,10 @@ export function createTodoClient(options: TodoClientOptions) {
     },
 
     /** `GET /api/{user_id}/tasks`: one page of tasks, the total and the next page's query. */
-    async list(userId: string, query: ListQuery = {}): Promise<TaskPage> {
-      const { data, response } = await send(userId, (headers) =>
-        api.GET("/api/{user_id}/tasks", { params: { path: user(userId), query }, headers }),
+    async list(userId: string, query: ListQuery = {}, opts: CallOptions = {}): Promise<TaskPage> {
+      const { signal } = opts;
+      const { data, response } = await send(userId, signal, (headers) =>
+        api.GET("/api/{user_id}/tasks", { params: { path: user(userId), query }, headers, signal }),
       );
       return {
         tasks: data,
@@ -180,48 +200,55 @@ export function createTodoClient(options: TodoClientOptions) {
     async create(
       userId: string,
       body: TaskCreate,
-      opts: { idempotencyKey?: string; attempts?: number; maxWaitMs?: number } = {},
+      opts: CallOptions & { idempotencyKey?: string; attempts?: number; maxWaitMs?: number } = {},
     ): Promise<VersionedTask> {
+      const { signal } = opts;
       const key = opts.idempotencyKey ?? newKey();
       const attempts = Math.min(10, Math.max(1, opts.attempts ?? 3) || 1);
       const maxWaitMs = Math.max(0, opts.maxWaitMs ?? MAX_RETRY_WAIT_MS);
       for (let attempt = 1; ; attempt++) {
         try {
-          const { data, response } = await send(userId, (headers) =>
+          const { data, response } = await send(userId, signal, (headers) =>
             api.POST("/api/{user_id}/tasks", {
               params: { path: user(userId), header: { "Idempotency-Key": key } },
               body,
               headers,
+              signal,
             }),
           );
           return versioned(data, response);
         } catch (err) {
           // fetch rejects with a TypeError when no answer came (an abort is a DOMException).
-          const unanswered = err instanceof TypeError;
+          const unanswered = err instanceof TypeError && !signal?.aborted;
           const retriable = unanswered || (err instanceof ApiError && (err.status === 503 || err.status === 504));
           if (err instanceof Error) (err as Error & { idempotencyKey?: string }).idempotencyKey = key;
           if (!retriable || attempt >= attempts) throw err;
           const wait = err instanceof ApiError ? (err.retryAfterMs ?? 1000) : 1000;
-          await new Promise((resolve) => setTimeout(resolve, Math.min(wait, maxWaitMs)));
+          await sleep(Math.min(wait, maxWaitMs), signal).catch((reason: unknown) => {
+            if (reason instanceof Error) (reason as Error & { idempotencyKey?: string }).idempotencyKey = key;
+            throw reason;
+          });
         }
       }
     },
 
     /** `GET /api/{user_id}/tasks/{id}` */
-    async get(userId: string, id: string): Promise<VersionedTask> {
-      const { data, response } = await send(userId, (headers) =>
-        api.GET("/api/{user_id}/tasks/{id}", { params: { path: task(userId, id) }, headers }),
+    async get(userId: string, id: string, opts: CallOptions = {}): Promise<VersionedTask> {
+      const { signal } = opts;
+      const { data, response } = await send(userId, signal, (headers) =>
+        api.GET("/api/{user_id}/tasks/{id}", { params: { path: task(userId, id) }, headers, signal }),
       );
       return versioned(data, response);
     },
 
     /** `PUT /api/{user_id}/tasks/{id}`: a partial update. */
     async update(userId: string, id: string, changes: TaskUpdate, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send(userId, (headers) =>
+      const { data, response } = await send(userId, opts?.signal, (headers) =>
         api.PUT("/api/{user_id}/tasks/{id}", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           body: changes,
           headers,
+          signal: opts?.signal,
         }),
       );
       return versioned(data, response);
@@ -229,10 +256,11 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `PATCH /api/{user_id}/tasks/{id}/complete` without a body: flips `completed`. */
     async toggle(userId: string, id: string, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send(userId, (headers) =>
+      const { data, response } = await send(userId, opts?.signal, (headers) =>
         api.PATCH("/api/{user_id}/tasks/{id}/complete", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           headers,
+          signal: opts?.signal,
         }),
       );
       return versioned(data, response);
@@ -240,11 +268,12 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `PATCH /api/{user_id}/tasks/{id}/complete` with `{"completed": …}`. */
     async setCompleted(userId: string, id: string, completed: boolean, opts?: IfMatch): Promise<VersionedTask> {
-      const { data, response } = await send(userId, (headers) =>
+      const { data, response } = await send(userId, opts?.signal, (headers) =>
         api.PATCH("/api/{user_id}/tasks/{id}/complete", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           body: { completed },
           headers,
+          signal: opts?.signal,
         }),
       );
       return versioned(data, response);
@@ -252,10 +281,11 @@ export function createTodoClient(options: TodoClientOptions) {
 
     /** `DELETE /api/{user_id}/tasks/{id}` */
     async remove(userId: string, id: string, opts?: IfMatch): Promise<void> {
-      await send(userId, (headers) =>
+      await send(userId, opts?.signal, (headers) =>
         api.DELETE("/api/{user_id}/tasks/{id}", {
           params: { path: task(userId, id), header: ifMatch(opts) },
           headers,
+          signal: opts?.signal,
         }),
       );
     },
@@ -263,6 +293,22 @@ export function createTodoClient(options: TodoClientOptions) {
 }
 
 export type TodoClient = ReturnType<typeof createTodoClient>;
+
+/** Waits `ms`, or rejects with `signal`'s reason as soon as it aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 function versioned(data: Task, response: Response): VersionedTask {
   return { ...data, etag: response.headers.get("etag") ?? "" };

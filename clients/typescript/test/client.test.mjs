@@ -311,4 +311,64 @@ describe("the typed client against the API", { skip }, () => {
     assert.equal(err.detail, "Too Many Requests");
     assert.equal(err.requestId, null);
   });
+
+  test("an aborted signal cancels a call before anything is sent", async () => {
+    const userId = `ts-${randomUUID()}`;
+    let sent = 0;
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => mint(userId),
+      fetch: async (request) => {
+        sent += 1;
+        return fetch(request);
+      },
+    });
+    const controller = new AbortController();
+    controller.abort();
+    for (const call of [
+      () => client.list(userId, {}, { signal: controller.signal }),
+      () => client.create(userId, { title: "never" }, { signal: controller.signal }),
+      () => client.get(userId, randomUUID(), { signal: controller.signal }),
+      () => client.remove(userId, randomUUID(), { signal: controller.signal }),
+    ]) {
+      await assert.rejects(call(), { name: "AbortError" });
+    }
+    assert.equal(sent, 0);
+    assert.equal((await client.list(userId)).total, 0);
+  });
+
+  test("a signal reaches the request and stops a create's wait for its retry", { timeout: 5000 }, async () => {
+    const userId = `ts-${randomUUID()}`;
+    // A list whose answer never comes until the request's own signal aborts it.
+    const hanging = createTodoClient({
+      baseUrl,
+      getToken: () => mint(userId),
+      fetch: (request) =>
+        new Promise((_, reject) => request.signal.addEventListener("abort", () => reject(request.signal.reason))),
+    });
+    const stale = new AbortController();
+    const listing = hanging.list(userId, { search: "ab" }, { signal: stale.signal });
+    setTimeout(() => stale.abort(), 50);
+    await assert.rejects(listing, { name: "AbortError" });
+
+    // A create answered 503 with a long Retry-After, cancelled while it waits.
+    const { client, keys } = recordingKeys(
+      () => mint(userId),
+      () =>
+        new Response(JSON.stringify({ detail: "Service unavailable" }), {
+          status: 503,
+          headers: { "content-type": "application/json", "retry-after": "3" },
+        }),
+    );
+    const unmounted = new AbortController();
+    const creating = client.create(userId, { title: "cancelled" }, { signal: unmounted.signal });
+    setTimeout(() => unmounted.abort(), 50);
+    const err = await creating.then(
+      () => assert.fail("the create succeeded"),
+      (reason) => reason,
+    );
+    assert.equal(err.name, "AbortError");
+    assert.equal(err.idempotencyKey, keys[0], "the key to try again with");
+    assert.equal(keys.length, 1, "no retry after the abort");
+  });
 });

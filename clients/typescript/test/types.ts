@@ -13,6 +13,8 @@ export async function bodiesAndQueriesAreTyped(): Promise<void> {
   // @ts-expect-error not an object
   await client.update("u", "t", 42);
   await client.list("u", { completed: true });
+  await client.list("u", {}, { signal: new AbortController().signal });
+  await client.update("u", "t", { title: "x" }, { etag: '"1"', signal: AbortSignal.timeout(1000) });
   // @ts-expect-error the filter is a boolean
   await client.list("u", { completed: "true" });
 }
