@@ -51,6 +51,18 @@ function recordingKeys(getToken, answer = (response) => response) {
   return { client, keys };
 }
 
+/** A client whose first request reaches the API (a create: 201) and whose answer `lose` replaces. */
+function firstAnswerLost(userId, lose) {
+  return recordingKeys(
+    () => mint(userId),
+    (response, n) => {
+      if (n > 1) return response;
+      assert.equal(response.status, 201);
+      return lose();
+    },
+  );
+}
+
 async function rejects(promise, status) {
   try {
     await promise;
@@ -215,56 +227,41 @@ describe("the typed client against the API", { skip }, () => {
     await rejects(client.create(userId, { title: "another body" }, { idempotencyKey: keys[0] }), 422);
   });
 
-  test("a create answered 504 (outcome unknown) is retried with the same key and made once", async () => {
-    const userId = `ts-${randomUUID()}`;
-    // The first create reaches the API and is applied; its answer is then lost, as when the
-    // database connection dies after COMMIT: the client sees a 504.
-    const { client, keys } = recordingKeys(
-      () => mint(userId),
-      (response, n) => {
-        if (n > 1) return response;
-        assert.equal(response.status, 201);
-        return new Response(JSON.stringify({ detail: "may or may not have been applied" }), {
+  // The first create reaches the API and is applied; its answer is then lost: a 504, as
+  // when the database connection dies after COMMIT, or none at all, as when the network
+  // drops (fetch rejects with a TypeError, as browsers do).
+  for (const [lost, lose] of [
+    [
+      "answered 504 (outcome unknown)",
+      () =>
+        new Response(JSON.stringify({ detail: "may or may not have been applied" }), {
           status: 504,
           headers: { "content-type": "application/json", "retry-after": "0" },
-        });
-      },
-    );
-    const task = await client.create(userId, { title: "exactly once" });
-    assert.equal(keys.length, 2);
-    assert.equal(keys[0], keys[1], "the retry reuses the key");
-    assert.equal(task.title, "exactly once");
-    assert.equal((await client.list(userId)).total, 1);
-  });
-
-  test("a create whose answer never came (fetch failed) is retried with the same key and made once", async () => {
-    const userId = `ts-${randomUUID()}`;
-    // The first create reaches the API and is applied, then the connection drops before
-    // the answer: fetch rejects with a TypeError, as browsers do.
-    const { client, keys } = recordingKeys(
-      () => mint(userId),
-      (response, n) => {
-        if (n > 1) return response;
-        assert.equal(response.status, 201);
+        }),
+    ],
+    [
+      "whose answer never came (fetch failed)",
+      () => {
         throw new TypeError("Failed to fetch");
       },
-    );
-    const task = await client.create(userId, { title: "no answer" }, { maxWaitMs: 0 });
-    assert.equal(keys.length, 2);
-    assert.equal(keys[0], keys[1], "the retry reuses the key");
-    assert.equal(task.title, "no answer");
-    assert.equal((await client.list(userId)).total, 1);
-  });
+    ],
+  ]) {
+    test(`a create ${lost} is retried with the same key and made once`, async () => {
+      const userId = `ts-${randomUUID()}`;
+      const { client, keys } = firstAnswerLost(userId, lose);
+      const task = await client.create(userId, { title: "exactly once" }, { maxWaitMs: 0 });
+      assert.equal(keys.length, 2);
+      assert.equal(keys[0], keys[1], "the retry reuses the key");
+      assert.equal(task.title, "exactly once");
+      assert.equal((await client.list(userId)).total, 1);
+    });
+  }
 
   test("an error of create carries its key, and a later create with it is safe", async () => {
     const userId = `ts-${randomUUID()}`;
-    const { client, keys } = recordingKeys(
-      () => mint(userId),
-      (response, n) => {
-        if (n > 1) return response;
-        throw new TypeError("Failed to fetch");
-      },
-    );
+    const { client, keys } = firstAnswerLost(userId, () => {
+      throw new TypeError("Failed to fetch");
+    });
     let thrown;
     try {
       await client.create(userId, { title: "try again" }, { attempts: 1 });
