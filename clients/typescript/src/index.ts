@@ -26,7 +26,7 @@ export type VersionedTask = Task & { etag: string };
 /** One page of a list. */
 export interface TaskPage {
   tasks: Task[];
-  /** All tasks matching the filters (`X-Total-Count`). */
+  /** All tasks matching the filters (`X-Total-Count`; a list that cannot read it throws). */
   total: number;
   /** The query of the next page, or `null` on the last page (from `Link: rel="next"`). */
   next: ListQuery | null;
@@ -42,6 +42,8 @@ export interface TodoClientOptions {
    * Returns a JWT: Better Auth's `authClient.token` (jwt plugin) as it is, or any function
    * returning a token. Called when no unexpired token of the user in the path is cached
    * (one call at a time: concurrent requests share it), and once more after a 401 or 403.
+   * A token is reused until 30 s before the end of its lifetime (`exp - iat`, from when it
+   * arrived), so the device's clock does not matter.
    */
   getToken: () => TokenResult | Promise<TokenResult>;
   /** A `fetch` to use instead of the global one (tests, server-side rendering). */
@@ -97,7 +99,11 @@ type Answer = { data?: unknown; error?: unknown; response: Response };
 /** The longest `create` waits before a retry by default, whatever `Retry-After` says. */
 const MAX_RETRY_WAIT_MS = 10_000;
 
-/** Tokens are reused until 30 s before their `exp`, for the user they name (`sub`). */
+/**
+ * Tokens are reused until 30 s before they expire, for the user they name (`sub`). With an
+ * `iat`, "expire" is the token's lifetime (`exp - iat`) after it was received, measured on
+ * this device's clock, so a device clock that is off does not matter; without one, `exp`.
+ */
 const TOKEN_MARGIN_MS = 30_000;
 
 export function createTodoClient(options: TodoClientOptions) {
@@ -107,22 +113,32 @@ export function createTodoClient(options: TodoClientOptions) {
   });
   let cached: { token: string; expiresAt: number; subject: string | null } | null = null;
   let pending: Promise<string> | null = null;
+  // Bumped by clearToken: a getToken call that started before it neither caches its token
+  // nor serves calls made after it (it may still be the signed-out user's).
+  let generation = 0;
 
   /** A token from `getToken`; concurrent callers share one call. */
   function fetchToken(): Promise<string> {
-    pending ??= (async () => {
+    if (pending) return pending;
+    const started = generation;
+    // In a callback, so that `pending` is set before getToken runs (one that throws at once
+    // must not leave its rejection behind as `pending` for every later call).
+    const call = Promise.resolve().then(async () => {
       try {
         const result = await options.getToken();
         const value = typeof result === "string" ? result : (result?.data?.token ?? null);
         if (!value) throw new ApiError(401, "getToken returned no token", null);
-        const claims = claimsOf(value);
-        cached = { token: value, expiresAt: claims.exp - TOKEN_MARGIN_MS, subject: claims.sub };
+        if (started === generation) {
+          const claims = claimsOf(value);
+          cached = { token: value, expiresAt: claims.expiresAt - TOKEN_MARGIN_MS, subject: claims.sub };
+        }
         return value;
       } finally {
-        pending = null;
+        if (pending === call) pending = null;
       }
-    })();
-    return pending;
+    });
+    pending = call;
+    return call;
   }
 
   /** The cached token while it is unexpired and names `userId` (when it names anyone). */
@@ -172,7 +188,9 @@ export function createTodoClient(options: TodoClientOptions) {
   return {
     /** Forgets the cached token: call it when the user signs out. */
     clearToken(): void {
+      generation += 1;
       cached = null;
+      pending = null;
     },
 
     /** `GET /api/{user_id}/tasks`: one page of tasks, the total and the next page's query. */
@@ -181,11 +199,15 @@ export function createTodoClient(options: TodoClientOptions) {
       const { data, response } = await send(userId, signal, (headers) =>
         api.GET("/api/{user_id}/tasks", { params: { path: user(userId), query }, headers, signal }),
       );
-      return {
-        tasks: data,
-        total: Number(response.headers.get("x-total-count") ?? data.length),
-        next: nextPage(response.headers.get("link")),
-      };
+      const total = response.headers.get("x-total-count");
+      if (total === null) {
+        // The API always sends it: a CORS setup that does not expose it hides `Link` too, and
+        // a page without them would pass for the whole list.
+        throw new TypeError(
+          "no X-Total-Count on the list (are X-Total-Count and Link in the API's CORS ExposeHeaders?); the page may not be the whole list",
+        );
+      }
+      return { tasks: data, total: Number(total), next: nextPage(response.headers.get("link")) };
     },
 
     /**
@@ -334,21 +356,33 @@ function toApiError({ error, response }: Answer): ApiError {
 }
 
 /**
- * A JWT's `exp` in milliseconds (0, use once, when it cannot be read) and the user it names
- * (`sub`, or Better Auth's `user.id`; null when it names none).
+ * When a JWT just received expires on this device's clock, in milliseconds (0, use once,
+ * when it cannot be read), and the user it names (`sub`, or Better Auth's `user.id`; null
+ * when it names none). With `iat` it is now plus the token's lifetime, so a device clock
+ * ahead of the issuer's does not make every call fetch a token (and one behind does not
+ * keep an expired token: its 401 fetches a fresh one anyway).
  */
-function claimsOf(jwt: string): { exp: number; sub: string | null } {
+function claimsOf(jwt: string): { expiresAt: number; sub: string | null } {
   try {
     const payload = jwt.split(".")[1] ?? "";
     const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
-    const claims = JSON.parse(json) as { exp?: unknown; sub?: unknown; user?: { id?: unknown } };
-    const sub = typeof claims.sub === "string" ? claims.sub : claims.user?.id;
-    return {
-      exp: typeof claims.exp === "number" ? claims.exp * 1000 : 0,
-      sub: typeof sub === "string" ? sub : null,
+    const claims = JSON.parse(json) as {
+      exp?: unknown;
+      iat?: unknown;
+      sub?: unknown;
+      user?: { id?: unknown };
     };
+    const sub = typeof claims.sub === "string" ? claims.sub : claims.user?.id;
+    const { exp, iat } = claims;
+    const expiresAt =
+      typeof exp !== "number"
+        ? 0
+        : typeof iat === "number" && iat < exp
+          ? Date.now() + (exp - iat) * 1000
+          : exp * 1000;
+    return { expiresAt, sub: typeof sub === "string" ? sub : null };
   } catch {
-    return { exp: 0, sub: null };
+    return { expiresAt: 0, sub: null };
   }
 }
 

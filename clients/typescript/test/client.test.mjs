@@ -179,6 +179,80 @@ describe("the typed client against the API", { skip }, () => {
     assert.equal(fetched, 3, "clearToken forgets the token");
   });
 
+  test("a token fetched across clearToken is neither shared nor kept", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const sent = [];
+    let fetched = 0;
+    let release;
+    const client = createTodoClient({
+      baseUrl,
+      getToken: async () => {
+        fetched += 1;
+        if (fetched > 1) return mint(userId, 601);
+        await new Promise((resolve) => (release = resolve));
+        return mint(userId, 600); // the signed-out session's token, arriving late
+      },
+      fetch: async (request) => {
+        sent.push(request.headers.get("authorization"));
+        return fetch(request);
+      },
+    });
+    const before = client.list(userId);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    client.clearToken();
+    const after = client.list(userId);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    release();
+    await Promise.all([before, after]);
+    assert.equal(fetched, 2, "a call after clearToken does not wait for the earlier getToken");
+    // Sent: the new token (the call after clearToken), then the late one (the call before).
+    assert.notEqual(sent[0], sent[1]);
+    await client.list(userId);
+    assert.equal(fetched, 2);
+    assert.equal(sent[2], sent[0], "the token kept is the one fetched after clearToken");
+  });
+
+  test("a getToken that throws at once does not fail the calls after it", async () => {
+    const userId = `ts-${randomUUID()}`;
+    let fetched = 0;
+    const client = createTodoClient({
+      baseUrl,
+      getToken: () => {
+        fetched += 1;
+        if (fetched === 1) throw new Error("offline");
+        return mint(userId);
+      },
+    });
+    await assert.rejects(client.list(userId), /offline/);
+    assert.equal((await client.list(userId)).total, 0);
+  });
+
+  test("a device clock an hour ahead still reuses a token for its lifetime", async () => {
+    const { userId, client, calls } = newUser();
+    const realNow = Date.now;
+    Date.now = () => realNow() + 3_600_000;
+    try {
+      for (let i = 0; i < 3; i += 1) await client.list(userId);
+    } finally {
+      Date.now = realNow;
+    }
+    assert.equal(calls.getToken, 1);
+  });
+
+  test("a list whose X-Total-Count cannot be read throws rather than pass a page for the list", async () => {
+    const userId = `ts-${randomUUID()}`;
+    const { client } = recordingKeys(
+      () => mint(userId),
+      (response) => {
+        const headers = new Headers(response.headers);
+        headers.delete("x-total-count");
+        headers.delete("link");
+        return new Response(response.body, { status: response.status, headers });
+      },
+    );
+    await assert.rejects(client.list(userId), /X-Total-Count/);
+  });
+
   test("concurrent calls share one getToken call", async () => {
     const { userId, client, calls } = newUser();
     const pages = await Promise.all(Array.from({ length: 5 }, () => client.list(userId)));
