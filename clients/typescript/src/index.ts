@@ -13,8 +13,16 @@ export type { components, operations, paths } from "./schema.js";
 export type Task = components["schemas"]["Task"];
 /** The body of a create. */
 export type TaskCreate = components["schemas"]["TaskCreate"];
-/** The body of an update: any of `title`, `description`, `completed`. */
-export type TaskUpdate = components["schemas"]["TaskUpdate"];
+/**
+ * The body of an update: at least one of `title`, `description`, `completed` (a `null`
+ * title or completed counts as absent). Written out here: openapi-typescript renders the
+ * schema's `anyOf` as a union with the bare object, which `{}` (a 422) would satisfy.
+ */
+export type TaskUpdate = {
+  title?: Task["title"] | null;
+  description?: Task["description"];
+  completed?: Task["completed"] | null;
+} & ({ title: Task["title"] } | { description: Task["description"] } | { completed: Task["completed"] });
 /** One item of a 422's `detail`, in FastAPI's shape. */
 export type ValidationErrorItem = components["schemas"]["ValidationErrorItem"];
 /** The query parameters of a list: filters, sort and page. */

@@ -206,7 +206,9 @@ export interface components {
             /** @description The offending input (any JSON value). */
             input: unknown;
             /** @description Extra context, e.g. `{"max_length": 255}`. */
-            ctx?: Record<string, never>;
+            ctx?: {
+                [key: string]: unknown;
+            };
         };
         ValidationError: {
             detail: components["schemas"]["ValidationErrorItem"][];
