@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import as_postgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 300
@@ -293,3 +293,26 @@ def test_a_change_outside_the_functions_sources_restarts_no_function():
         call(s, "GET", "/health", expect=200)
     finally:
         s.stop()
+
+
+def test_neon_database_url_alone_is_used_and_no_local_cluster_is_started(cluster):
+    """The README lists NEON_DATABASE_URL as an alias of DATABASE_URL: scripts/dev must use
+    it, not start (and migrate) a local cluster beside it."""
+    database = "neon_alias_" + uuid.uuid4().hex[:8]
+    subprocess.run(as_postgres([cluster.pg_bin / "createdb", "-h", "127.0.0.1", "-p", cluster.port,
+                                "-U", "postgres", database]), check=True, capture_output=True)
+    url = cluster.url.replace("/postgres?", f"/{database}?")
+    stack = Stack(env={"NEON_DATABASE_URL": url})
+    try:
+        stack.start()
+        assert "no local cluster" in stack.output(), stack.output()[-5000:]
+        assert not any(stack.tmp.rglob("PG_VERSION")), "a local cluster was made"
+        user = "neon-alias"
+        call(stack, "POST", f"/api/{user}/tasks", token=stack.token(user), body={"title": "in the given database"},
+             expect=201)
+    finally:
+        stack.stop()
+    rows = subprocess.run(as_postgres([cluster.pg_bin / "psql", "-h", "127.0.0.1", "-p", cluster.port, "-U",
+                                       "postgres", "-d", database, "-tAc", "SELECT title FROM tasks"]),
+                          check=True, capture_output=True, text=True).stdout.split()
+    assert " ".join(rows) == "in the given database"
