@@ -186,7 +186,8 @@ export function createTodoClient(options: TodoClientOptions) {
     if (opts && "etag" in opts && !opts.etag) {
       // A task whose `ETag` could not be read (a CORS setup that does not expose it): a
       // write sent without `If-Match` would not be conditional at all.
-      throw new TypeError(
+      // Not a TypeError, which says that no answer came: this sends nothing.
+      throw new Error(
         "no ETag to send as If-Match (is ETag in the API's CORS ExposeHeaders?); refusing an unconditional write",
       );
     }
@@ -211,7 +212,7 @@ export function createTodoClient(options: TodoClientOptions) {
       if (total === null) {
         // The API always sends it: a CORS setup that does not expose it hides `Link` too, and
         // a page without them would pass for the whole list.
-        throw new TypeError(
+        throw new Error(
           "no X-Total-Count on the list (are X-Total-Count and Link in the API's CORS ExposeHeaders?); the page may not be the whole list",
         );
       }
