@@ -365,6 +365,12 @@ fn flag(
     }
 }
 
+/// The longest any `DB_*_MS` setting may be: Lambda's longest timeout, 15 minutes. A
+/// statement timeout also travels to Postgres as a `lock_timeout`, which refuses more
+/// than 2^31 - 1 ms (every write would then fail), and deadlines are `Instant`s that a
+/// value near `u64::MAX` would overflow.
+const MAX_MILLIS: u64 = 900_000;
+
 fn millis(
     var: &impl Fn(&str) -> Option<String>,
     name: &'static str,
@@ -374,6 +380,10 @@ fn millis(
         0 => Err(ConfigError::Invalid {
             name,
             reason: "must be greater than 0".into(),
+        }),
+        ms if ms > MAX_MILLIS => Err(ConfigError::Invalid {
+            name,
+            reason: format!("must be at most {MAX_MILLIS} (15 minutes)"),
         }),
         ms => Ok(Duration::from_millis(ms)),
     }
@@ -472,6 +482,26 @@ mod tests {
             Ok(Duration::from_millis(250))
         );
         assert!(after(&[("DB_IDLE_CHECK_AFTER_MS", "0")]).is_err());
+    }
+
+    #[test]
+    fn database_times_are_refused_beyond_15_minutes() {
+        let base = [
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ];
+        for name in [
+            "DB_CONNECT_TIMEOUT_MS",
+            "DB_POOL_TIMEOUT_MS",
+            "DB_STATEMENT_TIMEOUT_MS",
+            "DB_IDLE_CHECK_AFTER_MS",
+        ] {
+            assert!(load(&[&base[..], &[(name, "900000")]].concat()).is_ok());
+            for value in ["900001", "3000000000", "18446744073709551615"] {
+                let err = load(&[&base[..], &[(name, value)]].concat()).unwrap_err();
+                assert!(err.to_string().contains(name), "{err}");
+            }
+        }
     }
 
     #[test]
