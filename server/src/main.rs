@@ -186,7 +186,7 @@ async fn shutdown_signal() {
 
 /// Routes one request through the route table to the operation's handler.
 async fn serve(
-    state: &AppState,
+    state: &Arc<AppState>,
     limits: &Limits,
     req: http::Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -228,7 +228,19 @@ async fn serve(
         // The handler answers 413 in its order of checks (after 401 and 403).
         request.extensions_mut().insert(BodyTooLarge);
     }
-    into_hyper(handlers::handle(state, route.operation, request).await)
+    // The handler runs as a task of its own. hyper drops a request's future when its client
+    // hangs up, and a handler dropped during a database call would return that connection
+    // to the pool with the call still running on it: the next request, anyone's, would
+    // queue behind the abandoned call, and the request would log no line. As a task it runs
+    // to its end, as it does on Lambda.
+    let state = Arc::clone(state);
+    let operation = route.operation;
+    let handled = tokio::spawn(async move { handlers::handle(&state, operation, request).await });
+    match handled.await {
+        Ok(response) => into_hyper(response),
+        // The task is never aborted: its error is a panic, which goes on as one.
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
 }
 
 /// A request refused before any handler ran (404, 405, 408), with a request id.

@@ -245,3 +245,57 @@ def test_sigterm_finishes_in_flight_creates_and_loses_none(cluster):
     assert len(acknowledged) == batch, answers
     assert refused, "the server kept accepting after SIGTERM"
     assert server.proc.returncode == 0, server.log()[-3000:]
+
+
+def test_a_client_that_hangs_up_leaves_its_request_to_finish_on_its_own_connection(cluster):
+    """A client that closes its connection while its write waits in Postgres: the request
+    still runs to its end on its own database connection (and logs its line), so the next
+    request, another user's, gets another connection instead of queueing behind the
+    abandoned call."""
+    server = Server(cluster, DB_POOL_SIZE="2")
+    owner, other = uuid.uuid4().hex, uuid.uuid4().hex
+    token = hs256_token(SERVER_SECRET, owner)
+    status, _, raw = http(server.base, "POST", f"/api/{owner}/tasks", token, {"title": "before"})
+    assert status == 201, raw
+    task_id = json.loads(raw)["id"]
+    locker = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
+                                           str(cluster.port), "-U", "postgres", "-d", "postgres"]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        locker.stdin.write(f"BEGIN; SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE; SELECT 'locked';\n")
+        locker.stdin.flush()
+        for _ in range(5):  # psql prints the command tags first
+            if locker.stdout.readline().strip() == "locked":
+                break
+        else:
+            pytest.fail("could not lock the task's row")
+        body = json.dumps({"title": "after the hang-up"})
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall((f"PUT /api/{owner}/tasks/{task_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND query LIKE 'SELECT todo_api.q%'")
+        deadline = time.monotonic() + 10
+        while int(psql(cluster, waiting)) < 1:
+            assert time.monotonic() < deadline, "the update never reached the database"
+            time.sleep(0.05)
+        s.close()  # the client hangs up while its update waits for the row
+        time.sleep(0.3)
+        status, took = timed(server.base, "GET", f"/api/{other}/tasks", hs256_token(SERVER_SECRET, other))
+        locker.stdin.write("COMMIT;\n")
+        locker.stdin.close()
+        locker.wait(10)
+        deadline = time.monotonic() + 10
+        while '"method":"PUT"' not in server.log():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        locker.kill()
+        server.stop()
+    print(f"\nanother user's list after a hang-up: {status} in {took * 1000:.0f} ms")
+    assert status == 200 and took < 2, f"{status} after {took:.1f} s: it queued behind the abandoned call"
+    puts = [json.loads(line) for line in server.log().splitlines() if '"method":"PUT"' in line]
+    assert [line["fields"]["status"] if "fields" in line else line["status"] for line in puts] == [200], \
+        server.log()[-3000:]
+    assert psql(cluster, f"SELECT title FROM tasks WHERE id = '{task_id}'") == "after the hang-up"
