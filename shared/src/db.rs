@@ -21,6 +21,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Column, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod cancel;
+
 use crate::config::DatabaseConfig;
 use crate::error::ApiError;
 use crate::procedures::{self, Returns};
@@ -32,6 +34,9 @@ use crate::tls;
 pub struct Database {
     pool: Pool,
     tls: MakeRustlsConnect,
+    /// Where cancel requests go, and how long connecting for one may take.
+    cancel_target: Option<cancel::CancelTarget>,
+    connect_timeout: Duration,
     statement_timeout: Duration,
     /// Named prepared statements (`DB_PREPARED_STATEMENTS`), until a call shows that the
     /// pooler in between does not keep them ([`procedures::WRONG_STATEMENT`]).
@@ -121,6 +126,7 @@ impl Database {
     pub fn new(config: &DatabaseConfig) -> anyhow::Result<Self> {
         let mut pg = config.postgres.clone();
         pg.connect_timeout(config.connect_timeout);
+        let cancel_target = cancel::CancelTarget::of(&pg);
         if pg.get_application_name().is_none() {
             pg.application_name("todo-api");
         }
@@ -151,6 +157,8 @@ impl Database {
         Ok(Database {
             pool,
             tls,
+            cancel_target,
+            connect_timeout: config.connect_timeout,
             statement_timeout: config.statement_timeout,
             prepared: Arc::new(AtomicBool::new(config.prepared_statements)),
             role: Arc::new(AtomicU8::new(ROLE_UNKNOWN)),
@@ -333,11 +341,13 @@ impl Database {
                     // The server should have decided by now. Ask it to stop whatever still
                     // runs, and wait for its answer rather than dropping the connection.
                     cancelled = true;
-                    let cancel = client.cancel_token();
-                    let tls = self.tls.clone();
-                    tokio::spawn(async move {
-                        let _ = cancel.cancel_query(tls).await;
-                    });
+                    tokio::spawn(cancel::cancel(
+                        client.cancel_token(),
+                        self.tls.clone(),
+                        self.cancel_target.clone(),
+                        self.connect_timeout,
+                        CANCEL_GRACE,
+                    ));
                     tokio::time::timeout(CANCEL_GRACE, &mut pipeline).await.ok()
                 }
             }
