@@ -66,6 +66,27 @@ pub fn prepared_binary() -> PathBuf {
         })
 }
 
+/// A pgbouncer binary's version, from `pgbouncer --version` ("PgBouncer 1.18.0").
+fn version(binary: &Path) -> (u32, u32) {
+    let mut cmd = if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(binary);
+        cmd
+    } else {
+        Command::new(binary)
+    };
+    let output = cmd
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --version: {e}", binary.display()));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let parsed = text.split_whitespace().nth(1).and_then(|v| {
+        let mut parts = v.split('.').map(|n| n.parse::<u32>().ok());
+        Some((parts.next()??, parts.next()??))
+    });
+    parsed.unwrap_or_else(|| panic!("{} --version said {text:?}", binary.display()))
+}
+
 impl PgBouncer {
     /// Starts a pooler in front of `cluster` and waits until it accepts connections.
     pub fn start(cluster: &Cluster, options: PoolerOptions) -> PgBouncer {
@@ -92,6 +113,13 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir).expect("pgbouncer directory");
         chown_to_postgres(&dir);
+        // Run from a copy in that directory: the `postgres` user may not reach the one in
+        // the checkout (a checkout under /root, mode 700).
+        let copy = dir.join("pgbouncer");
+        std::fs::copy(&binary, &copy).expect("copy of pgbouncer");
+        chown_to_postgres(&copy);
+        let binary = copy;
+        let knows_max_prepared_statements = version(&binary) >= (1, 21);
         let port = free_port();
         let userlist = dir.join("userlist.txt");
         std::fs::write(&userlist, "\"postgres\" \"\"\n").expect("userlist");
@@ -117,11 +145,12 @@ impl PgBouncer {
             mode = options.pool_mode,
             pool_size = options.pool_size,
             max_client_conn = options.max_client_conn,
-            // 0 turns them off; Debian's 1.18 does not know the setting at all.
-            prepared = if options.prepared_statements {
-                "max_prepared_statements = 200\n"
-            } else {
-                ""
+            // 0 turns them off (1.24 and later keep 200 by default); 1.18, Debian 12's,
+            // does not know the setting at all and never keeps them.
+            prepared = match (options.prepared_statements, knows_max_prepared_statements) {
+                (true, _) => "max_prepared_statements = 200\n",
+                (false, true) => "max_prepared_statements = 0\n",
+                (false, false) => "",
             },
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),

@@ -90,23 +90,38 @@ async fn a_silent_server_is_503_within_the_connect_timeout() {
     holder.abort();
 }
 
+/// Two `migrate` runs at once on an empty database (two deploys, or a deploy and a
+/// developer): every migration is applied exactly once, by one of them, and a third run
+/// finds nothing to do.
 #[tokio::test]
 async fn migrations_are_idempotent_and_safe_concurrently() {
-    database_url();
-    let mut first = db().await;
-    let mut second = db().await;
+    let url = tests::new_database("concurrent").await;
+    let connect = || shared::db::connect_once(&url, None, Duration::from_secs(10));
+    let mut first = connect().await.unwrap();
+    let mut second = connect().await.unwrap();
     let (a, b) = tokio::join!(
         migrations::apply(&mut first),
         migrations::apply(&mut second)
     );
-    assert_eq!(a.unwrap(), Vec::<String>::new());
-    assert_eq!(b.unwrap(), Vec::<String>::new());
-    let applied: i64 = first
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut applied = [a.clone(), b.clone()].concat();
+    applied.sort();
+    let unique = applied.len();
+    applied.dedup();
+    assert_eq!(unique, applied.len(), "applied twice: {a:?} and {b:?}");
+    assert!(!applied.is_empty(), "nothing to apply on an empty database");
+    let recorded: i64 = first
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .await
         .unwrap()
         .get(0);
-    assert!(applied >= 1);
+    assert_eq!(recorded as usize, applied.len());
+    assert_eq!(
+        migrations::apply(&mut first).await.unwrap(),
+        Vec::<String>::new()
+    );
+    drop((first, second));
+    tests::drop_database(&url).await;
 }
 
 /// Functions of different statements that return sets of the same, new columns share one

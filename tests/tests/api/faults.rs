@@ -134,8 +134,9 @@ async fn terminated_backends_are_replaced_before_the_next_request() {
             .get(0);
         assert!(killed >= 1);
         // Between two requests: the backends are gone before the next one arrives.
+        let mut left = i64::MAX;
         for _ in 0..100 {
-            let left: i64 = admin
+            left = admin
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fault_terminate'",
                     &[],
@@ -148,6 +149,10 @@ async fn terminated_backends_are_replaced_before_the_next_request() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert_eq!(
+            left, 0,
+            "the terminated backends were still there after 2 s"
+        );
         let response = event.send(&state).await;
         assert!(
             [200, 201, 204].contains(&response.status),

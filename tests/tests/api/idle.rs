@@ -198,6 +198,11 @@ async fn after_one_failed_check_the_connections_idle_as_long_are_dropped_uncheck
     let started = Instant::now();
     list().await.assert_status(200);
     let took = started.elapsed();
+    assert_eq!(
+        forgetter.hits(),
+        1,
+        "one failed check, then the other three dropped unchecked"
+    );
     assert!(took < Duration::from_millis(2500), "took {took:?}");
 }
 
