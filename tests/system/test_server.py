@@ -2,6 +2,8 @@
 and route table as the functions: the same answers, over plain HTTP."""
 
 import json
+import socket
+import time
 import uuid
 
 from conftest import SERVER_SECRET as SECRET
@@ -49,6 +51,18 @@ def test_oversized_bodies_are_413_without_reading_them_whole(server):
     status, _, body = call(server, "POST", f"/api/{user}/tasks", token,
                            {"title": "t", "pad": "x" * (1024 * 1024)})
     assert status == 413 and body["detail"]
+    # A body announced at 10 MiB of which only 70 KiB ever come: the answer is the 413 as
+    # soon as the 64 KiB limit is passed, not a wait for the rest (then a 408).
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall((f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n").encode())
+        s.sendall(b'{"title": "' + b"x" * 70 * 1024)
+        started = time.monotonic()
+        answer = s.recv(4096)
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert took < 2, f"{took:.1f} s: the server waited for the rest of the body"
 
 
 def test_cors_preflight(server):
