@@ -36,6 +36,7 @@ class Stack:
         self.port = free_port()
         self.log_path = self.tmp / "dev.log"
         self.proc = None
+        self.started = False
 
     def start(self):
         self.pg_port = free_port()
@@ -64,6 +65,7 @@ class Stack:
                 self.fail(f"scripts/dev exited with {self.proc.returncode}")
             # With BETTER_AUTH_SECRET it prints a dev token; without, only that it is up.
             if "export TOKEN=" in self.output() or "the API is up at" in self.output():
+                self.started = True
                 return
             time.sleep(0.5)
         self.fail(f"the stack was not ready within {START_TIMEOUT_S} s")
@@ -75,7 +77,10 @@ class Stack:
         pytest.fail(f"{message}\n--- scripts/dev log ---\n{self.output()[-20000:]}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
+        # A stack that died on its own before the end is a failure too (its log was never
+        # checked, nor its Ctrl-C), once it had started.
+        died = self.proc is not None and self.proc.poll() is not None
+        if self.proc and (self.tmp / ".env").exists():
             from conftest import assert_no_secrets
             secret = re.search(r"^BETTER_AUTH_SECRET=(.+)$", (self.tmp / ".env").read_text(), re.M)
             pg_password = self.env_value("DEV_PG_PASSWORD")
@@ -83,7 +88,8 @@ class Stack:
             # except the dev token that scripts/dev prints on purpose for the developer.
             printed = re.search(r"export TOKEN=(\S+)", self.output())
             log = self.output().replace(printed.group(1), "") if printed else self.output()
-            assert_no_secrets(log, secret.group(1), pg_password)
+            assert_no_secrets(log, *[s for s in (secret and secret.group(1), pg_password) if s])
+        if self.proc and not died:
             os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
@@ -94,6 +100,8 @@ class Stack:
         state = self.tmp / "state" / "pg"
         if state.is_symlink():
             shutil.rmtree(os.path.realpath(state), ignore_errors=True)
+        if died and self.started:
+            self.fail(f"scripts/dev had exited ({self.proc.returncode}) before the tests were done")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def env_value(self, name):
