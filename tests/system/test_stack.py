@@ -324,3 +324,20 @@ def test_neon_database_url_alone_is_used_and_no_local_cluster_is_started(cluster
                                        "postgres", "-d", database, "-tAc", "SELECT title FROM tasks"]),
                           check=True, capture_output=True, text=True).stdout.split()
     assert " ".join(rows) == "in the given database"
+
+
+def test_a_checkout_the_postgres_user_cannot_enter_keeps_its_cluster_in_var_tmp():
+    """As root in a checkout under /root (mode 700), initdb and postgres, which run as the
+    `postgres` user, cannot reach .local/: scripts/dev keeps the cluster in /var/tmp, linked
+    from there, and works."""
+    stack = Stack()
+    stack.tmp.chmod(0o700)
+    try:
+        stack.start()
+        user = "private-checkout"
+        call(stack, "POST", f"/api/{user}/tasks", token=stack.token(user), body={"title": "kept"}, expect=201)
+        if os.geteuid() == 0:
+            link = stack.tmp / "state" / "pg"
+            assert link.is_symlink() and os.path.realpath(link).startswith("/var/tmp/"), link
+    finally:
+        stack.stop()
