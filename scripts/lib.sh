@@ -136,10 +136,11 @@ pg_init() {
 
 # pg_start DATA PORT SOCKET_DIR LOG [server options...]: starts the cluster on
 # 127.0.0.1:PORT, its Unix socket in SOCKET_DIR, and waits until it accepts connections.
+# pg_ctl hands the options to a shell: SOCKET_DIR is quoted for a path with spaces.
 pg_start() {
     local data="$1" port="$2" socket_dir="$3" logfile="$4"; shift 4
     pg_run "$(postgres_bin_dir)/pg_ctl" -D "$data" -l "$logfile" -w -t 60 \
-        -o "-p $port -k $socket_dir -c listen_addresses=127.0.0.1 $*" start >/dev/null
+        -o "-p $port -k '$socket_dir' -c listen_addresses=127.0.0.1 $*" start >/dev/null
 }
 
 # Starts a throwaway cluster in a fresh temporary directory; sets THROWAWAY_DIR,

@@ -341,3 +341,14 @@ def test_a_checkout_the_postgres_user_cannot_enter_keeps_its_cluster_in_var_tmp(
             assert link.is_symlink() and os.path.realpath(link).startswith("/var/tmp/"), link
     finally:
         stack.stop()
+
+
+def test_a_checkout_path_with_a_space_works():
+    stack = Stack()
+    stack.env["DEV_STATE_DIR"] = str(stack.tmp / "my project" / "state")
+    try:
+        stack.start()
+        user = "spaced"
+        call(stack, "POST", f"/api/{user}/tasks", token=stack.token(user), body={"title": "ok"}, expect=201)
+    finally:
+        stack.stop()
