@@ -21,7 +21,7 @@ postgres_bin_dir() {
     if [ -z "$dir" ] || [ ! -x "$dir/initdb" ]; then
         log "installing the PostgreSQL server (apt)"
         as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
         dir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     fi
     [ -x "$dir/initdb" ] || die "no PostgreSQL server binaries after installing"
@@ -33,10 +33,11 @@ ensure_pgbouncer() {
     if [ ! -x /usr/sbin/pgbouncer ]; then
         log "installing PgBouncer (apt)"
         as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq pgbouncer >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2
+        # The package starts a system-wide pooler on 6432; the tests start their own. Only
+        # the one just installed is stopped: a pooler that was already there is yours.
+        as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
     fi
-    # Debian's package starts a system-wide pooler on 6432; the tests start their own.
-    as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
 }
 
 # PgBouncer with protocol-level prepared statements (>= 1.21, as Neon runs it), for the tests
@@ -55,7 +56,7 @@ ensure_pgbouncer_prepared() {
         done
         if [ ${#missing[@]} -gt 0 ]; then
             as_root apt-get update -qq >&2
-            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
         fi
         local work
         work=$(mktemp -d)
@@ -86,6 +87,11 @@ ensure_venv() {
     local requirements="$ROOT/scripts/$1"
     if [ ! -x "$VENV/bin/python" ]; then
         log "creating $VENV"
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+            log "installing python3-venv (apt)"
+            as_root apt-get update -qq >&2
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        fi
         python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
     fi
     local stamp="$VENV/.installed-$1"
@@ -171,7 +177,7 @@ ensure_node() {
     if ! command -v npm >/dev/null; then
         log "installing Node.js and npm (apt)"
         as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
     fi
     command -v npm >/dev/null || die "no npm after installing"
 }
@@ -181,7 +187,7 @@ ensure_chromium() {
     if [ ! -x /usr/bin/chromium ]; then
         log "installing Chromium (apt)"
         as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
     fi
     [ -x /usr/bin/chromium ] || die "no /usr/bin/chromium after installing"
 }
