@@ -27,7 +27,8 @@ use shared::response::HttpResponse;
 use shared::routes::resolve;
 use shared::{handlers, telemetry, AppState};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 const DEFAULT_POOL_SIZE: &str = "16";
 /// File descriptors kept free for what is not a client connection: the listener, the
@@ -123,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
 
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // The requests' own tasks (see `serve`), which may outlive their connections.
+    let requests = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -147,12 +150,18 @@ async fn main() -> anyhow::Result<()> {
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let limits = limits.clone();
+        // The connection's slot is free once the connection and its requests have all ended:
+        // a client that hangs up and reconnects cannot pile up requests beyond the cap.
+        let permit = Arc::new(permit);
+        let request = Request {
+            state: state.clone(),
+            limits: limits.clone(),
+            tasks: requests.clone(),
+            permit: permit.clone(),
+        };
         let service = service_fn(move |req| {
-            let state = state.clone();
-            let limits = limits.clone();
-            async move { Ok::<_, Infallible>(serve(&state, &limits, req).await) }
+            let request = request.clone();
+            async move { Ok::<_, Infallible>(serve(request, req).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -164,7 +173,13 @@ async fn main() -> anyhow::Result<()> {
     // connections, within a bound.
     drop(listener);
     tracing::info!(connections = graceful.count(), "todo-server stopping");
-    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+    requests.close();
+    let drained = async {
+        graceful.shutdown().await;
+        // Requests whose clients hung up have no connection left to wait for.
+        requests.wait().await;
+    };
+    if tokio::time::timeout(limits.shutdown_timeout, drained)
         .await
         .is_err()
     {
@@ -184,12 +199,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// What serving a request needs from its connection.
+#[derive(Clone)]
+struct Request {
+    state: Arc<AppState>,
+    limits: Arc<Limits>,
+    tasks: TaskTracker,
+    /// The connection's slot under `MAX_CONNECTIONS`, held by its requests' tasks too.
+    permit: Arc<OwnedSemaphorePermit>,
+}
+
 /// Routes one request through the route table to the operation's handler.
-async fn serve(
-    state: &Arc<AppState>,
-    limits: &Limits,
-    req: http::Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn serve(request: Request, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
+    let Request {
+        state,
+        limits,
+        tasks,
+        permit,
+    } = request;
     let method = req.method().as_str().to_owned();
     let (route, params) = match resolve(&method, req.uri().path()) {
         Ok(found) => found,
@@ -233,9 +260,11 @@ async fn serve(
     // to the pool with the call still running on it: the next request, anyone's, would
     // queue behind the abandoned call, and the request would log no line. As a task it runs
     // to its end, as it does on Lambda.
-    let state = Arc::clone(state);
     let operation = route.operation;
-    let handled = tokio::spawn(async move { handlers::handle(&state, operation, request).await });
+    let handled = tasks.spawn(async move {
+        let _slot = permit;
+        handlers::handle(&state, operation, request).await
+    });
     match handled.await {
         Ok(response) => into_hyper(response),
         // The task is never aborted: its error is a panic, which goes on as one.

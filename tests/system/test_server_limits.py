@@ -299,3 +299,60 @@ def test_a_client_that_hangs_up_leaves_its_request_to_finish_on_its_own_connecti
     assert [line["fields"]["status"] if "fields" in line else line["status"] for line in puts] == [200], \
         server.log()[-3000:]
     assert psql(cluster, f"SELECT title FROM tasks WHERE id = '{task_id}'") == "after the hang-up"
+
+
+def test_hung_up_requests_keep_their_connection_slot_and_finish_before_shutdown(cluster):
+    """Requests whose clients hung up still count against MAX_CONNECTIONS until they end
+    (a client cannot pile them up by reconnecting), and SIGTERM waits for them too."""
+    server = Server(cluster, MAX_CONNECTIONS="2")
+    owner = uuid.uuid4().hex
+    token = hs256_token(SERVER_SECRET, owner)
+    status, _, raw = http(server.base, "POST", f"/api/{owner}/tasks", token, {"title": "before"})
+    assert status == 201, raw
+    task_id = json.loads(raw)["id"]
+    locker = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
+                                           str(cluster.port), "-U", "postgres", "-d", "postgres"]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        locker.stdin.write(f"BEGIN; SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE; SELECT 'locked';\n")
+        locker.stdin.flush()
+        for _ in range(5):
+            if locker.stdout.readline().strip() == "locked":
+                break
+        else:
+            pytest.fail("could not lock the task's row")
+        for i in range(2):
+            body = json.dumps({"title": f"hung up {i}"})
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall((f"PUT /api/{owner}/tasks/{task_id} HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            deadline = time.monotonic() + 10
+            waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query LIKE 'SELECT todo_api.q%'")
+            while int(psql(cluster, waiting)) < i + 1:
+                assert time.monotonic() < deadline, "the update never reached the database"
+                time.sleep(0.05)
+            s.close()
+        time.sleep(0.3)
+        # Both slots are held by the two unfinished requests: a third client waits.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(0.7)
+            try:
+                answered = s.recv(100)
+            except socket.timeout:
+                answered = b""
+        assert answered == b"", f"answered while both slots were held: {answered!r}"
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        locker.stdin.write("COMMIT;\n")
+        locker.stdin.close()
+        server.proc.wait(20)
+    finally:
+        locker.kill()
+        server.stop()
+    puts = [json.loads(line) for line in server.log().splitlines() if '"method":"PUT"' in line]
+    statuses = sorted(line["fields"]["status"] if "fields" in line else line["status"] for line in puts)
+    assert statuses == [200, 200], server.log()[-3000:]
+    assert server.proc.returncode == 0, server.log()[-3000:]
