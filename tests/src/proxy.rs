@@ -218,6 +218,9 @@ struct ForgetterState {
     mode: AtomicU8,
     /// Client bytes that arrived on a forgotten connection (each connection counts once).
     hits: AtomicUsize,
+    /// For each connection that ended unforgotten: its generation, and whether the client
+    /// closed (or half-closed) it before the server did.
+    ends: Mutex<Vec<(usize, bool)>>,
 }
 
 impl Forgetter {
@@ -227,6 +230,7 @@ impl Forgetter {
             generation: AtomicUsize::new(0),
             mode: AtomicU8::new(0),
             hits: AtomicUsize::new(0),
+            ends: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
         let port = listen(upstream, move |client, server| {
@@ -248,6 +252,17 @@ impl Forgetter {
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
     }
+
+    /// The connections opened since the latest [`Forgetter::forget`] that have ended, each
+    /// as whether its client closed first.
+    pub fn ended_since_forget(&self) -> Vec<bool> {
+        let now = self.state.generation.load(Ordering::SeqCst);
+        let ends = self.state.ends.lock().unwrap();
+        ends.iter()
+            .filter(|(born, _)| *born == now)
+            .map(|(_, client_first)| *client_first)
+            .collect()
+    }
 }
 
 async fn forgetful_relay(
@@ -262,7 +277,10 @@ async fn forgetful_relay(
         tokio::select! {
             read = client.read(&mut up) => {
                 let n = match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        state.ends.lock().unwrap().push((born, true));
+                        return;
+                    }
                     Ok(n) => n,
                 };
                 if state.generation.load(Ordering::SeqCst) != born {
@@ -286,7 +304,10 @@ async fn forgetful_relay(
             }
             read = server.read(&mut down) => {
                 let n = match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        state.ends.lock().unwrap().push((born, false));
+                        return;
+                    }
                     Ok(n) => n,
                 };
                 if client.write_all(&down[..n]).await.is_err() {

@@ -10,7 +10,7 @@
 //! PgBouncer expects.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,9 +23,10 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::CancelToken;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Where cancel requests go: the URL's one TCP host. With several hosts (only
-/// tokio-postgres knows which one a connection reached) or a Unix socket, cancels go
-/// through `cancel_query` as they are.
+/// Where cancel requests go: the URL's one TCP host, when it has one address. With several
+/// hosts or addresses (only tokio-postgres knows which one a connection reached: a cancel
+/// sent to another server is lost) or a Unix socket, cancels go through `cancel_query` as
+/// they are, which PgBouncer before 1.20 does not survive.
 #[derive(Debug, Clone)]
 pub(super) struct CancelTarget {
     /// The name TLS verifies.
@@ -63,7 +64,7 @@ impl CancelTarget {
 
 /// Sends `token`'s cancel request and keeps its connection open until the server closes
 /// it, at most `linger` after the request is sent; the whole at most `connect_timeout` +
-/// `linger`. Errors are not reported: the caller waits for the call's own answer anyway.
+/// 2 × `linger`. Errors are not reported: the caller waits for the call's own answer anyway.
 pub(super) async fn cancel(
     token: CancelToken,
     mut tls: MakeRustlsConnect,
@@ -71,18 +72,19 @@ pub(super) async fn cancel(
     connect_timeout: Duration,
     linger: Duration,
 ) {
-    let Some(target) = target else {
+    let address = match &target {
+        Some(target) => one_address(target, connect_timeout).await,
+        None => None,
+    };
+    let (Some(target), Some(address)) = (target, address) else {
         let _ = tokio::time::timeout(connect_timeout + linger, token.cancel_query(tls)).await;
         return;
     };
     let send = async {
-        let tcp = tokio::time::timeout(
-            connect_timeout,
-            TcpStream::connect((target.connect_to.as_str(), target.port)),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .ok()?
+            .ok()?;
         let _ = tcp.set_nodelay(true);
         let (stream, returned) = KeepOpen::new(tcp);
         let connect =
@@ -102,6 +104,14 @@ pub(super) async fn cancel(
         while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// The target's address when its name has exactly one (an IP address has one).
+async fn one_address(target: &CancelTarget, timeout: Duration) -> Option<SocketAddr> {
+    let lookup = tokio::net::lookup_host((target.connect_to.as_str(), target.port));
+    let mut addresses = tokio::time::timeout(timeout, lookup).await.ok()?.ok()?;
+    let first = addresses.next()?;
+    addresses.all(|other| other == first).then_some(first)
 }
 
 /// A stream whose shutdown only flushes, and which hands its inner stream back when

@@ -208,3 +208,44 @@ async fn a_remote_host_without_sslmode_is_never_reached_in_clear_text() {
 
     refuses_to_connect(&state_with(env(&[("DATABASE_URL", url.as_str())]))).await;
 }
+
+/// A call that gets no answer by its deadline is cancelled, over TLS, through a connection
+/// of its own that the client keeps open until the server has processed the cancel and
+/// closed it, as libpq does: PgBouncer before 1.20 exits when a cancel's client closes
+/// first (pgbouncer#801), which tokio-postgres's own cancel does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_over_tls_waits_for_the_server_to_close_its_connection() {
+    use tests::proxy::{Forget, Forgetter};
+    let server = server();
+    let proxy = Forgetter::start(format!("127.0.0.1:{}", server.port)).await;
+    // One address (hostaddr) for the socket, `localhost` for the certificate's name.
+    let url = format!(
+        "postgresql://postgres:{PASSWORD}@localhost:{}/postgres?sslmode=require&hostaddr=127.0.0.1",
+        proxy.port
+    );
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CA_FILE", server.ca_file.to_str().unwrap()),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_STATEMENT_TIMEOUT_MS", "300"),
+    ]));
+    let user = user_id();
+    let list = || ApiEvent::get(&format!("/api/{user}/tasks")).as_user(&user);
+    list().send(&state).await.assert_status(200);
+    // The pooled connection's next call vanishes on its way: no answer, so a cancel.
+    proxy.forget(Forget::Silently);
+    list().send(&state).await.assert_status(503);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let ended = loop {
+        let ended = proxy.ended_since_forget();
+        if !ended.is_empty() || std::time::Instant::now() > deadline {
+            break ended;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        ended,
+        vec![false],
+        "one cancel connection, closed by the server first (true: by the client)"
+    );
+}
