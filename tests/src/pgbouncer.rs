@@ -66,6 +66,16 @@ pub fn prepared_binary() -> PathBuf {
         })
 }
 
+/// Whether the user pgbouncer runs as (`postgres` when we are root) can execute `binary`.
+fn runs_as_postgres(binary: &Path) -> bool {
+    !is_root()
+        || Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(binary)
+            .status()
+            .is_ok_and(|status| status.success())
+}
+
 /// A pgbouncer binary's version, from `pgbouncer --version` ("PgBouncer 1.18.0").
 fn version(binary: &Path) -> (u32, u32) {
     let mut cmd = if is_root() {
@@ -113,12 +123,16 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir).expect("pgbouncer directory");
         chown_to_postgres(&dir);
-        // Run from a copy in that directory: the `postgres` user may not reach the one in
-        // the checkout (a checkout under /root, mode 700).
-        let copy = dir.join("pgbouncer");
-        std::fs::copy(&binary, &copy).expect("copy of pgbouncer");
-        chown_to_postgres(&copy);
-        let binary = copy;
+        // The `postgres` user may not reach the one in the checkout (a checkout under /root,
+        // mode 700): then it runs from a copy in that directory.
+        let binary = if runs_as_postgres(&binary) {
+            binary
+        } else {
+            let copy = dir.join("pgbouncer");
+            std::fs::copy(&binary, &copy).expect("copy of pgbouncer");
+            chown_to_postgres(&copy);
+            copy
+        };
         let knows_max_prepared_statements = version(&binary) >= (1, 21);
         let port = free_port();
         let userlist = dir.join("userlist.txt");

@@ -100,9 +100,11 @@ class Stack:
         state = self.tmp / "state" / "pg"
         if state.is_symlink():
             shutil.rmtree(os.path.realpath(state), ignore_errors=True)
+        log = self.output()
+        shutil.rmtree(self.tmp, ignore_errors=True)  # its .env holds secrets
         if died and self.started:
-            self.fail(f"scripts/dev had exited ({self.proc.returncode}) before the tests were done")
-        shutil.rmtree(self.tmp, ignore_errors=True)
+            pytest.fail(f"scripts/dev had exited ({self.proc.returncode}) before the tests were done\n"
+                        f"--- scripts/dev log ---\n{log[-20000:]}")
 
     def env_value(self, name):
         return re.search(rf"^{name}=(.+)$", (self.tmp / ".env").read_text(), re.M).group(1)

@@ -50,8 +50,9 @@ export interface TodoClientOptions {
    * Returns a JWT: Better Auth's `authClient.token` (jwt plugin) as it is, or any function
    * returning a token. Called when no unexpired token of the user in the path is cached
    * (one call at a time: concurrent requests share it), and once more after a 401 or 403.
-   * A token is reused until 30 s before the end of its lifetime (`exp - iat`, from when it
-   * arrived), so the device's clock does not matter.
+   * A token is reused until 30 s before its `exp`; on a device whose clock is more than 5
+   * minutes off the token's `iat`, until 30 s before its lifetime (`exp - iat`) has passed
+   * since it arrived. So return a token issued just now, as `authClient.token` does.
    */
   getToken: () => TokenResult | Promise<TokenResult>;
   /** A `fetch` to use instead of the global one (tests, server-side rendering). */
@@ -107,12 +108,14 @@ type Answer = { data?: unknown; error?: unknown; response: Response };
 /** The longest `create` waits before a retry by default, whatever `Retry-After` says. */
 const MAX_RETRY_WAIT_MS = 10_000;
 
-/**
- * Tokens are reused until 30 s before they expire, for the user they name (`sub`). With an
- * `iat`, "expire" is the token's lifetime (`exp - iat`) after it was received, measured on
- * this device's clock, so a device clock that is off does not matter; without one, `exp`.
- */
+/** Tokens are reused until 30 s before they expire, for the user they name (`sub`). */
 const TOKEN_MARGIN_MS = 30_000;
+
+/**
+ * A token whose `iat` is further than this from the device's clock was issued by a clock
+ * that disagrees with it: its lifetime (`exp - iat`) is then counted from its arrival.
+ */
+const CLOCK_AGREEMENT_MS = 5 * 60_000;
 
 export function createTodoClient(options: TodoClientOptions) {
   const api = createClient<paths>({
@@ -367,9 +370,11 @@ function toApiError({ error, response }: Answer): ApiError {
 /**
  * When a JWT just received expires on this device's clock, in milliseconds (0, use once,
  * when it cannot be read), and the user it names (`sub`, or Better Auth's `user.id`; null
- * when it names none). With `iat` it is now plus the token's lifetime, so a device clock
- * ahead of the issuer's does not make every call fetch a token (and one behind does not
- * keep an expired token: its 401 fetches a fresh one anyway).
+ * when it names none). Its `exp`, unless its `iat` is more than 5 minutes off this device's
+ * clock: then the device clock is off (a token is issued just before `getToken` returns it)
+ * and the expiry is now plus the token's lifetime, so that a clock ahead of the issuer's
+ * does not make every call fetch a token. (A token kept for over 5 minutes before
+ * `getToken` returned it would then be kept past its `exp`: its 401 fetches a fresh one.)
  */
 function claimsOf(jwt: string): { expiresAt: number; sub: string | null } {
   try {
@@ -383,11 +388,12 @@ function claimsOf(jwt: string): { expiresAt: number; sub: string | null } {
     };
     const sub = typeof claims.sub === "string" ? claims.sub : claims.user?.id;
     const { exp, iat } = claims;
+    const now = Date.now();
     const expiresAt =
       typeof exp !== "number"
         ? 0
-        : typeof iat === "number" && iat < exp
-          ? Date.now() + (exp - iat) * 1000
+        : typeof iat === "number" && iat < exp && Math.abs(now - iat * 1000) > CLOCK_AGREEMENT_MS
+          ? now + (exp - iat) * 1000
           : exp * 1000;
     return { expiresAt, sub: typeof sub === "string" ? sub : null };
   } catch {
