@@ -151,14 +151,22 @@ fn request_from_event(event: Value) -> Result<Request, &'static str> {
     if let Some(Value::Object(headers)) = event.get("headers") {
         let target = request.headers_mut();
         for (name, value) in headers {
-            // A header that HTTP cannot carry is left out, as a proxy would drop it.
-            let (Ok(name), Some(Ok(value))) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                value.as_str().map(HeaderValue::from_str),
-            ) else {
+            // A header that HTTP cannot carry is left out, as a proxy would drop it. Bytes
+            // past ASCII are kept (the header's parser decides), and a precondition or an
+            // idempotency key that cannot be carried refuses the event: dropped, the write
+            // would run unconditionally, or twice.
+            let (Ok(name), Some(text)) = (HeaderName::from_bytes(name.as_bytes()), value.as_str())
+            else {
                 continue;
             };
-            target.append(name, value);
+            match HeaderValue::from_bytes(text.as_bytes()) {
+                Ok(value) => target.append(name, value),
+                // (`precondition::IDEMPOTENCY_KEY_HEADER`, a floor above this module.)
+                Err(_) if name == header::IF_MATCH || name.as_str() == "idempotency-key" => {
+                    return Err("an If-Match or Idempotency-Key header holds a control character");
+                }
+                Err(_) => continue,
+            };
         }
     }
     let mut request = request;

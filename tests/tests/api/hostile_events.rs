@@ -130,3 +130,36 @@ async fn a_raw_angle_bracket_in_the_query_is_searched_for_literally() {
     response.assert_status(200);
     assert_eq!(response.titles(), ["<a> tag"]);
 }
+
+/// A precondition or an idempotency key that a client sent with bytes HTTP cannot carry as
+/// text: never dropped (the write would then run unconditionally, or twice). Past ASCII it
+/// reaches its parser (a tag that can match nothing: 412; a key: 422); a control character
+/// refuses the event.
+#[tokio::test]
+async fn an_unreadable_if_match_or_idempotency_key_is_never_dropped() {
+    let state = state();
+    let user = user_id();
+    let id = crate::id_of(&crate::create_titled(&state, &user, "guarded").await);
+    let path = crate::task_path(&user, &id);
+    let put = |if_match: &str| {
+        ApiEvent::put(&path)
+            .as_user(&user)
+            .header("if-match", if_match)
+            .json(&json!({"title": "unconditional"}))
+    };
+    put("\"1\"é").send(&state).await.assert_status(412);
+    let refused = put("\"1\"\u{7f}").send(&state).await;
+    refused.assert_status(400);
+    assert!(refused.detail().is_string());
+    let create = |key: &str| {
+        ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .header("idempotency-key", key)
+            .json(&json!({"title": "keyed"}))
+    };
+    create("clé").send(&state).await.assert_status(422);
+    create("key\u{1}").send(&state).await.assert_status(400);
+    let task = crate::get(&state, &user, &id).await.json();
+    assert_eq!(task["title"], "guarded", "no write ran");
+    assert_eq!(tests::task_count(&user).await, 1, "no create ran");
+}
