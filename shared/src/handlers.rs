@@ -282,6 +282,12 @@ async fn serve(
     let route = operation.route();
     let (outcome, note) = if Cors::is_preflight(&req) {
         (Ok(state.cors.preflight(&req)), None)
+    } else if req.method().as_str() != route.method {
+        // A function serves its one route: an event of another method (a route changed
+        // outside the template, a direct invoke) is refused before anything runs, so that,
+        // say, a GET sent to the delete function deletes nothing.
+        let allowed = vec![route.method, "OPTIONS"];
+        (Err(ApiError::MethodNotAllowed { allowed }), None)
     } else {
         let call = Call {
             state,

@@ -101,10 +101,18 @@ async fn every_function_answers_every_hostile_event_with_json_and_a_request_id()
             crate::status_matrix::assert_no_internals(&response.text());
         }
         for (name, event) in odd(&user) {
+            let method = event["requestContext"]["http"]["method"].clone();
             let response = send_event(&state, route.operation, event).await;
             // The health function answers every path but its own 404 (it serves the
-            // fallback routes), with `detail`.
-            let expected = if route.function == "health" { 404 } else { 401 };
+            // fallback routes), with `detail`; a task function, an event of another
+            // route's method 405 (API Gateway would not send it there).
+            let expected = if route.function == "health" {
+                404
+            } else if method.as_str() != Some(route.method) {
+                405
+            } else {
+                401
+            };
             assert_eq!(
                 response.status,
                 expected,
@@ -162,4 +170,38 @@ async fn an_unreadable_if_match_or_idempotency_key_is_never_dropped() {
     let task = crate::get(&state, &user, &id).await.json();
     assert_eq!(task["title"], "guarded", "no write ran");
     assert_eq!(tests::task_count(&user).await, 1, "no create ran");
+}
+
+/// Each function serves its own route only: an event of another method, as a route changed
+/// outside the template would send it, is a 405 before anything runs.
+#[tokio::test]
+async fn a_function_refuses_an_event_of_another_routes_method() {
+    let state = state();
+    let user = user_id();
+    let id = crate::id_of(&crate::create_titled(&state, &user, "kept").await);
+    let path = crate::task_path(&user, &id);
+    let misrouted = ApiEvent::get(&path)
+        .as_user(&user)
+        .send_to(&state, shared::routes::Operation::DeleteTask)
+        .await;
+    misrouted.assert_status(405);
+    assert_eq!(misrouted.header("allow"), Some("DELETE, OPTIONS"));
+    assert!(misrouted.detail().is_string());
+    crate::get(&state, &user, &id).await.assert_status(200);
+    for route in &ROUTES {
+        let other = if route.method == "GET" {
+            "PATCH"
+        } else {
+            "GET"
+        };
+        let response = ApiEvent::new(other, &path)
+            .as_user(&user)
+            .send_to(&state, route.operation)
+            .await;
+        if route.function == "health" {
+            continue; // it serves the fallback routes: its answers are their own test's
+        }
+        response.assert_status(405);
+    }
+    crate::get(&state, &user, &id).await.assert_status(200);
 }
