@@ -40,6 +40,13 @@ pub struct TaskRepo {
 /// Every statement still takes the owner as a parameter, in the same place as before (`$1`
 /// for a listing, `$2` otherwise): the creates store it, and a bare statement, without the
 /// context, compares with it instead.
+///
+/// The columns of a domain type (`user_id`, `title`, `description`, `key`) are compared as
+/// `::text`: the built-in `text` operators, which Postgres finds first (in `pg_catalog`),
+/// match exactly. Without the cast, an operator taking the domain exactly, planted in a
+/// schema on the search path by anyone who may create there (`public`, before PostgreSQL
+/// 15), would win and run inside every request. The cast is a relabelling: the plan, and
+/// the one condition shared with the policy, are the same.
 macro_rules! owner {
     () => {
         "current_setting('app.user_id', true)"
@@ -100,7 +107,7 @@ macro_rules! list_sql {
             $matched,
             "(SELECT ",
             columns!(),
-            " FROM tasks WHERE user_id = ",
+            " FROM tasks WHERE user_id::text = ",
             owner!(),
             $filter,
             ")",
@@ -118,7 +125,7 @@ macro_rules! filters {
     () => {
         concat!(
             " AND ($2::boolean IS NULL OR completed = $2)",
-            " AND ($3::text IS NULL OR title ILIKE $3 ESCAPE '\\' OR description ILIKE $3 ESCAPE '\\')"
+            " AND ($3::text IS NULL OR title::text ILIKE $3 ESCAPE '\\' OR description::text ILIKE $3 ESCAPE '\\')"
         )
     };
 }
@@ -172,7 +179,7 @@ pub static INSERT: &str = concat!(
 pub static SELECT_ONE: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM tasks WHERE id = $1 AND user_id = ",
+    " FROM tasks WHERE id = $1 AND user_id::text = ",
     owner!()
 );
 
@@ -182,7 +189,7 @@ pub static UPDATE: &str = concat!(
     " description = CASE WHEN $4 THEN $5 ELSE description END,",
     " completed = coalesce($6, completed), ",
     touch!(),
-    " WHERE id = $1 AND user_id = ",
+    " WHERE id = $1 AND user_id::text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -192,7 +199,7 @@ pub static UPDATE: &str = concat!(
 pub static COMPLETE: &str = concat!(
     "UPDATE tasks SET completed = coalesce($3, NOT completed), ",
     touch!(),
-    " WHERE id = $1 AND user_id = ",
+    " WHERE id = $1 AND user_id::text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -200,7 +207,7 @@ pub static COMPLETE: &str = concat!(
 
 /// Deletes one task of one owner.
 pub static DELETE: &str = concat!(
-    "DELETE FROM tasks WHERE id = $1 AND user_id = ",
+    "DELETE FROM tasks WHERE id = $1 AND user_id::text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -215,7 +222,7 @@ pub static DELETE: &str = concat!(
 macro_rules! guarded {
     ($write:expr, $versions:literal) => {
         concat!(
-            "WITH target AS (SELECT id, version AS locked_version FROM tasks WHERE id = $1 AND user_id = ",
+            "WITH target AS (SELECT id, version AS locked_version FROM tasks WHERE id = $1 AND user_id::text = ",
             owner!(),
             " FOR UPDATE), ",
             "written AS (",
@@ -236,7 +243,7 @@ static UPDATE_IF_MATCH: &str = guarded!(
         " description = CASE WHEN $4 THEN $5 ELSE t.description END,",
         " completed = coalesce($6, t.completed), ",
         touch!(),
-        " FROM target WHERE t.id = target.id AND t.user_id = ",
+        " FROM target WHERE t.id = target.id AND t.user_id::text = ",
         owner!()
     ),
     "$7"
@@ -246,7 +253,7 @@ static COMPLETE_IF_MATCH: &str = guarded!(
     concat!(
         "UPDATE tasks t SET completed = coalesce($3, NOT t.completed), ",
         touch!(),
-        " FROM target WHERE t.id = target.id AND t.user_id = ",
+        " FROM target WHERE t.id = target.id AND t.user_id::text = ",
         owner!()
     ),
     "$4"
@@ -254,7 +261,7 @@ static COMPLETE_IF_MATCH: &str = guarded!(
 
 static DELETE_IF_MATCH: &str = guarded!(
     concat!(
-        "DELETE FROM tasks t USING target WHERE t.id = target.id AND t.user_id = ",
+        "DELETE FROM tasks t USING target WHERE t.id = target.id AND t.user_id::text = ",
         owner!()
     ),
     "$3"
@@ -291,7 +298,7 @@ pub static CREATE_IDEMPOTENT: &str = concat!(
     "RETURNING k.task_id, k.request_hash), ",
     "purge AS (DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(",
     "SELECT ctid FROM idempotency_keys WHERE ", key_expired!("created_at"), " ",
-    "AND NOT (user_id = $2 AND key = $6) LIMIT 10 FOR UPDATE SKIP LOCKED))), ",
+    "AND NOT (user_id = $2 AND key::text = $6) LIMIT 10 FOR UPDATE SKIP LOCKED))), ",
     "created AS (INSERT INTO tasks (id, user_id, title, description, completed) ",
     "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 ON CONFLICT (id) DO NOTHING RETURNING ",
     columns!(),
@@ -299,7 +306,7 @@ pub static CREATE_IDEMPOTENT: &str = concat!(
     "SELECT claim.task_id = $1 AS claimed, claim.request_hash = $7 AS same_request, t.* FROM claim ",
     "LEFT JOIN LATERAL (SELECT * FROM created UNION ALL SELECT ",
     columns!(),
-    " FROM tasks WHERE id = claim.task_id AND user_id = ",
+    " FROM tasks WHERE id = claim.task_id AND user_id::text = ",
     owner!(),
     ") t ON true"
 );

@@ -375,3 +375,82 @@ async fn latest_version(client: &tokio_postgres::Client) -> i32 {
         .unwrap()
         .get(0)
 }
+
+/// An operator someone else planted for the columns' domains, in a schema on the search
+/// path (`public`, where every role could create before PostgreSQL 15), is never what the
+/// statements call. Taking a domain exactly, it would otherwise win over the built-in
+/// `text` one, and run inside every request, as the request's role, which can reset to the
+/// login role.
+#[tokio::test]
+async fn operators_planted_for_the_domains_are_never_called() {
+    let url = tests::new_database("hijack").await;
+    tests::migrate_with(&url, None);
+    let intruder = format!("intruder_{}", user_id());
+    let admin = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut plant = format!(
+        "CREATE ROLE {intruder}; GRANT CREATE ON SCHEMA public TO {intruder}; SET ROLE {intruder};"
+    );
+    for (op, left) in [
+        ("=", "task_owner"),
+        ("~~*", "task_title"),
+        ("~~*", "task_description"),
+        ("=", "idempotency_key"),
+    ] {
+        let function = format!("planted_{}_{left}", if op == "=" { "eq" } else { "ilike" });
+        plant += &format!(
+            "CREATE FUNCTION public.{function}({left}, text) RETURNS boolean LANGUAGE plpgsql \
+             AS $f$ BEGIN RAISE EXCEPTION 'a planted operator ran'; END $f$; \
+             CREATE OPERATOR public.{op} (LEFTARG = {left}, RIGHTARG = text, FUNCTION = public.{function});"
+        );
+    }
+    plant += "RESET ROLE;";
+    admin.batch_execute(&plant).await.unwrap();
+
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let user = user_id();
+    let created = ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .header("idempotency-key", "planted-key")
+        .json(&json!({"title": "plain"}))
+        .send(&state)
+        .await;
+    created.assert_status(201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let task = format!("{}/{id}", tasks_path(&user));
+    ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .query("search=pla")
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::get(&task)
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::put(&task)
+        .as_user(&user)
+        .header("if-match", "\"1\"")
+        .json(&json!({"title": "still plain"}))
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::patch(&format!("{task}/complete"))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::delete(&task)
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(204);
+    drop((state, admin));
+    tests::drop_database(&url).await;
+    db().await
+        .batch_execute(&format!("DROP ROLE {intruder}"))
+        .await
+        .unwrap();
+}
