@@ -113,12 +113,24 @@ async fn run_locked(
         Some(version) => refinery::Target::Version(version),
         None => refinery::Target::Latest,
     };
-    let report = embedded::migrations::runner()
-        .set_abort_divergent(true)
-        .set_target(target)
-        .run_async(&mut locked)
-        .await
-        .context("migration failed")?;
+    let runner = embedded::migrations::runner();
+    let applied = if up_to.is_none() && migrated_further(&locked.0, &runner).await? {
+        // A later release migrated this database further, and this one runs its `migrate`
+        // to install its functions again (a rollback): its own migrations are all applied
+        // (checked), and refinery would refuse the versions it does not know.
+        Vec::new()
+    } else {
+        runner
+            .set_abort_divergent(true)
+            .set_target(target)
+            .run_async(&mut locked)
+            .await
+            .context("migration failed")?
+            .applied_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    };
     if up_to.is_none() {
         install_procedures(&locked.0)
             .await
@@ -136,12 +148,47 @@ async fn run_locked(
         .commit()
         .await
         .context("cannot commit the migrations")?;
-    let applied = report
-        .applied_migrations()
-        .iter()
-        .map(|m| m.to_string())
-        .collect();
     Ok((applied, pruned))
+}
+
+/// Whether the database holds a migration newer than this release's newest, with every one
+/// of this release's applied; an error when one of them is not (the histories diverged).
+async fn migrated_further(
+    transaction: &tokio_postgres::Transaction<'_>,
+    runner: &refinery::Runner,
+) -> anyhow::Result<bool> {
+    let exists: bool = transaction
+        .query_typed_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    let versions: Vec<i32> = transaction
+        .query_typed("SELECT version FROM refinery_schema_history", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let ours: Vec<i32> = runner
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect();
+    let newest_ours = ours.iter().copied().max().unwrap_or(0);
+    if !versions.iter().any(|v| *v > newest_ours) {
+        return Ok(false);
+    }
+    if let Some(missing) = ours.iter().find(|v| !versions.contains(v)) {
+        anyhow::bail!(
+            "the database was migrated by a later release, but never had this release's \
+             V{missing}: the histories diverged"
+        );
+    }
+    Ok(true)
 }
 
 /// Creates the function of every task statement that does not have one yet (see
@@ -151,10 +198,17 @@ async fn run_locked(
 /// releases stay: a release still draining keeps calling them.
 async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> anyhow::Result<()> {
     let schema = shared::procedures::SCHEMA;
+    // Granted only when missing: a GRANT rewrites the schema's catalog row even when it
+    // changes nothing, and that makes every session of every release plan its statements
+    // anew.
     transaction
         .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; GRANT USAGE ON SCHEMA {schema} TO {}",
-            shared::db::APP_ROLE
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             DO $grant$ BEGIN \
+             IF NOT has_schema_privilege('{role}', '{schema}', 'USAGE') THEN \
+             GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             END IF; END $grant$",
+            role = shared::db::APP_ROLE
         ))
         .await?;
     let mut existing = std::collections::HashSet::new();

@@ -454,3 +454,60 @@ async fn operators_planted_for_the_domains_are_never_called() {
         .await
         .unwrap();
 }
+
+/// A rollback runs the earlier release's `migrate` to install its functions again, on a
+/// database a later release migrated further: it applies nothing, installs its functions,
+/// and does not refuse the migration it does not know.
+#[tokio::test]
+async fn migrate_of_an_earlier_release_accepts_a_database_migrated_further() {
+    let url = tests::new_database("further").await;
+    tests::migrate_with(&url, None);
+    let mut client = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (9999, 'a_later_release', now()::text, '0'); \
+             DO $drop$ DECLARE f regprocedure; BEGIN \
+             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
+             LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        migrations::apply(&mut client).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let functions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'todo_api'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(functions > 0, "its functions are installed again");
+    drop(client);
+    tests::drop_database(&url).await;
+}
+
+/// A `migrate` with nothing to do changes no catalog row that would make every session
+/// plan its statements anew (a GRANT that changes nothing still rewrites the schema's row).
+#[tokio::test]
+async fn migrate_with_nothing_to_do_leaves_the_schema_row_alone() {
+    let url = tests::new_database("idle_migrate").await;
+    tests::migrate_with(&url, None);
+    let mut client = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let row = "SELECT xmin::text FROM pg_namespace WHERE nspname = 'todo_api'";
+    let before: String = client.query_one(row, &[]).await.unwrap().get(0);
+    migrations::apply(&mut client).await.unwrap();
+    let after: String = client.query_one(row, &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+    drop(client);
+    tests::drop_database(&url).await;
+}
