@@ -403,6 +403,8 @@ impl Remote {
             .header("accept", "application/json")
             .send()
             .await
+            // The URL could carry a credential in its query (reqwest prints it whole).
+            .map_err(reqwest::Error::without_url)
             .context("JWKS request failed")?;
         // error_for_status passes redirects, which are not followed.
         if !response.status().is_success() {
@@ -413,13 +415,17 @@ impl Remote {
         }
         // Read chunk by chunk: a body without a length is bounded too.
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.context("JWKS body")? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(reqwest::Error::without_url)
+            .context("JWKS body")?
+        {
             if body.len() + chunk.len() > JWKS_MAX_BYTES {
                 anyhow::bail!("JWKS document over {JWKS_MAX_BYTES} bytes");
             }
             body.extend_from_slice(&chunk);
         }
-        tracing::debug!(url = %self.url, "fetched JWKS");
         KeySet::parse(&body)
     }
 }

@@ -24,7 +24,7 @@ const IDLE: Duration = Duration::from_millis(1500);
 /// The JSON log lines of this thread while captured, as the functions write them (the tests
 /// run on a current-thread runtime, so the handler logs on the test's thread).
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
 
 thread_local! {
     /// Where this thread's log lines go while a [`Logs::capture`] lasts.
@@ -32,7 +32,7 @@ thread_local! {
 }
 
 /// Ends a capture.
-struct Capture;
+pub(crate) struct Capture;
 
 impl Drop for Capture {
     fn drop(&mut self) {
@@ -64,7 +64,7 @@ impl Logs {
     /// interest globally, and with a single scoped subscriber alive it computes a call
     /// site's interest from the default of whichever thread registers it, so a request line
     /// could be dropped here while other tests ran (seen about once in seven full runs).
-    fn capture(&self) -> Capture {
+    pub(crate) fn capture(&self) -> Capture {
         static INSTALLED: std::sync::Once = std::sync::Once::new();
         INSTALLED.call_once(|| {
             tracing::subscriber::set_global_default(shared::telemetry::json_logs("info", || {
@@ -76,7 +76,7 @@ impl Logs {
         Capture
     }
 
-    fn lines(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
         let bytes = self.0.lock().unwrap().clone();
         String::from_utf8(bytes)
             .unwrap()
