@@ -10,11 +10,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -217,32 +217,36 @@ async fn serve(request: Request, req: http::Request<Incoming>) -> Response<Full<
         tasks,
         permit,
     } = request;
-    let method = req.method().as_str().to_owned();
-    let (route, params) = match resolve(&method, req.uri().path()) {
-        Ok(found) => found,
-        Err(unrouted) => return into_hyper(refused(ApiError::from(unrouted))),
-    };
+    let started = Instant::now();
     let (parts, body) = req.into_parts();
+    // Answered and logged as the handlers answer and log (one line, request id, CORS).
+    let refuse = |parts: http::request::Parts, route: &'static str, error: ApiError| {
+        let request = http::Request::from_parts(parts, lambda_http::Body::Empty);
+        into_hyper(handlers::refused(&state, &request, route, started, error))
+    };
+    let (route, params) = match resolve(parts.method.as_str(), parts.uri.path()) {
+        Ok(found) => found,
+        Err(unrouted) => return refuse(parts, handlers::FALLBACK_ROUTE, unrouted.into()),
+    };
     // Read at most one byte past the limit, so an oversized body is refused (413) without
     // being buffered whole, and within a deadline, so a dripped body cannot hold a
     // connection (the handler, and so authentication, comes after).
     let read = Limited::new(body, MAX_BODY_BYTES + 1).collect();
     let (bytes, too_large) = match tokio::time::timeout(limits.body_read_timeout, read).await {
         Ok(Ok(collected)) => (collected.to_bytes(), false),
-        Ok(Err(_)) => (Bytes::new(), true),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => (Bytes::new(), true),
+        // Not the size: a body cut short or badly chunked.
+        Ok(Err(_)) => {
+            let unreadable = ApiError::MalformedEvent("the request body could not be read");
+            return refuse(parts, route.path, unreadable);
+        }
         Err(_) => {
-            tracing::info!(
-                method,
-                route = route.path,
-                status = 408,
-                "request body too slow"
-            );
-            let mut response = refused(ApiError::BodyTimeout);
+            let mut response = refuse(parts, route.path, ApiError::BodyTimeout);
             response.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
-            return into_hyper(response);
+            return response;
         }
     };
     let body = if bytes.is_empty() {
@@ -270,15 +274,6 @@ async fn serve(request: Request, req: http::Request<Incoming>) -> Response<Full<
         // The task is never aborted: its error is a panic, which goes on as one.
         Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
-}
-
-/// A request refused before any handler ran (404, 405, 408), with a request id.
-fn refused(error: ApiError) -> HttpResponse {
-    let mut response = error.into_response();
-    if let Ok(value) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
 }
 
 fn into_hyper(response: HttpResponse) -> Response<Full<Bytes>> {

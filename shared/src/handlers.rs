@@ -178,7 +178,21 @@ pub async fn health(state: &AppState, req: Request) -> HttpResponse {
 }
 
 /// How the unrouted requests are logged (`route`).
-const FALLBACK_ROUTE: &str = "/{proxy+}";
+pub const FALLBACK_ROUTE: &str = "/{proxy+}";
+
+/// A request refused before any handler ran (by `todo-server`: a path no route has, a
+/// method the path does not take, a body that did not arrive), answered and logged as the
+/// handlers' are: one line, the request id, CORS. `route` is the route's path, or
+/// [`FALLBACK_ROUTE`].
+pub fn refused(
+    state: &AppState,
+    req: &Request,
+    route: &'static str,
+    started: Instant,
+    error: ApiError,
+) -> HttpResponse {
+    finish(state, req, route, started, Err(error), None)
+}
 
 /// Why the health function answers `req` with an error, if it does: none for the health
 /// route. In AWS, API Gateway's route key says it is that route whatever the path holds

@@ -2,6 +2,7 @@
 and route table as the functions: the same answers, over plain HTTP."""
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -72,3 +73,31 @@ def test_cors_preflight(server):
                                        "Access-Control-Request-Method": "POST"})
     assert status == 204
     assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+
+
+def test_requests_refused_before_a_handler_are_answered_and_logged_as_routed_ones(server, cluster):
+    """404, 405 and a body that cannot be read: each is one log line with its request id,
+    and carries CORS for an allowed origin, as the handlers' answers do."""
+    base, _ = server
+    origin = {"Origin": "http://localhost:3000"}
+    answers = [call(base, "GET", "/nope", headers=origin), call(base, "TRACE", "/api/u/tasks/x", headers=origin)]
+    assert [a[0] for a in answers] == [404, 405]
+    for status, headers, body in answers:
+        assert body["detail"] and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    # A chunked body whose chunk size is not a number: unreadable, not "too large".
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /api/u/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+        raw = s.recv(4096)
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:300]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert json.loads(body)["detail"]
+    chunked_id = re.search(rb"(?im)^x-request-id: (\S+)", head).group(1).decode()
+    log = (cluster.dir / "todo-server.log").read_text()
+    for request_id, status in [(answers[0][1]["X-Request-Id"], 404), (answers[1][1]["X-Request-Id"], 405),
+                               (chunked_id, 400)]:
+        lines = [json.loads(line) for line in log.splitlines() if request_id in line]
+        assert len(lines) == 1, (request_id, lines)
+        line = lines[0].get("fields", lines[0])
+        assert line["status"] == status and "latency_ms" in line and line["route"], line
