@@ -764,7 +764,8 @@ fn call_outcome(
         });
     }
     if *db.code() == SqlState::UNDEFINED_FUNCTION {
-        tracing::error!("a statement's function is missing: run `migrate` for this release");
+        // In the request's own line (its `database` field), not a line of its own.
+        crate::telemetry::note("a statement's function is missing: run `migrate` for this release");
     }
     if !completed && !raised_by_postgres(db) {
         if never_forwarded(db) {

@@ -511,3 +511,40 @@ async fn migrate_with_nothing_to_do_leaves_the_schema_row_alone() {
     drop(client);
     tests::drop_database(&url).await;
 }
+
+/// A release deployed without its `migrate`: its requests answer 500, and each one's single
+/// log line says why (not a second line of its own).
+#[tokio::test(flavor = "current_thread")]
+async fn a_missing_statement_function_is_a_500_whose_one_log_line_says_to_migrate() {
+    let url = tests::new_database("unmigrated").await;
+    tests::migrate_with(&url, None);
+    let client = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "DO $drop$ DECLARE f regprocedure; BEGIN \
+             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
+             LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$",
+        )
+        .await
+        .unwrap();
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let user = user_id();
+    let logs = crate::idle::Logs::default();
+    let response = {
+        let _capture = logs.capture();
+        ApiEvent::get(&tasks_path(&user))
+            .as_user(&user)
+            .send(&state)
+            .await
+    };
+    response.assert_status(500);
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let database = lines[0]["database"].as_str().unwrap_or_default();
+    assert!(database.contains("run `migrate`"), "{lines:?}");
+    drop((state, client));
+    tests::drop_database(&url).await;
+}
