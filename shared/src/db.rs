@@ -931,7 +931,17 @@ impl std::fmt::Display for PoolFailure<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             PoolError::Timeout(kind) => write!(f, "pool timeout ({kind:?})"),
-            PoolError::Backend(err) => write!(f, "{err}"),
+            // With its causes: tokio-postgres's own text is only "db error" or "error
+            // connecting to server" (none of them holds the connection string).
+            PoolError::Backend(err) => {
+                write!(f, "{err}")?;
+                let mut cause = std::error::Error::source(err);
+                while let Some(error) = cause {
+                    write!(f, ": {error}")?;
+                    cause = error.source();
+                }
+                Ok(())
+            }
             other => write!(f, "{other}"),
         }
     }

@@ -249,3 +249,30 @@ async fn a_cancel_over_tls_waits_for_the_server_to_close_its_connection() {
         "one cancel connection, closed by the server first (true: by the client)"
     );
 }
+
+/// A cold start whose connection fails says why in its warning: the server's refusal, not
+/// only "db error".
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_warm_up_logs_its_cause() {
+    let server = server();
+    let url = format!(
+        "postgresql://postgres:wrong-password@localhost:{}/postgres?sslmode=require",
+        server.port
+    );
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CA_FILE", server.ca_file.to_str().unwrap()),
+    ]));
+    let logs = crate::idle::Logs::default();
+    {
+        let _capture = logs.capture();
+        state.tasks.warm_up().await;
+    }
+    let line = logs
+        .lines()
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<String>();
+    assert!(line.contains("password authentication failed"), "{line}");
+    assert!(!line.contains("wrong-password"), "{line}");
+}
