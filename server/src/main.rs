@@ -101,8 +101,17 @@ fn open_file_limit() -> Option<u64> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     telemetry::init();
+    // A failure to start is a JSON line too, as every other line is (and names the
+    // setting, never a secret's value).
+    if let Err(err) = run().await {
+        tracing::error!(error = format!("{err:#}"), "todo-server failed");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let limits = Arc::new(Limits::from_env()?);
     let state = Arc::new(
         AppState::from_env_with_defaults(|name| {

@@ -356,3 +356,13 @@ def test_hung_up_requests_keep_their_connection_slot_and_finish_before_shutdown(
     statuses = sorted(line["fields"]["status"] if "fields" in line else line["status"] for line in puts)
     assert statuses == [200, 200], server.log()[-3000:]
     assert server.proc.returncode == 0, server.log()[-3000:]
+
+
+def test_a_setting_that_stops_the_start_says_so_in_a_json_line(cluster):
+    env = dict(os.environ, DATABASE_URL=cluster.url, BETTER_AUTH_SECRET=SERVER_SECRET,
+               PORT=str(free_port()), HTTP_HEADER_TIMEOUT_MS="soon")
+    result = subprocess.run([str(TARGET / "todo-server")], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), lines
+    assert "HTTP_HEADER_TIMEOUT_MS" in lines[-1], lines
