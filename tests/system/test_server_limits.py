@@ -127,16 +127,20 @@ def test_stalled_connections_and_a_dripped_body_do_not_hold_the_server(cluster):
     try:
         opened = time.monotonic()
         sockets = stall(server.port, STALLED)
+        # Opening them can take seconds here (the kernel drops SYNs of such a burst, and the
+        # client resends them after 1 s): the probes run for a second once all are open,
+        # while the last ones opened are still held.
+        stalled = time.monotonic()
         drip = {}
         dripper = threading.Thread(target=drip_body, args=(server.port, token, user, drip))
         dripper.start()
         health, creates = [], []
-        while time.monotonic() - opened < 2.5:
+        while not health or time.monotonic() - stalled < 1:
             health.append(timed(server.base, "GET", "/health"))
             creates.append(timed(server.base, "POST", f"/api/{user}/tasks", token, {"title": "t"}))
             time.sleep(0.2)
         # The server closes every stalled connection once its header timeout has passed.
-        closed = sum(closed_by_server(s, opened + 1.5 + 3) for s in sockets)
+        closed = sum(closed_by_server(s, stalled + 1.5 + 3) for s in sockets)
         closed_after = time.monotonic() - opened
         dripper.join(15)
         for s in sockets:
@@ -193,23 +197,73 @@ def psql(cluster, sql):
                           check=True, capture_output=True, text=True, timeout=30).stdout.strip()
 
 
+class Locker:
+    """A psql session that takes a lock (`sql`, in a transaction) and holds it until
+    release()."""
+
+    def __init__(self, cluster, sql):
+        self.proc = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
+                                                  str(cluster.port), "-U", "postgres", "-d", "postgres"]),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(f"BEGIN; {sql}; SELECT 'locked';\n")
+        self.proc.stdin.flush()
+        for _ in range(5):  # psql prints the command tags first
+            if self.proc.stdout.readline().strip() == "locked":
+                return
+        self.proc.kill()
+        pytest.fail(f"could not take the lock: {sql}")
+
+    def release(self):
+        self.proc.stdin.write("COMMIT;\n")
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+    def kill(self):
+        self.proc.kill()
+
+
+def wait_for_lock_waiters(cluster, count, what):
+    """Until `count` of the API's calls (its statement functions, schema todo_api) wait for
+    a lock."""
+    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+               "AND query LIKE 'SELECT todo_api.q%'")
+    deadline = time.monotonic() + 10
+    while int(psql(cluster, waiting)) < count:
+        assert time.monotonic() < deadline, f"{what} never reached the database"
+        time.sleep(0.05)
+
+
+def put_and_hang_up(server, cluster, owner, task_id, title, waiters):
+    """A PUT over a raw connection, closed once the update waits for its row (it is the
+    `waiters`-th call waiting)."""
+    token = hs256_token(SERVER_SECRET, owner)
+    body = json.dumps({"title": title})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall((f"PUT /api/{owner}/tasks/{task_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        wait_for_lock_waiters(cluster, waiters, "the update")
+
+
+def new_task(server, owner):
+    status, _, raw = http(server.base, "POST", f"/api/{owner}/tasks", hs256_token(SERVER_SECRET, owner),
+                          {"title": "before"})
+    assert status == 201, raw
+    return json.loads(raw)["id"]
+
+
+def logged_statuses(server, method):
+    lines = [json.loads(line) for line in server.log().splitlines() if f'"method":"{method}"' in line]
+    return sorted(line.get("fields", line)["status"] for line in lines)
+
+
 def test_sigterm_finishes_in_flight_creates_and_loses_none(cluster):
     server = Server(cluster)
     user = uuid.uuid4().hex
     token = hs256_token(SERVER_SECRET, user)
     batch = 10
     # Hold back every insert, so that the creates are in flight inside Postgres at SIGTERM.
-    locker = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
-                                           str(cluster.port), "-U", "postgres", "-d", "postgres"]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    locker = Locker(cluster, "LOCK TABLE tasks IN EXCLUSIVE MODE")
     try:
-        locker.stdin.write("BEGIN; LOCK TABLE tasks IN EXCLUSIVE MODE; SELECT 'locked';\n")
-        locker.stdin.flush()
-        for _ in range(5):  # psql prints the command tags first
-            if locker.stdout.readline().strip() == "locked":
-                break
-        else:
-            pytest.fail("could not lock the tasks table")
         answers = [None] * batch
 
         def create(i):
@@ -219,18 +273,11 @@ def test_sigterm_finishes_in_flight_creates_and_loses_none(cluster):
         threads = [threading.Thread(target=create, args=(i,)) for i in range(batch)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 10
-        # Each create is a call of its statement's function (schema todo_api), waiting for the lock.
-        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                   "AND query LIKE 'SELECT todo_api.q%'")
-        while int(psql(cluster, waiting)) < batch:
-            assert time.monotonic() < deadline, "the creates never reached the database"
-            time.sleep(0.05)
+        wait_for_lock_waiters(cluster, batch, "the creates")
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         refused = http(server.base, "GET", "/health")[0] == 0
-        locker.stdin.write("COMMIT;\n")
-        locker.stdin.close()
+        locker.release()
         server.proc.wait(20)
         for t in threads:
             t.join(30)
@@ -254,50 +301,22 @@ def test_a_client_that_hangs_up_leaves_its_request_to_finish_on_its_own_connecti
     abandoned call."""
     server = Server(cluster, DB_POOL_SIZE="2")
     owner, other = uuid.uuid4().hex, uuid.uuid4().hex
-    token = hs256_token(SERVER_SECRET, owner)
-    status, _, raw = http(server.base, "POST", f"/api/{owner}/tasks", token, {"title": "before"})
-    assert status == 201, raw
-    task_id = json.loads(raw)["id"]
-    locker = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
-                                           str(cluster.port), "-U", "postgres", "-d", "postgres"]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    task_id = new_task(server, owner)
+    locker = Locker(cluster, f"SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE")
     try:
-        locker.stdin.write(f"BEGIN; SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE; SELECT 'locked';\n")
-        locker.stdin.flush()
-        for _ in range(5):  # psql prints the command tags first
-            if locker.stdout.readline().strip() == "locked":
-                break
-        else:
-            pytest.fail("could not lock the task's row")
-        body = json.dumps({"title": "after the hang-up"})
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        s.sendall((f"PUT /api/{owner}/tasks/{task_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
-        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                   "AND query LIKE 'SELECT todo_api.q%'")
-        deadline = time.monotonic() + 10
-        while int(psql(cluster, waiting)) < 1:
-            assert time.monotonic() < deadline, "the update never reached the database"
-            time.sleep(0.05)
-        s.close()  # the client hangs up while its update waits for the row
+        put_and_hang_up(server, cluster, owner, task_id, "after the hang-up", waiters=1)
         time.sleep(0.3)
         status, took = timed(server.base, "GET", f"/api/{other}/tasks", hs256_token(SERVER_SECRET, other))
-        locker.stdin.write("COMMIT;\n")
-        locker.stdin.close()
-        locker.wait(10)
+        locker.release()
         deadline = time.monotonic() + 10
-        while '"method":"PUT"' not in server.log():
-            if time.monotonic() > deadline:
-                break
+        while not logged_statuses(server, "PUT") and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         locker.kill()
         server.stop()
     print(f"\nanother user's list after a hang-up: {status} in {took * 1000:.0f} ms")
     assert status == 200 and took < 2, f"{status} after {took:.1f} s: it queued behind the abandoned call"
-    puts = [json.loads(line) for line in server.log().splitlines() if '"method":"PUT"' in line]
-    assert [line["fields"]["status"] if "fields" in line else line["status"] for line in puts] == [200], \
-        server.log()[-3000:]
+    assert logged_statuses(server, "PUT") == [200], server.log()[-3000:]
     assert psql(cluster, f"SELECT title FROM tasks WHERE id = '{task_id}'") == "after the hang-up"
 
 
@@ -306,34 +325,11 @@ def test_hung_up_requests_keep_their_connection_slot_and_finish_before_shutdown(
     (a client cannot pile them up by reconnecting), and SIGTERM waits for them too."""
     server = Server(cluster, MAX_CONNECTIONS="2")
     owner = uuid.uuid4().hex
-    token = hs256_token(SERVER_SECRET, owner)
-    status, _, raw = http(server.base, "POST", f"/api/{owner}/tasks", token, {"title": "before"})
-    assert status == 201, raw
-    task_id = json.loads(raw)["id"]
-    locker = subprocess.Popen(as_postgres([pg_bin() / "psql", "-X", "-At", "-h", "127.0.0.1", "-p",
-                                           str(cluster.port), "-U", "postgres", "-d", "postgres"]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    task_id = new_task(server, owner)
+    locker = Locker(cluster, f"SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE")
     try:
-        locker.stdin.write(f"BEGIN; SELECT 1 FROM tasks WHERE id = '{task_id}' FOR UPDATE; SELECT 'locked';\n")
-        locker.stdin.flush()
-        for _ in range(5):
-            if locker.stdout.readline().strip() == "locked":
-                break
-        else:
-            pytest.fail("could not lock the task's row")
         for i in range(2):
-            body = json.dumps({"title": f"hung up {i}"})
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-            s.sendall((f"PUT /api/{owner}/tasks/{task_id} HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
-            deadline = time.monotonic() + 10
-            waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                       "AND query LIKE 'SELECT todo_api.q%'")
-            while int(psql(cluster, waiting)) < i + 1:
-                assert time.monotonic() < deadline, "the update never reached the database"
-                time.sleep(0.05)
-            s.close()
+            put_and_hang_up(server, cluster, owner, task_id, f"hung up {i}", waiters=i + 1)
         time.sleep(0.3)
         # Both slots are held by the two unfinished requests: a third client waits.
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
@@ -346,15 +342,12 @@ def test_hung_up_requests_keep_their_connection_slot_and_finish_before_shutdown(
         assert answered == b"", f"answered while both slots were held: {answered!r}"
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        locker.stdin.write("COMMIT;\n")
-        locker.stdin.close()
+        locker.release()
         server.proc.wait(20)
     finally:
         locker.kill()
         server.stop()
-    puts = [json.loads(line) for line in server.log().splitlines() if '"method":"PUT"' in line]
-    statuses = sorted(line["fields"]["status"] if "fields" in line else line["status"] for line in puts)
-    assert statuses == [200, 200], server.log()[-3000:]
+    assert logged_statuses(server, "PUT") == [200, 200], server.log()[-3000:]
     assert server.proc.returncode == 0, server.log()[-3000:]
 
 
