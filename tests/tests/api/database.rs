@@ -455,6 +455,12 @@ async fn operators_planted_for_the_domains_are_never_called() {
         .unwrap();
 }
 
+/// Drops every statement function, as if no `migrate` of this release had run.
+const DROP_STATEMENT_FUNCTIONS: &str = "DO $drop$ DECLARE f regprocedure; BEGIN \
+     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
+     JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
+     LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$";
+
 /// A rollback runs the earlier release's `migrate` to install its functions again, on a
 /// database a later release migrated further: it applies nothing, installs its functions,
 /// and does not refuse the migration it does not know.
@@ -466,14 +472,10 @@ async fn migrate_of_an_earlier_release_accepts_a_database_migrated_further() {
         .await
         .unwrap();
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
-             VALUES (9999, 'a_later_release', now()::text, '0'); \
-             DO $drop$ DECLARE f regprocedure; BEGIN \
-             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
-             LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$",
-        )
+                 VALUES (9999, 'a_later_release', now()::text, '0'); {DROP_STATEMENT_FUNCTIONS}"
+        ))
         .await
         .unwrap();
     assert_eq!(
@@ -522,12 +524,7 @@ async fn a_missing_statement_function_is_a_500_whose_one_log_line_says_to_migrat
         .await
         .unwrap();
     client
-        .batch_execute(
-            "DO $drop$ DECLARE f regprocedure; BEGIN \
-             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
-             LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$",
-        )
+        .batch_execute(DROP_STATEMENT_FUNCTIONS)
         .await
         .unwrap();
     let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
