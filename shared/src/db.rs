@@ -933,15 +933,7 @@ impl std::fmt::Display for PoolFailure<'_> {
             PoolError::Timeout(kind) => write!(f, "pool timeout ({kind:?})"),
             // With its causes: tokio-postgres's own text is only "db error" or "error
             // connecting to server" (none of them holds the connection string).
-            PoolError::Backend(err) => {
-                write!(f, "{err}")?;
-                let mut cause = std::error::Error::source(err);
-                while let Some(error) = cause {
-                    write!(f, ": {error}")?;
-                    cause = error.source();
-                }
-                Ok(())
-            }
+            PoolError::Backend(err) => crate::error::write_with_causes(f, err),
             other => write!(f, "{other}"),
         }
     }

@@ -73,14 +73,22 @@ pub enum ApiError {
 impl std::fmt::Debug for ApiError {
     /// Prints the whole cause chain, for logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")?;
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
+        write_with_causes(f, self)
     }
+}
+
+/// `error`, then each of its causes after a `: `.
+pub(crate) fn write_with_causes(
+    f: &mut std::fmt::Formatter<'_>,
+    error: &dyn std::error::Error,
+) -> std::fmt::Result {
+    write!(f, "{error}")?;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        write!(f, ": {cause}")?;
+        source = cause.source();
+    }
+    Ok(())
 }
 
 impl From<AuthError> for ApiError {
