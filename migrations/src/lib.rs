@@ -167,26 +167,34 @@ async fn migrated_further(
     if !exists {
         return Ok(false);
     }
-    let versions: Vec<i32> = transaction
-        .query_typed("SELECT version FROM refinery_schema_history", &[])
+    // (version, name, checksum) as refinery records them.
+    let applied: Vec<(i32, String, String)> = transaction
+        .query_typed(
+            "SELECT version, name, checksum FROM refinery_schema_history",
+            &[],
+        )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    let ours: Vec<i32> = runner
-        .get_migrations()
-        .iter()
-        .map(|m| m.version())
-        .collect();
-    let newest_ours = ours.iter().copied().max().unwrap_or(0);
-    if !versions.iter().any(|v| *v > newest_ours) {
+    let ours = runner.get_migrations();
+    let newest_ours = ours.iter().map(|m| m.version()).max().unwrap_or(0);
+    if !applied.iter().any(|(version, _, _)| *version > newest_ours) {
         return Ok(false);
     }
-    if let Some(missing) = ours.iter().find(|v| !versions.contains(v)) {
-        anyhow::bail!(
-            "the database was migrated by a later release, but never had this release's \
-             V{missing}: the histories diverged"
-        );
+    // What refinery checks of applied migrations: each of this release's, the same.
+    for migration in ours {
+        let same = applied.iter().any(|(version, name, checksum)| {
+            *version == migration.version()
+                && name == migration.name()
+                && *checksum == migration.checksum().to_string()
+        });
+        if !same {
+            anyhow::bail!(
+                "the database was migrated by a later release, but not with this release's \
+                 {migration}: the histories diverged"
+            );
+        }
     }
     Ok(true)
 }
@@ -205,7 +213,9 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}; \
              DO $grant$ BEGIN \
-             IF NOT has_schema_privilege('{role}', '{schema}', 'USAGE') THEN \
+             IF NOT EXISTS (SELECT FROM pg_namespace n, aclexplode(n.nspacl) a \
+             WHERE n.nspname = '{schema}' AND a.grantee = '{role}'::regrole \
+             AND a.privilege_type = 'USAGE') THEN \
              GRANT USAGE ON SCHEMA {schema} TO {role}; \
              END IF; END $grant$",
             role = shared::db::APP_ROLE

@@ -168,11 +168,12 @@ pub fn resolve(
     method: &str,
     path: &str,
 ) -> Result<(&'static Route, HashMap<String, String>), Unrouted> {
-    let preflight = method.eq_ignore_ascii_case("OPTIONS");
+    // Methods are case-sensitive (RFC 9110): `delete` is not DELETE.
+    let preflight = method == "OPTIONS";
     let mut allowed = Vec::new();
     for route in &ROUTES {
         if let Some(params) = route.match_path(path) {
-            if preflight || route.method.eq_ignore_ascii_case(method) {
+            if preflight || route.method == method {
                 return Ok((route, params));
             }
             allowed.push(route.method);

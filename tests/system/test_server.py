@@ -43,6 +43,9 @@ def test_unknown_routes_and_methods(server):
     assert headers["Allow"] == "GET, OPTIONS" and headers["X-Request-Id"]
     status, headers, _ = call(server, "TRACE", "/api/u/tasks/x")
     assert status == 405 and headers["Allow"] == "GET, PUT, DELETE, OPTIONS"
+    # Methods are case-sensitive: `delete` is no DELETE.
+    status, headers, _ = call(server, "delete", "/api/u/tasks/x")
+    assert status == 405 and headers["Allow"] == "GET, PUT, DELETE, OPTIONS"
 
 
 def test_oversized_bodies_are_413_without_reading_them_whole(server):
@@ -89,7 +92,12 @@ def test_requests_refused_before_a_handler_are_answered_and_logged_as_routed_one
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(b"POST /api/u/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
-        raw = s.recv(4096)
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"(?im)^content-length: (\d+)", raw.partition(b"\r\n\r\n")[0]).group(1)):
+            chunk = s.recv(4096)
+            assert chunk, raw
+            raw += chunk
     assert raw.startswith(b"HTTP/1.1 400"), raw[:300]
     head, _, body = raw.partition(b"\r\n\r\n")
     assert json.loads(body)["detail"]

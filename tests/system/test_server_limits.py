@@ -121,15 +121,16 @@ def drip_body(port, token, user, result):
 
 
 def test_stalled_connections_and_a_dripped_body_do_not_hold_the_server(cluster):
-    server = Server(cluster, HTTP_HEADER_TIMEOUT_MS="1500", HTTP_BODY_TIMEOUT_MS="1500")
+    # 5 s to send headers: longer than the burst below takes to open here, so that every
+    # stalled connection is still held while the probes run.
+    server = Server(cluster, HTTP_HEADER_TIMEOUT_MS="5000", HTTP_BODY_TIMEOUT_MS="1500")
     user = uuid.uuid4().hex
     token = hs256_token(SERVER_SECRET, user)
     try:
         opened = time.monotonic()
         sockets = stall(server.port, STALLED)
         # Opening them can take seconds here (the kernel drops SYNs of such a burst, and the
-        # client resends them after 1 s): the probes run for a second once all are open,
-        # while the last ones opened are still held.
+        # client resends them after 1 s): the probes run for a second once all are open.
         stalled = time.monotonic()
         drip = {}
         dripper = threading.Thread(target=drip_body, args=(server.port, token, user, drip))
@@ -140,7 +141,7 @@ def test_stalled_connections_and_a_dripped_body_do_not_hold_the_server(cluster):
             creates.append(timed(server.base, "POST", f"/api/{user}/tasks", token, {"title": "t"}))
             time.sleep(0.2)
         # The server closes every stalled connection once its header timeout has passed.
-        closed = sum(closed_by_server(s, stalled + 1.5 + 3) for s in sockets)
+        closed = sum(closed_by_server(s, stalled + 5 + 3) for s in sockets)
         closed_after = time.monotonic() - opened
         dripper.join(15)
         for s in sockets:

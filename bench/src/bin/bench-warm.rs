@@ -64,7 +64,7 @@ const TASKS_PER_USER: u32 = 20;
 async fn seed_population(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     let seeded: i64 = client
         .query_one(
-            "SELECT count(*) FROM tasks WHERE user_id LIKE 'population-%'",
+            "SELECT count(*) FROM tasks WHERE user_id::text LIKE 'population-%'",
             &[],
         )
         .await?

@@ -410,21 +410,43 @@ async fn operators_planted_for_the_domains_are_never_called() {
 
     let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
     let user = user_id();
+    // An expired key of the same user, which the keyed create's purge then compares.
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id, created_at) \
+             VALUES ('{user}', 'expired-key', '\\x00', gen_random_uuid(), now() - interval '25 hours')"
+        ))
+        .await
+        .unwrap();
     let created = ApiEvent::post(&tasks_path(&user))
         .as_user(&user)
         .header("idempotency-key", "planted-key")
-        .json(&json!({"title": "plain"}))
+        .json(&json!({"title": "plain", "description": "only-here"}))
         .send(&state)
         .await;
     created.assert_status(201);
     let id = created.json()["id"].as_str().unwrap().to_owned();
     let task = format!("{}/{id}", tasks_path(&user));
-    ApiEvent::get(&tasks_path(&user))
+    // A word of the description only: the title's match does not stop the search there.
+    let found = ApiEvent::get(&tasks_path(&user))
         .as_user(&user)
-        .query("search=pla")
+        .query("search=only-here")
         .send(&state)
+        .await;
+    found.assert_status(200);
+    assert_eq!(found.titles(), ["plain"]);
+    let expired: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM idempotency_keys WHERE key = 'expired-key'",
+            &[],
+        )
         .await
-        .assert_status(200);
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        expired, 0,
+        "the purge compared, and removed, the expired key"
+    );
     ApiEvent::get(&task)
         .as_user(&user)
         .send(&state)
@@ -492,6 +514,14 @@ async fn migrate_of_an_earlier_release_accepts_a_database_migrated_further() {
         .unwrap()
         .get(0);
     assert!(functions > 0, "its functions are installed again");
+    // A history whose V4 is not this release's (another file under the same version):
+    // refused, as refinery refuses it.
+    client
+        .batch_execute("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 4")
+        .await
+        .unwrap();
+    let refused = migrations::apply(&mut client).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("diverged"), "{refused:#}");
     drop(client);
     tests::drop_database(&url).await;
 }
