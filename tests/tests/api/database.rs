@@ -383,12 +383,8 @@ async fn latest_version(client: &tokio_postgres::Client) -> i32 {
 /// login role.
 #[tokio::test]
 async fn operators_planted_for_the_domains_are_never_called() {
-    let url = tests::new_database("hijack").await;
-    tests::migrate_with(&url, None);
+    let (url, admin) = migrated_database("hijack").await;
     let intruder = format!("intruder_{}", user_id());
-    let admin = shared::db::connect_once(&url, None, Duration::from_secs(10))
-        .await
-        .unwrap();
     let mut plant = format!(
         "CREATE ROLE {intruder}; GRANT CREATE ON SCHEMA public TO {intruder}; SET ROLE {intruder};"
     );
@@ -477,6 +473,16 @@ async fn operators_planted_for_the_domains_are_never_called() {
         .unwrap();
 }
 
+/// A new database with this release's migrations and functions, and a client on it.
+async fn migrated_database(prefix: &str) -> (String, tokio_postgres::Client) {
+    let url = tests::new_database(prefix).await;
+    tests::migrate_with(&url, None);
+    let client = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    (url, client)
+}
+
 /// Drops every statement function, as if no `migrate` of this release had run.
 const DROP_STATEMENT_FUNCTIONS: &str = "DO $drop$ DECLARE f regprocedure; BEGIN \
      FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
@@ -488,11 +494,7 @@ const DROP_STATEMENT_FUNCTIONS: &str = "DO $drop$ DECLARE f regprocedure; BEGIN 
 /// and does not refuse the migration it does not know.
 #[tokio::test]
 async fn migrate_of_an_earlier_release_accepts_a_database_migrated_further() {
-    let url = tests::new_database("further").await;
-    tests::migrate_with(&url, None);
-    let mut client = shared::db::connect_once(&url, None, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (url, mut client) = migrated_database("further").await;
     client
         .batch_execute(&format!(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
@@ -530,11 +532,7 @@ async fn migrate_of_an_earlier_release_accepts_a_database_migrated_further() {
 /// plan its statements anew (a GRANT that changes nothing still rewrites the schema's row).
 #[tokio::test]
 async fn migrate_with_nothing_to_do_leaves_the_schema_row_alone() {
-    let url = tests::new_database("idle_migrate").await;
-    tests::migrate_with(&url, None);
-    let mut client = shared::db::connect_once(&url, None, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (url, mut client) = migrated_database("idle_migrate").await;
     let row = "SELECT xmin::text FROM pg_namespace WHERE nspname = 'todo_api'";
     let before: String = client.query_one(row, &[]).await.unwrap().get(0);
     migrations::apply(&mut client).await.unwrap();
@@ -548,11 +546,7 @@ async fn migrate_with_nothing_to_do_leaves_the_schema_row_alone() {
 /// log line says why (not a second line of its own).
 #[tokio::test(flavor = "current_thread")]
 async fn a_missing_statement_function_is_a_500_whose_one_log_line_says_to_migrate() {
-    let url = tests::new_database("unmigrated").await;
-    tests::migrate_with(&url, None);
-    let client = shared::db::connect_once(&url, None, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (url, client) = migrated_database("unmigrated").await;
     client
         .batch_execute(DROP_STATEMENT_FUNCTIONS)
         .await

@@ -433,15 +433,22 @@ async fn a_refetch_does_not_reuse_a_connection_that_sat_idle() {
     );
 }
 
+/// A state whose JWKS URL (`/jwks` and `query` on a port nothing listens on) cannot be
+/// reached, a user, and an EdDSA token of that user whose key only the JWKS could give.
+fn with_unreachable_jwks(query: &str) -> (shared::AppState, String, String) {
+    let port = tests::cluster::free_port();
+    let url = format!("http://127.0.0.1:{port}/jwks{query}");
+    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &url)]));
+    let user = user_id();
+    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    (state, user, token)
+}
+
 /// A JWKS URL may carry a credential (an API key in its query): a failed fetch's log line
 /// does not print it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_failed_jwks_fetch_logs_no_part_of_its_url() {
-    let port = tests::cluster::free_port();
-    let url = format!("http://127.0.0.1:{port}/jwks?api_key=s3cr3t-in-the-query");
-    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &url)]));
-    let user = user_id();
-    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    let (state, user, token) = with_unreachable_jwks("?api_key=s3cr3t-in-the-query");
     let logs = crate::idle::Logs::default();
     let response = {
         let _capture = logs.capture();
@@ -457,11 +464,7 @@ async fn a_failed_jwks_fetch_logs_no_part_of_its_url() {
 
 #[tokio::test]
 async fn an_unreachable_jwks_endpoint_is_503_not_401() {
-    let port = tests::cluster::free_port();
-    let url = format!("http://127.0.0.1:{port}/jwks");
-    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &url)]));
-    let user = user_id();
-    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    let (state, user, token) = with_unreachable_jwks("");
     let response = list_with(&state, &user, &token).await;
     response.assert_status(503);
     assert!(response.header("retry-after").is_some());
