@@ -206,10 +206,33 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Record>, ApiError> {
-        let first = match self.attempt_as(user_id, sql, params, None).await {
-            Ok(rows) => return Ok(rows),
+        self.query_as_within(effect, user_id, sql, params, &mut None)
+            .await
+    }
+
+    /// [`Database::query_as`] as one of several calls that answer one request, all within
+    /// the first call's deadline: `deadline` is `None` for the first call, which sets it
+    /// (once it has a connection, as [`Database::query_as`] does), and the later calls get
+    /// only the time that is left. So a request of several calls keeps to the time bound of
+    /// one (README, *Write outcomes*).
+    pub async fn query_as_within(
+        &self,
+        effect: Effect,
+        user_id: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        deadline: &mut Option<Instant>,
+    ) -> Result<Vec<Record>, ApiError> {
+        let first = match self.attempt_as(user_id, sql, params, *deadline).await {
+            Ok((rows, used)) => {
+                *deadline = Some(used);
+                return Ok(rows);
+            }
             Err(failure) => failure,
         };
+        if first.deadline.is_some() {
+            *deadline = first.deadline;
+        }
         let read = effect == Effect::Read;
         if !first.names_not_kept && (!first.connection_lost || effect == Effect::Write) {
             return Err(first.into_error(read));
@@ -218,7 +241,7 @@ impl Database {
         // own (nothing ran): once more, on a fresh connection or unnamed, within the first
         // attempt's deadline.
         match self.attempt_as(user_id, sql, params, first.deadline).await {
-            Ok(rows) => Ok(rows),
+            Ok((rows, _)) => Ok(rows),
             // Only a success settles an unknown first attempt: a repeat that failed says
             // nothing about whether the first one committed.
             Err(second) if first.is_unknown() => Err(if read {
@@ -236,7 +259,7 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
-    ) -> Result<Vec<Record>, Failure> {
+    ) -> Result<(Vec<Record>, Instant), Failure> {
         let procedure = procedures::for_statement_typed(sql, params.iter().map(|(_, ty)| ty));
         let client = match deadline {
             None => self.live_connection().await,
@@ -401,7 +424,7 @@ impl Database {
         if client.is_closed() || cancelled {
             drop(deadpool_postgres::Object::take(client));
         }
-        outcome.map_err(|mut failure| {
+        outcome.map(|rows| (rows, deadline)).map_err(|mut failure| {
             failure.deadline = Some(deadline);
             failure
         })

@@ -485,8 +485,23 @@ impl TaskRepo {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Record>, ApiError> {
+        self.run_within(effect, owner, sql, params, &mut None).await
+    }
+
+    /// [`TaskRepo::run`] as one of several calls of a request, within the first one's
+    /// deadline ([`Database::query_as_within`]).
+    async fn run_within(
+        &self,
+        effect: Effect,
+        owner: &Owner,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        deadline: &mut Option<std::time::Instant>,
+    ) -> Result<Vec<Record>, ApiError> {
         if self.scoped {
-            self.db.query_as(effect, owner.as_str(), sql, params).await
+            self.db
+                .query_as_within(effect, owner.as_str(), sql, params, deadline)
+                .await
         } else {
             // No context to read the owner from: it is one more parameter.
             let sql = sql.replace(OWNER, &format!("${}", params.len() + 1));
@@ -578,12 +593,23 @@ impl TaskRepo {
     }
 
     pub async fn get(&self, owner: &Owner, id: TaskId) -> Result<Task, ApiError> {
+        self.read_within(owner, id, &mut None).await
+    }
+
+    /// [`TaskRepo::get`] within a request's deadline ([`TaskRepo::run_within`]).
+    async fn read_within(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        deadline: &mut Option<std::time::Instant>,
+    ) -> Result<Task, ApiError> {
         let rows = self
-            .run(
+            .run_within(
                 Effect::Read,
                 owner,
                 SELECT_ONE,
                 &[(&id.0, Type::UUID), (&owner.as_str(), Type::TEXT)],
+                deadline,
             )
             .await?;
         one_task(rows)
@@ -671,10 +697,18 @@ impl TaskRepo {
         ];
         // A concurrent duplicate can find the key claimed by a transaction that committed
         // after this statement's snapshot was taken, so that its task is not yet visible;
-        // the same statement again sees it. It is safe to repeat: the key decides.
+        // the same statement again sees it. It is safe to repeat: the key decides. All of it
+        // within the first call's deadline.
+        let mut deadline = None;
         for _ in 0..3 {
             let rows = self
-                .run(Effect::RepeatableWrite, owner, CREATE_IDEMPOTENT, &params)
+                .run_within(
+                    Effect::RepeatableWrite,
+                    owner,
+                    CREATE_IDEMPOTENT,
+                    &params,
+                    &mut deadline,
+                )
                 .await?;
             let row = rows.first().ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotent create returned no row"))
@@ -698,6 +732,18 @@ impl TaskRepo {
                 } else {
                     Created::Replayed(task)
                 });
+            }
+            if claimed {
+                // This request's own first attempt committed the task (the repeat after a
+                // lost connection found the key claimed with this request's id), after this
+                // statement's snapshot: created. What follows can only fail to read it back,
+                // which must not be answered as a create that did not happen.
+                return match self.read_within(owner, TaskId(id), &mut deadline).await {
+                    Ok(task) => Ok(Created::New(task)),
+                    Err(err) => Err(ApiError::OutcomeUnknown(
+                        anyhow::Error::new(err).context("created, but not read back"),
+                    )),
+                };
             }
             tokio::task::yield_now().await;
         }

@@ -221,6 +221,8 @@ struct ForgetterState {
     /// For each connection that ended unforgotten: its generation, and whether the client
     /// closed (or half-closed) it before the server did.
     ends: Mutex<Vec<(usize, bool)>>,
+    /// Counts [`Forgetter::hang_up`]s; each connection open at one is hung up on.
+    hang_ups: tokio::sync::watch::Sender<usize>,
 }
 
 impl Forgetter {
@@ -231,6 +233,7 @@ impl Forgetter {
             mode: AtomicU8::new(0),
             hits: AtomicUsize::new(0),
             ends: Mutex::new(Vec::new()),
+            hang_ups: tokio::sync::watch::Sender::new(0),
         });
         let shared = state.clone();
         let port = listen(upstream, move |client, server| {
@@ -246,6 +249,13 @@ impl Forgetter {
     pub fn forget(&self, how: Forget) {
         self.state.mode.store(how as u8, Ordering::SeqCst);
         self.state.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Hangs up on the client of every connection open now, with a reset, as a pooler or a
+    /// network path that drops a connection does, while the server's side stays open: a
+    /// statement the server is running goes on, and its answer goes nowhere.
+    pub fn hang_up(&self) {
+        self.state.hang_ups.send_modify(|n| *n += 1);
     }
 
     /// How many forgotten connections the client has tried to use.
@@ -273,8 +283,23 @@ async fn forgetful_relay(
 ) {
     let mut up = vec![0u8; 64 * 1024];
     let mut down = vec![0u8; 64 * 1024];
+    let mut hang_ups = state.hang_ups.subscribe();
     loop {
         tokio::select! {
+            _ = hang_ups.changed() => {
+                let _ = client.set_zero_linger();
+                drop(client);
+                // The server's answers, until it closes, or for a minute at most.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                    while let Ok(n) = server.read(&mut down).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
             read = client.read(&mut up) => {
                 let n = match read {
                     Ok(0) | Err(_) => {

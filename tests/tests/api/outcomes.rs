@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tests::cluster::{Cluster, Options};
 use tests::pgbouncer::{PgBouncer, PoolerOptions};
-use tests::proxy::CommitCutter;
+use tests::proxy::{CommitCutter, Forgetter};
 use tests::{database_url, env, state, state_with, task_count, user_id, ApiEvent};
 
 use crate::{create_titled, id_of, task_path, tasks_path};
@@ -300,4 +300,182 @@ async fn a_guarded_write_racing_a_delete_is_a_404_not_a_412() {
         race_with_delete(&id, event).await.assert_status(404);
     }
     assert_eq!(task_count(&user).await, 0);
+}
+
+/// A private database (the trigger below must not reach other tests) whose updates of
+/// `idempotency_keys` after the first `after` do `then` (PL/pgSQL), a state that
+/// reaches it through a [`Forgetter`] with a 2 s statement timeout, and an admin client.
+/// The key `(user, key)` is there, expired (24 hours and more: taken over by the next
+/// create with it), and locked by the returned transaction's client, which holds it
+/// until told to commit.
+struct KeyedRace {
+    forgetter: Forgetter,
+    state: std::sync::Arc<shared::AppState>,
+    admin: tokio_postgres::Client,
+    holder: tokio::sync::oneshot::Sender<()>,
+    held: tokio::task::JoinHandle<()>,
+}
+
+impl KeyedRace {
+    async fn start(user: &str, key: &str, after: i64, then: &str) -> KeyedRace {
+        let url = tests::new_database("keyed_race").await;
+        tests::migrate_with(&url, None);
+        let connect = || shared::db::connect_once(&url, None, Duration::from_secs(10));
+        let admin = connect().await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE SEQUENCE key_updates; \
+                 CREATE FUNCTION key_update() RETURNS trigger LANGUAGE plpgsql \
+                 SECURITY DEFINER SET search_path = public AS $f$ BEGIN \
+                 IF nextval('key_updates') > {after} THEN {then} END IF; RETURN NEW; END $f$; \
+                 CREATE TRIGGER key_update BEFORE UPDATE ON idempotency_keys \
+                 FOR EACH ROW EXECUTE FUNCTION key_update()"
+            ))
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id, created_at) \
+                 VALUES ($1::text, $2::text, '\\x00', gen_random_uuid(), now() - interval '25 hours')",
+                &[&user, &key],
+            )
+            .await
+            .unwrap();
+        let mut holder_client = connect().await.unwrap();
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let (holder, release) = tokio::sync::oneshot::channel::<()>();
+        let (user, key) = (user.to_owned(), key.to_owned());
+        let held = tokio::spawn(async move {
+            let tx = holder_client.transaction().await.unwrap();
+            tx.execute(
+                "SELECT FROM idempotency_keys WHERE user_id::text = $1 AND key::text = $2 FOR UPDATE",
+                &[&user, &key],
+            )
+            .await
+            .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release.await;
+            tx.commit().await.unwrap();
+        });
+        locked.await.unwrap();
+        let (_, upstream) = tests::through_port(&url, 0);
+        let forgetter = Forgetter::start(upstream).await;
+        let (through, _) = tests::through_port(&url, forgetter.port);
+        let state = std::sync::Arc::new(state_with(env(&[
+            ("DATABASE_URL", through.as_str()),
+            ("DB_POOL_SIZE", "3"),
+            ("DB_STATEMENT_TIMEOUT_MS", "2000"),
+        ])));
+        KeyedRace {
+            forgetter,
+            state,
+            admin,
+            holder,
+            held,
+        }
+    }
+
+    /// Waits (5 s at most) until `n` sessions wait for a lock in the private database.
+    async fn lock_waiters(&self, n: i64) {
+        for _ in 0..100 {
+            let waiting: i64 = self
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} sessions never waited for a lock");
+    }
+
+    fn post(&self, user: &str, key: &str) -> tokio::task::JoinHandle<tests::ApiResponse> {
+        let state = self.state.clone();
+        let event = ApiEvent::post(&tasks_path(user))
+            .as_user(user)
+            .header("idempotency-key", key)
+            .json(&json!({"title": "once"}));
+        tokio::spawn(async move { event.send(&state).await })
+    }
+
+    async fn release(self) -> tokio_postgres::Client {
+        self.holder.send(()).unwrap();
+        self.held.await.unwrap();
+        self.admin
+    }
+}
+
+/// A keyed create whose connection is lost while it waits for the key is repeated on a new
+/// connection; when the first attempt then commits, the repeat finds the key claimed with
+/// this request's id but (its snapshot older than that commit) not the task. The task was
+/// created by this request: the answer is a 201 with it, read back, not another create
+/// whose refusal would have said "not done" (here the trigger refuses any further update
+/// of the key with a lock timeout's code, a 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_create_repeated_after_a_lost_connection_that_finds_its_own_claim_is_a_201() {
+    let (user, key) = (user_id(), "lost-then-found");
+    let race = KeyedRace::start(
+        &user,
+        key,
+        2,
+        "RAISE EXCEPTION 'no more' USING ERRCODE = '55P03';",
+    )
+    .await;
+    let request = race.post(&user, key);
+    race.lock_waiters(1).await;
+    race.forgetter.hang_up();
+    // The repeat waits behind the first attempt, which still runs on the server.
+    race.lock_waiters(2).await;
+    let admin = race.release().await;
+    let response = request.await.unwrap();
+    response.assert_status(201);
+    assert!(response.header("idempotent-replayed").is_none());
+    let rows = admin
+        .query(
+            "SELECT id::text FROM tasks WHERE user_id::text = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "created once");
+    assert_eq!(id_of(&response.json()), rows[0].get::<_, String>(0));
+}
+
+/// A keyed create that found the key claimed by a concurrent duplicate it cannot see yet
+/// runs its statement again, within the request's deadline (2 s here), not a new one:
+/// the repeat that never ends (the trigger sleeps) is cancelled at the first deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_create_run_again_keeps_to_the_first_deadline() {
+    let (user, key) = (user_id(), "one-deadline");
+    let race = KeyedRace::start(&user, key, 2, "PERFORM pg_sleep(10);").await;
+    let first = race.post(&user, key);
+    race.lock_waiters(1).await;
+    let started = std::time::Instant::now();
+    let second = race.post(&user, key);
+    race.lock_waiters(2).await;
+    // 1.5 s of the 2 s spent waiting: the first takes the key over, the second finds it
+    // claimed by the first, whose task its snapshot does not hold, and runs again.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    let admin = race.release().await;
+    first.await.unwrap().assert_status(201);
+    let answer = second.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        answer.status >= 500,
+        "the repeat cannot end: {}",
+        answer.status
+    );
+    // 2 s + the 0.5 s margin before the cancel; a deadline of its own would be 1.5 s later.
+    assert!(
+        took < Duration::from_millis(3200),
+        "answered after {took:?}"
+    );
+    drop(admin);
 }
