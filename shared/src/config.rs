@@ -397,7 +397,10 @@ fn http_url(name: &'static str, value: String) -> Result<String, ConfigError> {
         name,
         reason: reason.into(),
     };
-    let url = reqwest::Url::parse(value.trim()).map_err(|_| invalid("is not a URL"))?;
+    // Checked and used trimmed: a space pasted after the URL would otherwise end up in the
+    // middle of the JWKS address built from it.
+    let value = value.trim().to_owned();
+    let url = reqwest::Url::parse(&value).map_err(|_| invalid("is not a URL"))?;
     let host = url.host_str().ok_or_else(|| invalid("has no host"))?;
     match url.scheme() {
         "https" => Ok(value),
@@ -513,17 +516,32 @@ mod tests {
 
     #[test]
     fn better_auth_url_points_at_its_jwks_endpoint() {
-        let config = load(&[
-            ("DATABASE_URL", "postgres://localhost/db"),
-            ("BETTER_AUTH_URL", "https://app.example.com/"),
-        ])
-        .unwrap();
-        assert_eq!(
-            config.auth.jwks,
-            Some(JwksSource::Url(
-                "https://app.example.com/api/auth/jwks".into()
-            ))
-        );
+        for (name, value, jwks) in [
+            (
+                "BETTER_AUTH_URL",
+                "https://app.example.com/",
+                "https://app.example.com/api/auth/jwks",
+            ),
+            // As pasted into a form, with white space around it.
+            (
+                "BETTER_AUTH_URL",
+                " https://app.example.com/ \n",
+                "https://app.example.com/api/auth/jwks",
+            ),
+            (
+                "JWKS_URL",
+                "https://auth.example.com/jwks ",
+                "https://auth.example.com/jwks",
+            ),
+        ] {
+            let config =
+                load(&[("DATABASE_URL", "postgres://localhost/db"), (name, value)]).unwrap();
+            assert_eq!(
+                config.auth.jwks,
+                Some(JwksSource::Url(jwks.into())),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

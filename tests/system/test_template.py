@@ -111,6 +111,17 @@ def test_zero_or_empty_reserve_nothing_and_a_number_reserves_that_many():
     assert set(reserved_concurrency(template, ReservedConcurrencyPerFunction="5").values()) == {5}
 
 
+def test_no_value_the_parameter_accepts_reserves_zero_executions():
+    """Reserving 0 stops every function: a value the pattern lets through is off or >= 1."""
+    template = load()
+    pattern = re.compile(template["Parameters"]["ReservedConcurrencyPerFunction"]["AllowedPattern"])
+    accepted = [v for v in ("", "0", "00", "000", "007", "5", "10") if pattern.fullmatch(v)]
+    assert "" in accepted and "0" in accepted and "5" in accepted
+    for value in accepted:
+        reserved = set(reserved_concurrency(template, ReservedConcurrencyPerFunction=value).values())
+        assert reserved == {None} or min(reserved) >= 1, value
+
+
 # The managed-instances template (infra/managed-instances.yaml), checked on what the SAM
 # transform makes of it: the AWS::Lambda::Function resources CloudFormation creates.
 
