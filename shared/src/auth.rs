@@ -323,7 +323,10 @@ impl KeyStore {
         // (and a Lambda freeze, perhaps), by when a NAT gateway may have forgotten the
         // connection and answer its reuse with a reset, failing the refetch after a key
         // rotation. A fetch pays for its own TLS handshake instead.
+        // A User-Agent: firewalls in front of the auth server (Cloudflare's browser
+        // integrity check, AWS WAF's core rule set) refuse requests without one.
         let client = reqwest::Client::builder()
+            .user_agent(concat!("todo-api/", env!("CARGO_PKG_VERSION")))
             .timeout(JWKS_FETCH_TIMEOUT)
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())

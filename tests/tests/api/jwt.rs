@@ -265,12 +265,14 @@ async fn only_configured_algorithms_are_accepted() {
         .assert_status(200);
 }
 
-/// A JWKS endpoint on 127.0.0.1 that counts its requests; it serves `document`, or
-/// redirects to `redirect_to` when that is set, and keeps connections alive. With
-/// `no_length`, it sends the document without a length and closes the connection after it.
+/// A JWKS endpoint on 127.0.0.1 that counts its requests and keeps their heads; it serves
+/// `document`, or redirects to `redirect_to` when that is set, and keeps connections alive.
+/// With `no_length`, it sends the document without a length and closes the connection
+/// after it.
 struct JwksServer {
     url: String,
     hits: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
     document: Arc<Mutex<String>>,
     redirect_to: Arc<Mutex<Option<String>>>,
     no_length: Arc<AtomicBool>,
@@ -281,18 +283,20 @@ impl JwksServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/api/auth/jwks", listener.local_addr().unwrap());
         let hits = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let document = Arc::new(Mutex::new(document.to_owned()));
         let redirect_to = Arc::new(Mutex::new(None::<String>));
         let no_length = Arc::new(AtomicBool::new(false));
-        let (h, d, r, u) = (
+        let (h, hd, d, r, u) = (
             hits.clone(),
+            heads.clone(),
             document.clone(),
             redirect_to.clone(),
             no_length.clone(),
         );
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let (h, d, r, u) = (h.clone(), d.clone(), r.clone(), u.clone());
+                let (h, hd, d, r, u) = (h.clone(), hd.clone(), d.clone(), r.clone(), u.clone());
                 // Keep-alive, as Better Auth's Node server: one connection serves every
                 // request the client sends on it.
                 tokio::spawn(async move {
@@ -302,6 +306,9 @@ impl JwksServer {
                             return;
                         }
                         h.fetch_add(1, Ordering::SeqCst);
+                        hd.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
                         let body = d.lock().unwrap().clone();
                         let location = r.lock().unwrap().clone();
                         let no_length = u.load(Ordering::SeqCst);
@@ -327,6 +334,7 @@ impl JwksServer {
         JwksServer {
             url,
             hits,
+            heads,
             document,
             redirect_to,
             no_length,
@@ -361,6 +369,30 @@ async fn an_unknown_kid_refetches_at_most_once_per_cooldown() {
         server.hits.load(Ordering::SeqCst),
         1,
         "no refetch inside the cool-down, however many requests"
+    );
+}
+
+/// A JWKS fetch says what it is: firewalls in front of a Better Auth app (Cloudflare's
+/// browser integrity check, AWS WAF's core rules) refuse requests without a User-Agent.
+#[tokio::test]
+async fn a_jwks_fetch_sends_a_user_agent() {
+    let server = JwksServer::start(include_str!("../../fixtures/jwks.json")).await;
+    let state = state_with(env(&[("JWT_JWKS", ""), ("JWKS_URL", &server.url)]));
+    let user = user_id();
+    let token = signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), &claims(&user));
+    list_with(&state, &user, &token).await.assert_status(200);
+    let heads = server.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    let agent = heads[0].lines().find_map(|line| {
+        line.to_ascii_lowercase()
+            .strip_prefix("user-agent:")
+            .map(|v| v.trim().to_owned())
+    });
+    assert_eq!(
+        agent.as_deref(),
+        Some(concat!("todo-api/", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        heads[0]
     );
 }
 
