@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from cfnlint.decode import decode_str
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -34,7 +35,9 @@ def transformed(path):
     from samtranslator.yaml_helper import yaml_parse
 
     template = yaml_parse(path.read_text())
-    template["Globals"]["Function"]["CodeUri"] = "s3://bucket/function.zip"
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = "s3://bucket/function.zip"
     translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
     return translator.translate(template, parameter_values={}, get_managed_policy_map=lambda: {})
 
@@ -211,6 +214,25 @@ def test_the_managed_template_changes_nothing_else():
                     properties.pop(key, None)
                 properties["Environment"]["Variables"].pop("DB_POOL_SIZE", None)
         assert resource == other, name
+
+
+@pytest.mark.parametrize("path", [TEMPLATE, MANAGED], ids=["default", "managed"])
+def test_each_function_is_built_from_its_own_crate(path):
+    """`sam build` runs `cargo lambda build --bin <Binary>` in CodeUri. In the workspace root,
+    Cargo would select every member and build the functions with the server's, the tests'
+    and the benchmarks' features too; in the function's crate, with its own only."""
+    template = load(path)
+    built = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        assert resource["Metadata"]["BuildMethod"] == "rust-cargolambda", name
+        binary = resource["Metadata"]["BuildProperties"]["Binary"]
+        code = resource["Properties"].get("CodeUri", template["Globals"]["Function"].get("CodeUri"))
+        assert code == f"../functions/{binary}", name
+        assert (path.parent / code / "Cargo.toml").is_file(), code
+        built[name] = binary
+    assert len(set(built.values())) == 7, built
 
 
 def test_secret_arns_must_be_full():
