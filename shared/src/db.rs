@@ -199,39 +199,46 @@ impl Database {
     /// client waits for the server's decision until the deadline (plus a margin), then
     /// cancels and waits for the answer to the cancel, instead of abandoning a connection
     /// whose call could still commit.
-    pub async fn query_as(
-        &self,
+    ///
+    /// Not an `async fn` of its own but [`Database::query_as_within`]'s future: every layer
+    /// of `async fn` deepens the handlers' futures, whose layout rustc computes to a fixed
+    /// query depth (a fresh build failed with "queries overflow the depth limit" at two
+    /// more layers).
+    pub fn query_as<'a>(
+        &'a self,
         effect: Effect,
-        user_id: &str,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Record>, ApiError> {
-        self.query_as_within(effect, user_id, sql, params, &mut None)
-            .await
+        user_id: &'a str,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl std::future::Future<Output = Result<Vec<Record>, ApiError>> + 'a {
+        self.query_as_within(effect, user_id, sql, params, None)
     }
 
     /// [`Database::query_as`] as one of several calls that answer one request, all within
-    /// the first call's deadline: `deadline` is `None` for the first call, which sets it
-    /// (once it has a connection, as [`Database::query_as`] does), and the later calls get
-    /// only the time that is left. So a request of several calls keeps to the time bound of
-    /// one (README, *Write outcomes*).
+    /// the first call's deadline: given `Some`, `deadline` holds `None` for the first call,
+    /// which sets it (once it has a connection, as [`Database::query_as`] does), and the
+    /// later calls get only the time that is left. So a request of several calls keeps to
+    /// the time bound of one (README, *Write outcomes*).
     pub async fn query_as_within(
         &self,
         effect: Effect,
         user_id: &str,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-        deadline: &mut Option<Instant>,
+        mut deadline: Option<&mut Option<Instant>>,
     ) -> Result<Vec<Record>, ApiError> {
-        let first = match self.attempt_as(user_id, sql, params, *deadline).await {
+        let given = deadline.as_deref().copied().flatten();
+        let first = match self.attempt_as(user_id, sql, params, given).await {
             Ok((rows, used)) => {
-                *deadline = Some(used);
+                if let Some(deadline) = deadline {
+                    *deadline = Some(used);
+                }
                 return Ok(rows);
             }
             Err(failure) => failure,
         };
-        if first.deadline.is_some() {
-            *deadline = first.deadline;
+        if let (Some(deadline), Some(used)) = (&mut deadline, first.deadline) {
+            **deadline = Some(used);
         }
         let read = effect == Effect::Read;
         if !first.names_not_kept && (!first.connection_lost || effect == Effect::Write) {

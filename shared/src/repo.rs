@@ -478,14 +478,17 @@ impl TaskRepo {
     }
 
     /// Every statement runs in the owner's row-level security context.
-    async fn run(
-        &self,
+    ///
+    /// [`TaskRepo::run_within`]'s future, not an `async fn` of its own (see
+    /// [`Database::query_as`]).
+    fn run<'a>(
+        &'a self,
         effect: Effect,
-        owner: &Owner,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Record>, ApiError> {
-        self.run_within(effect, owner, sql, params, &mut None).await
+        owner: &'a Owner,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl std::future::Future<Output = Result<Vec<Record>, ApiError>> + 'a {
+        self.run_within(effect, owner, sql, params, None)
     }
 
     /// [`TaskRepo::run`] as one of several calls of a request, within the first one's
@@ -496,7 +499,7 @@ impl TaskRepo {
         owner: &Owner,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-        deadline: &mut Option<std::time::Instant>,
+        deadline: Option<&mut Option<std::time::Instant>>,
     ) -> Result<Vec<Record>, ApiError> {
         if self.scoped {
             self.db
@@ -593,23 +596,12 @@ impl TaskRepo {
     }
 
     pub async fn get(&self, owner: &Owner, id: TaskId) -> Result<Task, ApiError> {
-        self.read_within(owner, id, &mut None).await
-    }
-
-    /// [`TaskRepo::get`] within a request's deadline ([`TaskRepo::run_within`]).
-    async fn read_within(
-        &self,
-        owner: &Owner,
-        id: TaskId,
-        deadline: &mut Option<std::time::Instant>,
-    ) -> Result<Task, ApiError> {
         let rows = self
-            .run_within(
+            .run(
                 Effect::Read,
                 owner,
                 SELECT_ONE,
                 &[(&id.0, Type::UUID), (&owner.as_str(), Type::TEXT)],
-                deadline,
             )
             .await?;
         one_task(rows)
@@ -707,7 +699,7 @@ impl TaskRepo {
                     owner,
                     CREATE_IDEMPOTENT,
                     &params,
-                    &mut deadline,
+                    Some(&mut deadline),
                 )
                 .await?;
             let row = rows.first().ok_or_else(|| {
@@ -738,7 +730,17 @@ impl TaskRepo {
                 // lost connection found the key claimed with this request's id), after this
                 // statement's snapshot: created. What follows can only fail to read it back,
                 // which must not be answered as a create that did not happen.
-                return match self.read_within(owner, TaskId(id), &mut deadline).await {
+                let read = self
+                    .run_within(
+                        Effect::Read,
+                        owner,
+                        SELECT_ONE,
+                        &[(&id, Type::UUID), (&owner.as_str(), Type::TEXT)],
+                        Some(&mut deadline),
+                    )
+                    .await
+                    .and_then(one_task);
+                return match read {
                     Ok(task) => Ok(Created::New(task)),
                     Err(err) => Err(ApiError::OutcomeUnknown(
                         anyhow::Error::new(err).context("created, but not read back"),

@@ -1,4 +1,8 @@
 //! Lambda function for `PATCH /api/{user_id}/tasks/{id}/complete`.
+// The handler's future inside the Lambda runtime's is deep, and rustc computes its layout
+// only to this query depth: at the default 128, complete-task was at 125 to 128, and a
+// fresh build (no incremental cache) failed with "queries overflow the depth limit".
+#![recursion_limit = "256"]
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
