@@ -303,21 +303,21 @@ async fn a_guarded_write_racing_a_delete_is_a_404_not_a_412() {
 }
 
 /// A private database (the trigger below must not reach other tests) whose updates of
-/// `idempotency_keys` after the first `after` do `then` (PL/pgSQL), a state that
-/// reaches it through a [`Forgetter`] with a 2 s statement timeout, and an admin client.
-/// The key `(user, key)` is there, expired (24 hours and more: taken over by the next
-/// create with it), and locked by the returned transaction's client, which holds it
-/// until told to commit.
+/// `idempotency_keys` after the first `after` do `then` (PL/pgSQL), a state that reaches
+/// it through a [`Forgetter`] with a statement timeout of `timeout_ms`, and an admin
+/// client. The key `(user, key)` is there, expired (24 hours and more: taken over by the
+/// next create with it), and locked by a transaction of its own until [`KeyedRace::release`].
 struct KeyedRace {
+    url: String,
     forgetter: Forgetter,
     state: std::sync::Arc<shared::AppState>,
     admin: tokio_postgres::Client,
-    holder: tokio::sync::oneshot::Sender<()>,
-    held: tokio::task::JoinHandle<()>,
+    holder: Option<tokio::sync::oneshot::Sender<()>>,
+    held: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl KeyedRace {
-    async fn start(user: &str, key: &str, after: i64, then: &str) -> KeyedRace {
+    async fn start(user: &str, key: &str, after: i64, then: &str, timeout_ms: &str) -> Self {
         let url = tests::new_database("keyed_race").await;
         tests::migrate_with(&url, None);
         let connect = || shared::db::connect_once(&url, None, Duration::from_secs(10));
@@ -336,7 +336,8 @@ impl KeyedRace {
         admin
             .execute(
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, task_id, created_at) \
-                 VALUES ($1::text, $2::text, '\\x00', gen_random_uuid(), now() - interval '25 hours')",
+                 VALUES ($1::text, $2::text, '\\x00', gen_random_uuid(), \
+                 now() - interval '25 hours')",
                 &[&user, &key],
             )
             .await
@@ -348,7 +349,8 @@ impl KeyedRace {
         let held = tokio::spawn(async move {
             let tx = holder_client.transaction().await.unwrap();
             tx.execute(
-                "SELECT FROM idempotency_keys WHERE user_id::text = $1 AND key::text = $2 FOR UPDATE",
+                "SELECT FROM idempotency_keys WHERE user_id::text = $1 AND key::text = $2 \
+                 FOR UPDATE",
                 &[&user, &key],
             )
             .await
@@ -364,14 +366,15 @@ impl KeyedRace {
         let state = std::sync::Arc::new(state_with(env(&[
             ("DATABASE_URL", through.as_str()),
             ("DB_POOL_SIZE", "3"),
-            ("DB_STATEMENT_TIMEOUT_MS", "2000"),
+            ("DB_STATEMENT_TIMEOUT_MS", timeout_ms),
         ])));
         KeyedRace {
+            url,
             forgetter,
             state,
             admin,
-            holder,
-            held,
+            holder: Some(holder),
+            held: Some(held),
         }
     }
 
@@ -405,10 +408,35 @@ impl KeyedRace {
         tokio::spawn(async move { event.send(&state).await })
     }
 
-    async fn release(self) -> tokio_postgres::Client {
-        self.holder.send(()).unwrap();
-        self.held.await.unwrap();
+    /// Lets the transaction holding the key's lock commit.
+    async fn release(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            holder.send(()).unwrap();
+        }
+        if let Some(held) = self.held.take() {
+            held.await.unwrap();
+        }
+    }
+
+    /// The ids of `user`'s tasks, as stored.
+    async fn task_ids(&self, user: &str) -> Vec<String> {
         self.admin
+            .query(
+                "SELECT id::text FROM tasks WHERE user_id::text = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Drops the private database (and with it the connection a hung-up relay kept open).
+    async fn finish(mut self) {
+        self.release().await;
+        drop(self.admin);
+        tests::drop_database(&self.url).await;
     }
 }
 
@@ -421,49 +449,42 @@ impl KeyedRace {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_create_repeated_after_a_lost_connection_that_finds_its_own_claim_is_a_201() {
     let (user, key) = (user_id(), "lost-then-found");
-    let race = KeyedRace::start(
-        &user,
-        key,
-        2,
-        "RAISE EXCEPTION 'no more' USING ERRCODE = '55P03';",
-    )
-    .await;
+    // 10 s for every step on a busy machine: no deadline is tested here.
+    let refuse = "RAISE EXCEPTION 'no more' USING ERRCODE = '55P03';";
+    let mut race = KeyedRace::start(&user, key, 2, refuse, "10000").await;
     let request = race.post(&user, key);
     race.lock_waiters(1).await;
     race.forgetter.hang_up();
     // The repeat waits behind the first attempt, which still runs on the server.
     race.lock_waiters(2).await;
-    let admin = race.release().await;
+    race.release().await;
     let response = request.await.unwrap();
     response.assert_status(201);
     assert!(response.header("idempotent-replayed").is_none());
-    let rows = admin
-        .query(
-            "SELECT id::text FROM tasks WHERE user_id::text = $1",
-            &[&user],
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1, "created once");
-    assert_eq!(id_of(&response.json()), rows[0].get::<_, String>(0));
+    assert_eq!(
+        race.task_ids(&user).await,
+        [id_of(&response.json())],
+        "created once"
+    );
+    race.finish().await;
 }
 
 /// A keyed create that found the key claimed by a concurrent duplicate it cannot see yet
-/// runs its statement again, within the request's deadline (2 s here), not a new one:
+/// runs its statement again, within the request's deadline (4 s here), not a new one:
 /// the repeat that never ends (the trigger sleeps) is cancelled at the first deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_create_run_again_keeps_to_the_first_deadline() {
     let (user, key) = (user_id(), "one-deadline");
-    let race = KeyedRace::start(&user, key, 2, "PERFORM pg_sleep(10);").await;
+    let mut race = KeyedRace::start(&user, key, 2, "PERFORM pg_sleep(20);", "4000").await;
     let first = race.post(&user, key);
     race.lock_waiters(1).await;
     let started = std::time::Instant::now();
     let second = race.post(&user, key);
     race.lock_waiters(2).await;
-    // 1.5 s of the 2 s spent waiting: the first takes the key over, the second finds it
+    // 3 s of the 4 s spent waiting: the first takes the key over, the second finds it
     // claimed by the first, whose task its snapshot does not hold, and runs again.
-    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
-    let admin = race.release().await;
+    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(started.elapsed())).await;
+    race.release().await;
     first.await.unwrap().assert_status(201);
     let answer = second.await.unwrap();
     let took = started.elapsed();
@@ -472,10 +493,10 @@ async fn a_keyed_create_run_again_keeps_to_the_first_deadline() {
         "the repeat cannot end: {}",
         answer.status
     );
-    // 2 s + the 0.5 s margin before the cancel; a deadline of its own would be 1.5 s later.
+    // 4 s + the 0.5 s margin before the cancel; a deadline of its own would be 3 s later.
     assert!(
-        took < Duration::from_millis(3200),
+        took < Duration::from_millis(5500),
         "answered after {took:?}"
     );
-    drop(admin);
+    race.finish().await;
 }
