@@ -235,6 +235,38 @@ def test_each_function_is_built_from_its_own_crate(path):
     assert len(set(built.values())) == 7, built
 
 
+@pytest.mark.parametrize("path", [TEMPLATE, MANAGED], ids=["default", "managed"])
+def test_a_secrets_kms_key_is_usable_through_secrets_manager_only(path):
+    """With SecretsKmsKeyArn (secrets encrypted with a key of one's own), each function's role
+    may decrypt with that key, only through Secrets Manager; without it, no KMS permission."""
+    template = transformed(path)
+    conditions = template.get("Conditions", {})
+    defaults = {name: p.get("Default") for name, p in template["Parameters"].items()}
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    pattern = re.compile(load(path)["Parameters"]["SecretsKmsKeyArn"]["AllowedPattern"])
+    assert pattern.fullmatch(key) and pattern.fullmatch("")
+    assert not pattern.fullmatch("alias/aws/secretsmanager")
+    roles = of_type(template, "AWS::IAM::Role")
+    for name, function in functions(path).items():
+        role = roles[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        for value in ("", key):
+            params = {**defaults, "SecretsKmsKeyArn": value}
+            statements = []
+            for policy in role["Properties"].get("Policies", []):
+                policy = evaluate(policy, params, conditions)
+                if policy != {"Ref": "AWS::NoValue"}:
+                    statements += policy["PolicyDocument"]["Statement"]
+            kms = [st for st in statements if "kms:" in json.dumps(st["Action"])]
+            if not value:
+                assert kms == [], name
+                continue
+            assert len(kms) == 1, name
+            assert kms[0]["Action"] in ("kms:Decrypt", ["kms:Decrypt"]), name
+            assert evaluate(kms[0]["Resource"], params, conditions) == key, name
+            assert kms[0]["Condition"] == {"StringEquals": {
+                "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}}, name
+
+
 def test_secret_arns_must_be_full():
     # SAM's GetSecretValue policy names the ARN exactly: a partial ARN (without the -XXXXXX
     # suffix Secrets Manager adds) would deploy, then be refused at every cold start.
