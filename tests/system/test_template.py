@@ -245,6 +245,9 @@ def test_a_secrets_kms_key_is_usable_through_secrets_manager_only(path):
     key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     pattern = re.compile(load(path)["Parameters"]["SecretsKmsKeyArn"]["AllowedPattern"])
     assert pattern.fullmatch(key) and pattern.fullmatch("")
+    for other in ("arn:aws:kms:eu-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+                  "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"):
+        assert pattern.fullmatch(other), other
     assert not pattern.fullmatch("alias/aws/secretsmanager")
     roles = of_type(template, "AWS::IAM::Role")
     for name, function in functions(path).items():
