@@ -262,9 +262,11 @@ impl Call<'_> {
     /// What comes before the route's own segments in the request's path: behind a custom
     /// domain whose API mapping has a key (`api.example.com/v1` → this API), API Gateway
     /// routes the path after the key and the raw path keeps it (`/v1`), which the URLs the
-    /// API hands out (`Location`, `Link`) must keep too. Empty otherwise.
+    /// API hands out (`Location`, `Link`) must keep too. Empty otherwise. A trailing slash
+    /// is not a segment of the route's: API Gateway routes `/api/u/tasks/` as
+    /// `/api/u/tasks`, and its raw path keeps the slash.
     fn mapping_key(&self) -> &str {
-        let path = self.req.uri().path();
+        let path = self.req.uri().path().trim_end_matches('/');
         let mut end = path.len();
         for _ in 0..self.route.path.matches('/').count() {
             match path[..end].rfind('/') {

@@ -119,7 +119,13 @@ impl Operation {
 
 impl Route {
     /// Matches a concrete path against this route's template and returns the parameters.
+    /// One trailing slash is ignored, as API Gateway ignores it: it routes `/api/u/tasks/`
+    /// to `/api/u/tasks`.
     pub fn match_path(&self, path: &str) -> Option<HashMap<String, String>> {
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
         let mut params = HashMap::new();
         let mut template = self.path.split('/');
         let mut actual = path.split('/');
@@ -220,6 +226,22 @@ mod tests {
         );
         let (preflight, _) = resolve("OPTIONS", "/api/u1/tasks").unwrap();
         assert_eq!(preflight.path, "/api/{user_id}/tasks");
+    }
+
+    #[test]
+    fn one_trailing_slash_is_ignored_as_api_gateway_ignores_it() {
+        let (route, params) = resolve("GET", "/api/u1/tasks/").unwrap();
+        assert_eq!(route.operation, Operation::ListTasks);
+        assert_eq!(params["user_id"], "u1");
+        let (route, params) = resolve("PATCH", "/api/u1/tasks/abc/complete/").unwrap();
+        assert_eq!(route.operation, Operation::CompleteTask);
+        assert_eq!(params["id"], "abc");
+        assert_eq!(resolve("GET", "/health/").unwrap().0.function, "health");
+        assert_eq!(
+            resolve("GET", "/api/u1/tasks//").unwrap_err(),
+            Unrouted::NoSuchPath
+        );
+        assert_eq!(resolve("GET", "/").unwrap_err(), Unrouted::NoSuchPath);
     }
 
     #[test]

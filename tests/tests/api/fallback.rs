@@ -134,3 +134,42 @@ async fn behind_an_api_mapping_key_locations_and_links_keep_it() {
         Some(format!("</api/{user}/tasks?limit=1&offset=1>; rel=\"next\"").as_str())
     );
 }
+
+/// API Gateway routes a path with a trailing slash as the path without it, and the raw path
+/// keeps the slash: the URLs the API hands out are the route's own, with or without a
+/// mapping's key.
+#[tokio::test]
+async fn a_trailing_slash_is_no_segment_of_the_urls_handed_out() {
+    let state = state();
+    let user = user_id();
+    let with_slash = format!("{}/", tasks_path(&user));
+    for (keyed, prefix) in [(false, ""), (true, "/v1")] {
+        let create = ApiEvent::post(&with_slash)
+            .as_user(&user)
+            .json(&json!({ "title": "slash" }));
+        assert_eq!(
+            create.to_json()["routeKey"],
+            "POST /api/{user_id}/tasks",
+            "routed as API Gateway routes it"
+        );
+        let event = if keyed {
+            with_key(create)
+        } else {
+            create.to_json()
+        };
+        let created = send_event(&state, Operation::CreateTask, event).await;
+        created.assert_status(201);
+        let id = created.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created.header("location"),
+            Some(format!("{prefix}/api/{user}/tasks/{id}").as_str())
+        );
+    }
+    let list = ApiEvent::get(&with_slash).as_user(&user).query("limit=1");
+    let page = send_event(&state, Operation::ListTasks, with_key(list)).await;
+    page.assert_status(200);
+    assert_eq!(
+        page.header("link"),
+        Some(format!("</v1/api/{user}/tasks?limit=1&offset=1>; rel=\"next\"").as_str())
+    );
+}
