@@ -5,7 +5,8 @@
 //! token check, validation, the statement's function with the row-level security context,
 //! response), (2) the same handler with the RLS context switched off (the bare statement),
 //! and (3) the raw round trip of the same SQL statement issued directly with tokio-postgres.
-//! Each of the three goes first in a third of the rounds, and the process and its three
+//! The rounds cycle through the six orders of the three, so that each goes first, and each
+//! follows each of the others, equally often; and the process and its three
 //! backends run on one CPU (`BENCH_CPU`, default 0; `none` to leave them: see
 //! `pin_to_one_cpu`).
 //!
@@ -48,6 +49,17 @@ use uuid::Uuid;
 
 const SECRET: &str = "benchmark-secret-0123456789abcdefghijklmnopqrstuvwxyz";
 const WARMUP: usize = 200;
+
+/// The orders a round times the handler (0), the bare handler (1) and the raw statement (2)
+/// in, one per round in turn.
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
 
 struct Samples {
     handler: Vec<Duration>,
@@ -391,11 +403,12 @@ async fn main() -> anyhow::Result<()> {
                 (None, None, "update") => (&update_event, &update_event),
                 (None, None, _) => (&toggle_event, &toggle_event),
             };
-            // Each of the three goes first in one round out of three: none always pays for
-            // being first after the previous round.
+            // The six orders in turn: each of the three goes first, and runs right after each
+            // of the others, equally often. None always pays for being first after the
+            // previous round, and none always gains from running right after another that
+            // warmed the same code (the handler and the bare handler share most of theirs).
             let mut times = [Duration::ZERO; 3];
-            for k in 0..3 {
-                let which = (round + k) % 3;
+            for which in ORDERS[round % ORDERS.len()] {
                 if only_one.is_some_and(|one| one != which) {
                     continue;
                 }
