@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "12";
+const TEMPLATE_VERSION: &str = "13";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -243,6 +243,11 @@ impl Procedure {
     ///   was written (a cancel cannot reach a call still queued in a pooler, which is then
     ///   answered as unknown, though it can only be refused by the check above or dropped
     ///   with the connection);
+    /// - for a write, commits as durably as `synchronous_commit = on` at least: a session
+    ///   setting another client left on a pooled server connection (PgBouncer in transaction
+    ///   mode resets nothing between clients), or a role's or database's default, of `off`,
+    ///   `local` or `remote_write` would otherwise answer 2xx for a commit that a crash of
+    ///   the server can still lose. A stronger `remote_apply` stays;
     /// - for a listing ([`Guards::pinned_plan`]), plans the statement once per connection,
     ///   from the table's average statistics (`plan_cache_mode = force_generic_plan`), and
     ///   never with a sequential scan of the table (`enable_seqscan = off`; the listing
@@ -332,6 +337,10 @@ impl Procedure {
                 "    IF clock_timestamp() >= ctx_deadline THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
             );
             settings.push("set_config('lock_timeout', ctx_lock_timeout, true)".to_owned());
+            declare.push("ctx_commit text;");
+            check += "    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN\n        \
+                          ctx_commit := set_config('synchronous_commit', 'on', true);\n    \
+                      END IF;\n";
         }
         settings.extend(
             self.guards
@@ -532,8 +541,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "12",
-                "b03a1035a0b2cedd64035dc5e6968b742cff91b9e2e98d7ee62c2710b1822cb1"
+                "13",
+                "84503841d946abdb1a8b82d6e93a5ba93f5c3ab85fdf91f16b247fa5f1049708"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -552,6 +561,13 @@ mod tests {
             assert_eq!(procedure.guards.deadline, writes, "{}", procedure.sql);
             assert_eq!(definition.contains(DEADLINE_PASSED), writes);
             assert_eq!(definition.contains("'lock_timeout'"), writes);
+            assert_eq!(
+                definition.contains(
+                    "    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN\n        ctx_commit := set_config('synchronous_commit', 'on', true);\n    END IF;\n"
+                ),
+                writes,
+                "{definition}"
+            );
             let lists = procedure.sql.contains(" LIMIT $4 OFFSET $5");
             let purges = procedure.sql.contains("purge AS");
             assert_eq!(
@@ -649,10 +665,11 @@ mod tests {
                 !alone,
                 "{definition}"
             );
-            // The `IF`s: the call's name, the role switch inside it, and the deadline's.
+            // The `IF`s: the call's name, the role switch inside it, and a write's deadline
+            // and commit's.
             assert_eq!(
                 definition.matches("IF ").count(),
-                2 + usize::from(procedure.guards.deadline),
+                2 + 2 * usize::from(procedure.guards.deadline),
                 "{definition}"
             );
             // The deadline is compared as it came, the lock timeout set as it came: no

@@ -500,3 +500,91 @@ async fn a_keyed_create_run_again_keeps_to_the_first_deadline() {
     );
     race.finish().await;
 }
+
+/// A 2xx write is durable, whatever commit setting the connection came with: a session
+/// `SET synchronous_commit = off` that another client left on a server connection of a
+/// pooler in transaction mode, or here a database's default, would have Postgres answer the
+/// commit before its WAL is safe. Every write commits with `on` at least (a trigger
+/// records the setting each write ran with).
+#[tokio::test]
+async fn writes_commit_durably_whatever_the_connection_says() {
+    let url = tests::new_database("durable").await;
+    tests::migrate_with(&url, None);
+    let admin = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let name = url.rsplit_once('/').unwrap().1.split('?').next().unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE commit_modes (op text, mode text); \
+             CREATE FUNCTION note_commit_mode() RETURNS trigger LANGUAGE plpgsql \
+             SECURITY DEFINER SET search_path = public AS $f$ BEGIN \
+             INSERT INTO commit_modes VALUES (TG_OP, current_setting('synchronous_commit')); \
+             RETURN NULL; END $f$; \
+             CREATE TRIGGER note_commit_mode AFTER INSERT OR UPDATE OR DELETE ON tasks \
+             FOR EACH ROW EXECUTE FUNCTION note_commit_mode(); \
+             ALTER DATABASE {name} SET synchronous_commit = off"
+        ))
+        .await
+        .unwrap();
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let session: String = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        session, "off",
+        "a new session starts with the database's default"
+    );
+
+    let user = user_id();
+    let created = create_titled(&state, &user, "durable").await;
+    let id = id_of(&created);
+    ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .header("idempotency-key", "durable-1")
+        .json(&json!({ "title": "keyed" }))
+        .send(&state)
+        .await
+        .assert_status(201);
+    ApiEvent::put(&task_path(&user, &id))
+        .as_user(&user)
+        .json(&json!({ "title": "renamed" }))
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(200);
+    ApiEvent::delete(&task_path(&user, &id))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(204);
+
+    let modes: Vec<(String, String)> = admin
+        .query("SELECT op, mode FROM commit_modes ORDER BY op", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let on = |op: &str| (op.to_owned(), "on".to_owned());
+    assert_eq!(
+        modes,
+        [
+            on("DELETE"),
+            on("INSERT"),
+            on("INSERT"),
+            on("UPDATE"),
+            on("UPDATE")
+        ]
+    );
+    drop(admin);
+    tests::drop_database(&url).await;
+}
