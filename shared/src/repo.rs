@@ -107,7 +107,7 @@ macro_rules! list_sql {
             $matched,
             "(SELECT ",
             columns!(),
-            " FROM tasks WHERE user_id::text = ",
+            " FROM public.tasks WHERE user_id::text = ",
             owner!(),
             $filter,
             ")",
@@ -170,7 +170,7 @@ pub fn list_statement(sort: SortField, order: SortOrder, filtered: bool) -> &'st
 /// after the insert committed and the statement is repeated, the repeat returns the row
 /// the first attempt wrote instead of creating a second task.
 pub static INSERT: &str = concat!(
-    "INSERT INTO tasks (id, user_id, title, description, completed) VALUES ($1, $2, $3, $4, $5) ",
+    "INSERT INTO public.tasks (id, user_id, title, description, completed) VALUES ($1, $2, $3, $4, $5) ",
     "ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING ",
     columns!()
 );
@@ -179,13 +179,13 @@ pub static INSERT: &str = concat!(
 pub static SELECT_ONE: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM tasks WHERE id = $1 AND user_id::text = ",
+    " FROM public.tasks WHERE id = $1 AND user_id::text = ",
     owner!()
 );
 
 /// A partial update.
 pub static UPDATE: &str = concat!(
-    "UPDATE tasks SET title = coalesce($3, title),",
+    "UPDATE public.tasks SET title = coalesce($3, title),",
     " description = CASE WHEN $4 THEN $5 ELSE description END,",
     " completed = coalesce($6, completed), ",
     touch!(),
@@ -197,7 +197,7 @@ pub static UPDATE: &str = concat!(
 
 /// Sets or toggles the flag.
 pub static COMPLETE: &str = concat!(
-    "UPDATE tasks SET completed = coalesce($3, NOT completed), ",
+    "UPDATE public.tasks SET completed = coalesce($3, NOT completed), ",
     touch!(),
     " WHERE id = $1 AND user_id::text = ",
     owner!(),
@@ -207,7 +207,7 @@ pub static COMPLETE: &str = concat!(
 
 /// Deletes one task of one owner.
 pub static DELETE: &str = concat!(
-    "DELETE FROM tasks WHERE id = $1 AND user_id::text = ",
+    "DELETE FROM public.tasks WHERE id = $1 AND user_id::text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -222,7 +222,7 @@ pub static DELETE: &str = concat!(
 macro_rules! guarded {
     ($write:expr, $versions:literal) => {
         concat!(
-            "WITH target AS (SELECT id, version AS locked_version FROM tasks WHERE id = $1 AND user_id::text = ",
+            "WITH target AS (SELECT id, version AS locked_version FROM public.tasks WHERE id = $1 AND user_id::text = ",
             owner!(),
             " FOR UPDATE), ",
             "written AS (",
@@ -239,7 +239,7 @@ macro_rules! guarded {
 
 static UPDATE_IF_MATCH: &str = guarded!(
     concat!(
-        "UPDATE tasks t SET title = coalesce($3, t.title),",
+        "UPDATE public.tasks t SET title = coalesce($3, t.title),",
         " description = CASE WHEN $4 THEN $5 ELSE t.description END,",
         " completed = coalesce($6, t.completed), ",
         touch!(),
@@ -251,7 +251,7 @@ static UPDATE_IF_MATCH: &str = guarded!(
 
 static COMPLETE_IF_MATCH: &str = guarded!(
     concat!(
-        "UPDATE tasks t SET completed = coalesce($3, NOT t.completed), ",
+        "UPDATE public.tasks t SET completed = coalesce($3, NOT t.completed), ",
         touch!(),
         " FROM target WHERE t.id = target.id AND t.user_id::text = ",
         owner!()
@@ -261,7 +261,7 @@ static COMPLETE_IF_MATCH: &str = guarded!(
 
 static DELETE_IF_MATCH: &str = guarded!(
     concat!(
-        "DELETE FROM tasks t USING target WHERE t.id = target.id AND t.user_id::text = ",
+        "DELETE FROM public.tasks t USING target WHERE t.id = target.id AND t.user_id::text = ",
         owner!()
     ),
     "$3"
@@ -290,23 +290,23 @@ macro_rules! key_expired {
 /// few hundred keys, growing with them, against 494,501 now (callgrind, BENCHMARKS.md).
 pub static CREATE_IDEMPOTENT: &str = concat!(
     "WITH claim AS (",
-    "INSERT INTO idempotency_keys AS k (user_id, key, request_hash, task_id) VALUES ($2, $6, $7, $1) ",
+    "INSERT INTO public.idempotency_keys AS k (user_id, key, request_hash, task_id) VALUES ($2, $6, $7, $1) ",
     "ON CONFLICT (user_id, key) DO UPDATE SET ",
     "request_hash = CASE WHEN ", key_expired!("k.created_at"), " THEN EXCLUDED.request_hash ELSE k.request_hash END, ",
     "task_id = CASE WHEN ", key_expired!("k.created_at"), " THEN EXCLUDED.task_id ELSE k.task_id END, ",
     "created_at = CASE WHEN ", key_expired!("k.created_at"), " THEN now() ELSE k.created_at END ",
     "RETURNING k.task_id, k.request_hash), ",
-    "purge AS (DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(",
-    "SELECT ctid FROM idempotency_keys WHERE ", key_expired!("created_at"), " ",
+    "purge AS (DELETE FROM public.idempotency_keys WHERE ctid = ANY (ARRAY(",
+    "SELECT ctid FROM public.idempotency_keys WHERE ", key_expired!("created_at"), " ",
     "AND NOT (user_id = $2 AND key::text = $6) LIMIT 10 FOR UPDATE SKIP LOCKED))), ",
-    "created AS (INSERT INTO tasks (id, user_id, title, description, completed) ",
+    "created AS (INSERT INTO public.tasks (id, user_id, title, description, completed) ",
     "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 ON CONFLICT (id) DO NOTHING RETURNING ",
     columns!(),
     ") ",
     "SELECT claim.task_id = $1 AS claimed, claim.request_hash = $7 AS same_request, t.* FROM claim ",
     "LEFT JOIN LATERAL (SELECT * FROM created UNION ALL SELECT ",
     columns!(),
-    " FROM tasks WHERE id = claim.task_id AND user_id::text = ",
+    " FROM public.tasks WHERE id = claim.task_id AND user_id::text = ",
     owner!(),
     ") t ON true"
 );

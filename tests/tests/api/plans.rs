@@ -258,7 +258,11 @@ async fn a_keyed_create_purges_expired_keys_by_their_addresses() {
     tests::migrate_with(&url, None);
     let (client, plans, messages) = printing_plans(&url).await;
     let procedure = procedures::all()
-        .find(|procedure| procedure.sql.contains("INSERT INTO idempotency_keys"))
+        .find(|procedure| {
+            procedure
+                .sql
+                .contains("INSERT INTO public.idempotency_keys")
+        })
         .expect("the keyed create's statement");
     let owner = tests::user_id();
     let (title, description, completed) = ("task", None::<String>, false);

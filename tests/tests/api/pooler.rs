@@ -663,3 +663,66 @@ async fn faults_leave_no_trace(statements: Statements) {
         .collect();
     assert!(fatal.is_empty(), "PgBouncer died: {fatal:?}");
 }
+
+/// A pooler in transaction mode hands its server connections from client to client as they
+/// are: a temporary table another client made stays on its server connection. The
+/// statements name their tables with the schema, so one called `tasks` (searched before any
+/// schema) takes nothing over: without it, every call on that connection failed (500).
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_temporary_tables_take_no_statement_over() {
+    let pooler = PgBouncer::start(
+        &topology().0,
+        PoolerOptions {
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let url = pooler.url();
+    let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "CREATE TEMPORARY TABLE tasks (LIKE public.tasks INCLUDING ALL); \
+             CREATE TEMPORARY TABLE idempotency_keys (LIKE public.idempotency_keys INCLUDING ALL)",
+        )
+        .await
+        .unwrap();
+    let state = state_with(env(&[
+        ("DATABASE_URL", &url),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_PREPARED_STATEMENTS", "false"),
+    ]));
+    let user = user_id();
+    let id = id_of(&create_titled(&state, &user, "mine").await);
+    ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .header("idempotency-key", "temporary")
+        .json(&json!({"title": "keyed"}))
+        .send(&state)
+        .await
+        .assert_status(201);
+    ApiEvent::get(&task_path(&user, &id))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(200);
+    let page = ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .send(&state)
+        .await;
+    page.assert_status(200);
+    assert_eq!(page.json().as_array().unwrap().len(), 2);
+    ApiEvent::delete(&task_path(&user, &id))
+        .as_user(&user)
+        .send(&state)
+        .await
+        .assert_status(204);
+    // The other client's session is still there, on the same (only) server connection.
+    let theirs: i64 = other
+        .query_one("SELECT count(*) FROM pg_temp.tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(theirs, 0);
+}
