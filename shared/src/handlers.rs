@@ -266,7 +266,8 @@ impl Call<'_> {
     /// is not a segment of the route's: API Gateway routes `/api/u/tasks/` as
     /// `/api/u/tasks`, and its raw path keeps the slash.
     fn mapping_key(&self) -> &str {
-        let path = self.req.uri().path().trim_end_matches('/');
+        let path = self.req.uri().path();
+        let path = path.strip_suffix('/').unwrap_or(path);
         let mut end = path.len();
         for _ in 0..self.route.path.matches('/').count() {
             match path[..end].rfind('/') {

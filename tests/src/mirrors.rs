@@ -108,9 +108,12 @@ fn watch_router() -> String {
         }
     }
     let mut out = String::from(ROUTER_HEADER);
-    for path in paths {
+    // Each path also with one trailing slash, which API Gateway routes as the path without
+    // it (`Route::match_path`).
+    let with_slashes = paths.iter().flat_map(|path| [(*path, ""), (*path, "/")]);
+    for (path, slash) in with_slashes {
         let routes: Vec<_> = ROUTES.iter().filter(|r| r.path == path).collect();
-        let _ = writeln!(out, "\"{path}\" = [");
+        let _ = writeln!(out, "\"{path}{slash}\" = [");
         for route in &routes {
             let _ = writeln!(
                 out,

@@ -180,6 +180,21 @@ def test_full_crud_sequence(stack):
     assert health["status"] == "healthy" and health["database"] == "ok"
 
 
+def test_a_trailing_slash_is_routed_as_api_gateway_routes_it(stack):
+    """API Gateway routes `/api/u/tasks/` as `/api/u/tasks`; so does the watch router."""
+    user = uuid.uuid4().hex
+    token = stack.token(user)
+    base = f"/api/{user}/tasks"
+    headers, task = call(stack, "POST", f"{base}/", token, {"title": "slash"}, expect=201)
+    assert headers["location"] == f"{base}/{task['id']}"
+    _, listed = call(stack, "GET", f"{base}/", token, expect=200)
+    assert [t["id"] for t in listed] == [task["id"]]
+    call(stack, "GET", f"{base}/{task['id']}/", token, expect=200)
+    call(stack, "PATCH", f"{base}/{task['id']}/complete/", token, expect=200)
+    _, health = call(stack, "GET", "/health/", expect=200)
+    assert health["status"] == "healthy"
+
+
 def test_error_cases(stack):
     alice, bob = uuid.uuid4().hex, uuid.uuid4().hex
     token = stack.token(alice)
