@@ -50,6 +50,48 @@ pub fn id_of(task: &Value) -> String {
     task["id"].as_str().expect("task id").to_owned()
 }
 
+/// Every operation once through `state`, each answered as a success: a create, a get and a
+/// list (of that one task), an update, a toggle, a keyed create, the first task's delete
+/// and `/health`. So the writes are two inserts, two updates and a delete; `user` is left
+/// with the keyed create's task.
+pub async fn every_operation(state: &shared::AppState, user: &str) {
+    let id = id_of(&create_titled(state, user, "every operation").await);
+    get(state, user, &id).await.assert_status(200);
+    let page = ApiEvent::get(&tasks_path(user))
+        .as_user(user)
+        .send(state)
+        .await;
+    page.assert_status(200);
+    assert_eq!(page.json().as_array().map(Vec::len), Some(1));
+    ApiEvent::put(&task_path(user, &id))
+        .as_user(user)
+        .json(&json!({"title": "renamed"}))
+        .send(state)
+        .await
+        .assert_status(200);
+    ApiEvent::patch(&format!("{}/complete", task_path(user, &id)))
+        .as_user(user)
+        .send(state)
+        .await
+        .assert_status(200);
+    ApiEvent::post(&tasks_path(user))
+        .as_user(user)
+        .header("idempotency-key", "every-operation")
+        .json(&json!({"title": "keyed"}))
+        .send(state)
+        .await
+        .assert_status(201);
+    ApiEvent::delete(&task_path(user, &id))
+        .as_user(user)
+        .send(state)
+        .await
+        .assert_status(204);
+    ApiEvent::get("/health")
+        .send(state)
+        .await
+        .assert_status(200);
+}
+
 pub async fn get(state: &shared::AppState, user: &str, id: &str) -> ApiResponse {
     ApiEvent::get(&task_path(user, id))
         .as_user(user)

@@ -10,7 +10,7 @@ use tests::pgbouncer::{PgBouncer, PoolerOptions};
 use tests::proxy::{CommitCutter, Forgetter};
 use tests::{database_url, env, state, state_with, task_count, user_id, ApiEvent};
 
-use crate::{create_titled, id_of, task_path, tasks_path};
+use crate::{create_titled, every_operation, id_of, task_path, tasks_path};
 
 /// A state whose database connections go through a proxy that can lose commit answers.
 pub async fn cutting_state() -> (CommitCutter, shared::AppState) {
@@ -540,32 +540,7 @@ async fn writes_commit_durably_whatever_the_connection_says() {
         "a new session starts with the database's default"
     );
 
-    let user = user_id();
-    let created = create_titled(&state, &user, "durable").await;
-    let id = id_of(&created);
-    ApiEvent::post(&tasks_path(&user))
-        .as_user(&user)
-        .header("idempotency-key", "durable-1")
-        .json(&json!({ "title": "keyed" }))
-        .send(&state)
-        .await
-        .assert_status(201);
-    ApiEvent::put(&task_path(&user, &id))
-        .as_user(&user)
-        .json(&json!({ "title": "renamed" }))
-        .send(&state)
-        .await
-        .assert_status(200);
-    ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(200);
-    ApiEvent::delete(&task_path(&user, &id))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(204);
+    every_operation(&state, &user_id()).await;
 
     let modes: Vec<(String, String)> = admin
         .query("SELECT op, mode FROM commit_modes ORDER BY op", &[])

@@ -8,7 +8,7 @@ use tests::cluster::{Cluster, Options};
 use tests::pgbouncer::{PgBouncer, PoolerOptions};
 use tests::{env, state_with, user_id, ApiEvent};
 
-use crate::{create_titled, id_of, task_path, tasks_path};
+use crate::{create_titled, every_operation, id_of, task_path, tasks_path};
 
 /// A cluster and a pooler of their own, since the fault tests restart both.
 pub fn topology() -> &'static (Cluster, PgBouncer) {
@@ -31,40 +31,7 @@ async fn every_operation_works_through_pgbouncer_in_transaction_mode() {
         ("DB_POOL_SIZE", "8"),
         ("DB_PREPARED_STATEMENTS", "false"),
     ]));
-    let user = user_id();
-    let id = id_of(&create_titled(&state, &user, "pooled").await);
-    ApiEvent::get(&tasks_path(&user))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(200);
-    ApiEvent::put(&task_path(&user, &id))
-        .as_user(&user)
-        .json(&json!({"title": "renamed"}))
-        .send(&state)
-        .await
-        .assert_status(200);
-    ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(200);
-    ApiEvent::post(&tasks_path(&user))
-        .as_user(&user)
-        .header("idempotency-key", "k1")
-        .json(&json!({"title": "keyed"}))
-        .send(&state)
-        .await
-        .assert_status(201);
-    ApiEvent::delete(&task_path(&user, &id))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(204);
-    ApiEvent::get("/health")
-        .send(&state)
-        .await
-        .assert_status(200);
+    every_operation(&state, &user_id()).await;
 }
 
 /// A cluster and a pooler that keeps prepared statements as Neon's does (PgBouncer ≥ 1.21,
@@ -693,31 +660,7 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
         ("DB_POOL_SIZE", "1"),
         ("DB_PREPARED_STATEMENTS", "false"),
     ]));
-    let user = user_id();
-    let id = id_of(&create_titled(&state, &user, "mine").await);
-    ApiEvent::post(&tasks_path(&user))
-        .as_user(&user)
-        .header("idempotency-key", "temporary")
-        .json(&json!({"title": "keyed"}))
-        .send(&state)
-        .await
-        .assert_status(201);
-    ApiEvent::get(&task_path(&user, &id))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(200);
-    let page = ApiEvent::get(&tasks_path(&user))
-        .as_user(&user)
-        .send(&state)
-        .await;
-    page.assert_status(200);
-    assert_eq!(page.json().as_array().unwrap().len(), 2);
-    ApiEvent::delete(&task_path(&user, &id))
-        .as_user(&user)
-        .send(&state)
-        .await
-        .assert_status(204);
+    every_operation(&state, &user_id()).await;
     // The other client's session is still there, on the same (only) server connection.
     let theirs: i64 = other
         .query_one("SELECT count(*) FROM pg_temp.tasks", &[])
