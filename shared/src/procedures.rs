@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "13";
+const TEMPLATE_VERSION: &str = "14";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -291,23 +291,23 @@ impl Procedure {
             .types
             .iter()
             .enumerate()
-            .map(|(i, ty)| format!("p{} {}", i + 1, type_sql(ty)))
+            .map(|(i, ty)| format!("p{} {}", i + 1, qualified_type_sql(ty)))
             .collect();
         parameters.extend([
-            "ctx_user text".to_owned(),
-            "ctx_deadline timestamptz".to_owned(),
-            "ctx_lock_timeout text".to_owned(),
-            "ctx_call text".to_owned(),
+            "ctx_user pg_catalog.text".to_owned(),
+            "ctx_deadline pg_catalog.timestamptz".to_owned(),
+            "ctx_lock_timeout pg_catalog.text".to_owned(),
+            "ctx_call pg_catalog.text".to_owned(),
         ]);
         let deadline = self.guards.deadline;
-        let mut declare = vec!["ctx_role text;"];
+        let mut declare = vec!["ctx_role pg_catalog.text;"];
         // A statement without result columns (none of the API's) returns nothing.
         let (returns, run) = match (RowType::of(columns), self.returns) {
-            (None, _) => ("void".to_owned(), format!("    {};\n", self.sql)),
+            (None, _) => ("pg_catalog.void".to_owned(), format!("    {};\n", self.sql)),
             (Some(_), Returns::Row) => {
-                declare.push("ctx_row record;");
+                declare.push("ctx_row pg_catalog.record;");
                 (
-                    "record".to_owned(),
+                    "pg_catalog.record".to_owned(),
                     format!(
                         "    {}\n        INTO ctx_row;\n    RETURN ctx_row;\n",
                         self.sql
@@ -337,7 +337,7 @@ impl Procedure {
                 "    IF clock_timestamp() >= ctx_deadline THEN\n        RAISE EXCEPTION '{DEADLINE_PASSED}' USING ERRCODE = 'query_canceled';\n    END IF;\n"
             );
             settings.push("set_config('lock_timeout', ctx_lock_timeout, true)".to_owned());
-            declare.push("ctx_commit text;");
+            declare.push("ctx_commit pg_catalog.text;");
             check += "    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN\n        \
                           ctx_commit := set_config('synchronous_commit', 'on', true);\n    \
                       END IF;\n";
@@ -348,10 +348,10 @@ impl Procedure {
                 .map(|(name, value)| format!("set_config('{name}', '{value}', true)")),
         );
         let settings = if let [setting] = &settings[..] {
-            declare.push("ctx_set text;");
+            declare.push("ctx_set pg_catalog.text;");
             format!("    ctx_set := {setting};\n")
         } else {
-            declare.push("ctx_set text[];");
+            declare.push("ctx_set pg_catalog.text[];");
             format!(
                 "    ctx_set := ARRAY[\n        {}\n    ];\n",
                 settings.join(",\n        ")
@@ -409,7 +409,7 @@ impl RowType {
                 hash.update([0]);
                 hash.update(type_sql(ty));
                 hash.update([0]);
-                format!("{} {}", quote_ident(column), type_sql(ty))
+                format!("{} {}", quote_ident(column), qualified_type_sql(ty))
             })
             .collect();
         let name = format!("{SCHEMA}.r_{}", hex(&hash.finalize()[..10]));
@@ -496,6 +496,13 @@ fn type_sql(ty: &Type) -> String {
     }
 }
 
+/// [`type_sql`] with its schema, as the definitions spell types out: every type the client
+/// binds is a built-in one, and a temporary type of the same name (`pg_temp` is searched
+/// first for types) must not take it over.
+fn qualified_type_sql(ty: &Type) -> String {
+    format!("pg_catalog.{}", type_sql(ty))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,8 +548,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "13",
-                "84503841d946abdb1a8b82d6e93a5ba93f5c3ab85fdf91f16b247fa5f1049708"
+                "14",
+                "11916bc11722deaa3e6d0eb21ab12a333f213a0de05c98d3969f562264bf0303"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -625,7 +632,10 @@ mod tests {
                 assert!(definition.contains("    RETURN QUERY "), "{definition}");
                 assert!(procedure.call.starts_with("SELECT * FROM todo_api.q_"));
             } else {
-                assert!(definition.contains("RETURNS record\n"), "{definition}");
+                assert!(
+                    definition.contains("RETURNS pg_catalog.record\n"),
+                    "{definition}"
+                );
                 assert!(!definition.contains("SETOF"), "{definition}");
                 assert!(
                     definition.contains(&format!(
@@ -698,7 +708,7 @@ mod tests {
             );
         }
         let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(&[]);
-        assert!(nothing.contains("RETURNS void\n"), "{nothing}");
+        assert!(nothing.contains("RETURNS pg_catalog.void\n"), "{nothing}");
         assert!(!nothing.contains("INTO ctx_row"), "{nothing}");
     }
 
@@ -716,7 +726,7 @@ mod tests {
         assert!(a.name.starts_with("todo_api.r_"));
         assert!(
             a.definition.contains(&format!(
-                "CREATE TYPE {} AS (\"id\" uuid, \"title\" text);",
+                "CREATE TYPE {} AS (\"id\" pg_catalog.uuid, \"title\" pg_catalog.text);",
                 a.name
             )),
             "{}",

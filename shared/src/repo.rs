@@ -42,11 +42,15 @@ pub struct TaskRepo {
 /// context, compares with it instead.
 ///
 /// The columns of a domain type (`user_id`, `title`, `description`, `key`) are compared as
-/// `::text`: the built-in `text` operators, which Postgres finds first (in `pg_catalog`),
-/// match exactly. Without the cast, an operator taking the domain exactly, planted in a
-/// schema on the search path by anyone who may create there (`public`, before PostgreSQL
-/// 15), would win and run inside every request. The cast is a relabelling: the plan, and
-/// the one condition shared with the policy, are the same.
+/// `::pg_catalog.text`: the built-in `text` operators, which Postgres finds first (in
+/// `pg_catalog`), match exactly. Without the cast, an operator taking the domain exactly,
+/// planted in a schema on the search path by anyone who may create there (`public`, before
+/// PostgreSQL 15), would win and run inside every request. The cast is a relabelling: the
+/// plan, and the one condition shared with the policy, are the same. The type is named with
+/// its schema, as every type name the statements and their functions spell out is: a
+/// pooler in transaction mode hands server connections on as they are, and a temporary
+/// type that another client left on one (`pg_temp` is searched first for types, as for
+/// tables) would otherwise take the name over (`pooler.rs`).
 macro_rules! owner {
     () => {
         "current_setting('app.user_id', true)"
@@ -70,11 +74,11 @@ macro_rules! columns {
             $table,
             "id, ",
             $table,
-            "user_id::text AS user_id, ",
+            "user_id::pg_catalog.text AS user_id, ",
             $table,
-            "title::text AS title, ",
+            "title::pg_catalog.text AS title, ",
             $table,
-            "description::text AS description, ",
+            "description::pg_catalog.text AS description, ",
             $table,
             "completed, ",
             $table,
@@ -107,7 +111,7 @@ macro_rules! list_sql {
             $matched,
             "(SELECT ",
             columns!(),
-            " FROM public.tasks WHERE user_id::text = ",
+            " FROM public.tasks WHERE user_id::pg_catalog.text = ",
             owner!(),
             $filter,
             ")",
@@ -125,7 +129,7 @@ macro_rules! filters {
     () => {
         concat!(
             " AND ($2::boolean IS NULL OR completed = $2)",
-            " AND ($3::text IS NULL OR title::text ILIKE $3 ESCAPE '\\' OR description::text ILIKE $3 ESCAPE '\\')"
+            " AND ($3::pg_catalog.text IS NULL OR title::pg_catalog.text ILIKE $3 ESCAPE '\\' OR description::pg_catalog.text ILIKE $3 ESCAPE '\\')"
         )
     };
 }
@@ -179,7 +183,7 @@ pub static INSERT: &str = concat!(
 pub static SELECT_ONE: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM public.tasks WHERE id = $1 AND user_id::text = ",
+    " FROM public.tasks WHERE id = $1 AND user_id::pg_catalog.text = ",
     owner!()
 );
 
@@ -189,7 +193,7 @@ pub static UPDATE: &str = concat!(
     " description = CASE WHEN $4 THEN $5 ELSE description END,",
     " completed = coalesce($6, completed), ",
     touch!(),
-    " WHERE id = $1 AND user_id::text = ",
+    " WHERE id = $1 AND user_id::pg_catalog.text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -199,7 +203,7 @@ pub static UPDATE: &str = concat!(
 pub static COMPLETE: &str = concat!(
     "UPDATE public.tasks SET completed = coalesce($3, NOT completed), ",
     touch!(),
-    " WHERE id = $1 AND user_id::text = ",
+    " WHERE id = $1 AND user_id::pg_catalog.text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -207,7 +211,7 @@ pub static COMPLETE: &str = concat!(
 
 /// Deletes one task of one owner.
 pub static DELETE: &str = concat!(
-    "DELETE FROM public.tasks WHERE id = $1 AND user_id::text = ",
+    "DELETE FROM public.tasks WHERE id = $1 AND user_id::pg_catalog.text = ",
     owner!(),
     " RETURNING ",
     columns!()
@@ -222,7 +226,7 @@ pub static DELETE: &str = concat!(
 macro_rules! guarded {
     ($write:expr, $versions:literal) => {
         concat!(
-            "WITH target AS (SELECT id, version AS locked_version FROM public.tasks WHERE id = $1 AND user_id::text = ",
+            "WITH target AS (SELECT id, version AS locked_version FROM public.tasks WHERE id = $1 AND user_id::pg_catalog.text = ",
             owner!(),
             " FOR UPDATE), ",
             "written AS (",
@@ -243,7 +247,7 @@ static UPDATE_IF_MATCH: &str = guarded!(
         " description = CASE WHEN $4 THEN $5 ELSE t.description END,",
         " completed = coalesce($6, t.completed), ",
         touch!(),
-        " FROM target WHERE t.id = target.id AND t.user_id::text = ",
+        " FROM target WHERE t.id = target.id AND t.user_id::pg_catalog.text = ",
         owner!()
     ),
     "$7"
@@ -253,7 +257,7 @@ static COMPLETE_IF_MATCH: &str = guarded!(
     concat!(
         "UPDATE public.tasks t SET completed = coalesce($3, NOT t.completed), ",
         touch!(),
-        " FROM target WHERE t.id = target.id AND t.user_id::text = ",
+        " FROM target WHERE t.id = target.id AND t.user_id::pg_catalog.text = ",
         owner!()
     ),
     "$4"
@@ -261,7 +265,7 @@ static COMPLETE_IF_MATCH: &str = guarded!(
 
 static DELETE_IF_MATCH: &str = guarded!(
     concat!(
-        "DELETE FROM public.tasks t USING target WHERE t.id = target.id AND t.user_id::text = ",
+        "DELETE FROM public.tasks t USING target WHERE t.id = target.id AND t.user_id::pg_catalog.text = ",
         owner!()
     ),
     "$3"
@@ -298,7 +302,7 @@ pub static CREATE_IDEMPOTENT: &str = concat!(
     "RETURNING k.task_id, k.request_hash), ",
     "purge AS (DELETE FROM public.idempotency_keys WHERE ctid = ANY (ARRAY(",
     "SELECT ctid FROM public.idempotency_keys WHERE ", key_expired!("created_at"), " ",
-    "AND NOT (user_id = $2 AND key::text = $6) LIMIT 10 FOR UPDATE SKIP LOCKED))), ",
+    "AND NOT (user_id = $2 AND key::pg_catalog.text = $6) LIMIT 10 FOR UPDATE SKIP LOCKED))), ",
     "created AS (INSERT INTO public.tasks (id, user_id, title, description, completed) ",
     "SELECT $1, $2, $3, $4, $5 FROM claim WHERE claim.task_id = $1 ON CONFLICT (id) DO NOTHING RETURNING ",
     columns!(),
@@ -306,7 +310,7 @@ pub static CREATE_IDEMPOTENT: &str = concat!(
     "SELECT claim.task_id = $1 AS claimed, claim.request_hash = $7 AS same_request, t.* FROM claim ",
     "LEFT JOIN LATERAL (SELECT * FROM created UNION ALL SELECT ",
     columns!(),
-    " FROM public.tasks WHERE id = claim.task_id AND user_id::text = ",
+    " FROM public.tasks WHERE id = claim.task_id AND user_id::pg_catalog.text = ",
     owner!(),
     ") t ON true"
 );

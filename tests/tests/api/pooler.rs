@@ -669,3 +669,44 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
         .get(0);
     assert_eq!(theirs, 0);
 }
+
+/// The same for types: `pg_temp` is searched first for type names too, so a temporary type
+/// another client made, called like a built-in one, would take over every type name the
+/// statements and their functions spell out. Each one here refuses every value (or, for
+/// `record`, has one field), so that a name it takes over fails the call: without the
+/// schema on those names, every call on that connection failed (500).
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_temporary_types_take_no_name_over() {
+    let pooler = PgBouncer::start(
+        &topology().0,
+        PoolerOptions {
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let url = pooler.url();
+    let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut planted = String::from("CREATE TYPE pg_temp.record AS (a int); ");
+    for ty in ["text", "uuid", "timestamptz", "int8", "bool", "bytea"] {
+        planted += &format!("CREATE DOMAIN pg_temp.{ty} AS pg_catalog.{ty} CHECK (false); ");
+    }
+    other.batch_execute(&planted).await.unwrap();
+    let state = state_with(env(&[
+        ("DATABASE_URL", &url),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_PREPARED_STATEMENTS", "false"),
+    ]));
+    every_operation(&state, &user_id()).await;
+    // The other client's session is still there, on the same (only) server connection.
+    let theirs: i64 = other
+        .query_one(
+            "SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(theirs >= 7, "{theirs}");
+}
