@@ -995,8 +995,10 @@ fn driver_error(err: tokio_postgres::Error) -> ApiError {
 /// Whether an error says "try again later": no code (I/O, a closed connection, TLS), the
 /// connection's classes (08), the server's resources (53: disk, memory, connections), an
 /// operator or a timeout (57: shutdown, cancel), the system (58: I/O) and internal errors
-/// (XX: Neon's proxy and storage report theirs so), and the conflicts of concurrent
-/// transactions (serialization, deadlock, a lock not had in time).
+/// (XX: Neon's proxy and storage report theirs so), the conflicts of concurrent
+/// transactions (serialization, deadlock, a lock not had in time), and a server that takes
+/// no writes (25006: a standby while it is promoted, a replica's URL, or
+/// `default_transaction_read_only` left on; refused before anything changed).
 fn is_transient(code: Option<&SqlState>) -> bool {
     let Some(code) = code else { return true };
     ["08", "53", "57", "58", "XX"].contains(&&code.code()[..2])
@@ -1004,6 +1006,7 @@ fn is_transient(code: Option<&SqlState>) -> bool {
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
             SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
         ]
         .contains(code)
 }
@@ -1119,6 +1122,7 @@ mod tests {
             Some(SqlState::T_R_SERIALIZATION_FAILURE),
             Some(SqlState::T_R_DEADLOCK_DETECTED),
             Some(SqlState::LOCK_NOT_AVAILABLE),
+            Some(SqlState::READ_ONLY_SQL_TRANSACTION),
         ] {
             assert!(is_transient(code.as_ref()), "{code:?}");
         }

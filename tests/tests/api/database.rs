@@ -90,6 +90,61 @@ async fn a_silent_server_is_503_within_the_connect_timeout() {
     holder.abort();
 }
 
+/// A server that takes no writes (a hot standby while it is promoted, a read replica's URL,
+/// or `default_transaction_read_only` left on by a role, a database or another client of a
+/// pooler) refuses every write with 25006 before it changes anything: 503 with Retry-After
+/// and nothing written, never a 500, while reads go on being served.
+#[tokio::test]
+async fn a_server_that_takes_no_writes_is_503_for_writes() {
+    let url = tests::new_database("read_only").await;
+    tests::migrate_with(&url, None);
+    let user = user_id();
+    let writable = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let task = crate::create_titled(&writable, &user, "before").await;
+    let id = crate::id_of(&task);
+    let admin = shared::db::connect_once(&url, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let name = url.rsplit_once('/').unwrap().1.split('?').next().unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    // New connections start read-only.
+    let state = state_with(env(&[("DATABASE_URL", url.as_str())]));
+    let task_path = crate::task_path(&user, &id);
+    for event in [
+        ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .json(&json!({"title": "refused"})),
+        ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .header("idempotency-key", "read-only")
+            .json(&json!({"title": "refused"})),
+        ApiEvent::put(&task_path)
+            .as_user(&user)
+            .json(&json!({"title": "refused"})),
+        ApiEvent::patch(&format!("{task_path}/complete")).as_user(&user),
+        ApiEvent::delete(&task_path).as_user(&user),
+    ] {
+        let response = event.send(&state).await;
+        response.assert_status(503);
+        assert_eq!(response.header("retry-after"), Some("2"));
+        assert!(response.json()["detail"].is_string(), "{}", response.text());
+    }
+    crate::get(&state, &user, &id).await.assert_status(200);
+    let rows: Vec<(String, bool)> = admin
+        .query("SELECT title::text, completed FROM tasks", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(rows, [("before".to_owned(), false)]);
+}
+
 /// Two `migrate` runs at once on an empty database (two deploys, or a deploy and a
 /// developer): every migration is applied exactly once, by one of them, and a third run
 /// finds nothing to do.
