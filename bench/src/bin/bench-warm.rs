@@ -11,13 +11,16 @@
 //! `pin_to_one_cpu`).
 //!
 //! Usage: DATABASE_URL=… [BENCH_APP_DATABASE_URL=…] [BENCH_BARE_DATABASE_URL=…]
-//!        [BENCH_OPS=get,list] [BENCH_ONLY=handler|bare|raw] [BENCH_AA=1]
+//!        [BENCH_OPS=get,list] [BENCH_ONLY=handler|bare|raw] [BENCH_AA=1] [BENCH_LAYER=repo]
 //!        bench-warm [iterations]   (default 2000, after 200 warm-up rounds; every operation
 //!                                  unless BENCH_OPS names some; all three of each round
 //!                                  unless BENCH_ONLY names one, to profile it: the others'
 //!                                  columns are then meaningless; BENCH_AA=1 has the
 //!                                  handler run the bare statements as well, to check
-//!                                  that the comparison itself favours neither side)
+//!                                  that the comparison itself favours neither side;
+//!                                  BENCH_LAYER=repo times the repository's call alone,
+//!                                  `TaskRepo::get` / `list`, in place of the two handlers,
+//!                                  for get and list: where the RLS cost is)
 //!        bench-warm list-sql <user>   prints the listing statement with literal parameters,
 //!                                     for pgbench
 //!        bench-warm seed              fills the table with a population of users (see
@@ -139,6 +142,26 @@ async fn pin_to_one_cpu(
     }
     println!("pinned to CPU {cpu} with its three backends (BENCH_CPU=none to leave them)");
     Ok(())
+}
+
+/// The repository's call of `op` alone (`BENCH_LAYER=repo`): the get of `target`, or the
+/// list owner's first page.
+async fn repo_call(
+    tasks: &TaskRepo,
+    op: &str,
+    (owner, target): (&shared::owner::Owner, Uuid),
+    (list_owner, page): (&shared::owner::Owner, &shared::listing::ListQuery),
+) {
+    match op {
+        "get" => drop(
+            tasks
+                .get(owner, shared::task::TaskId(target))
+                .await
+                .expect("get"),
+        ),
+        "list" => drop(tasks.list(list_owner, page).await.expect("list")),
+        other => panic!("BENCH_LAYER=repo: get and list only, not {other}"),
+    }
 }
 
 async fn time<F: Future>(f: F) -> Duration {
@@ -344,6 +367,23 @@ async fn main() -> anyhow::Result<()> {
     )
     .to_string();
 
+    // `BENCH_LAYER=repo`: the repository's call alone in place of the two handlers (no event,
+    // token or response), for get and list, to tell the RLS cost in the database call from
+    // any in the rest of the handler.
+    let repo_layer = match std::env::var("BENCH_LAYER").as_deref() {
+        Ok("repo") => true,
+        Ok(other) => anyhow::bail!("BENCH_LAYER: repo, not {other}"),
+        Err(_) => false,
+    };
+    let owner_of = |id: &str| {
+        shared::owner::Owner::authorize(shared::auth::UserId::parse(id).expect("user id"), id)
+            .expect("owner")
+    };
+    let (owner, list_owner) = (owner_of(&user), owner_of(&list_user));
+    let page = shared::listing::ListQuery::parse(Some("limit=20")).expect("query");
+    if repo_layer {
+        println!("(BENCH_LAYER=repo: the fn and noRLS columns time the repository's call alone)");
+    }
     println!("warm cost per invocation, {iterations} rounds after {WARMUP} warm-up rounds");
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>11} {:>8}",
@@ -413,6 +453,24 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 times[which] = match which {
+                    0 if repo_layer => {
+                        time(repo_call(
+                            &state.tasks,
+                            op,
+                            (&owner, target),
+                            (&list_owner, &page),
+                        ))
+                        .await
+                    }
+                    1 if repo_layer => {
+                        time(repo_call(
+                            &bare.tasks,
+                            op,
+                            (&owner, target),
+                            (&list_owner, &page),
+                        ))
+                        .await
+                    }
                     0 => time_invocation(&state, op, handler_event).await,
                     1 => time_invocation(&bare, op, bare_event).await,
                     _ => match &delete {
