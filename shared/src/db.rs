@@ -63,10 +63,14 @@ const ROLE_SWITCH: u8 = 1;
 const ROLE_AS_LOGIN: u8 = 2;
 
 /// Whether the login role is itself subject to row-level security and may use the tables.
+/// Every relation is named with its schema: `pg_temp` is searched first, even before
+/// `pg_catalog`, and a temporary `pg_roles` that another client of a pooler in transaction
+/// mode left on the server connection would otherwise answer for a role that bypasses RLS,
+/// whose calls would then run without the switch to `todo_app` (`pooler.rs`).
 const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (rolsuper OR rolbypassrls) \
-     AND has_table_privilege('tasks', 'SELECT, INSERT, UPDATE, DELETE') \
-     AND has_table_privilege('idempotency_keys', 'SELECT, INSERT, UPDATE, DELETE') \
-     FROM pg_roles WHERE rolname = current_user";
+     AND has_table_privilege('public.tasks', 'SELECT, INSERT, UPDATE, DELETE') \
+     AND has_table_privilege('public.idempotency_keys', 'SELECT, INSERT, UPDATE, DELETE') \
+     FROM pg_catalog.pg_roles WHERE rolname = current_user";
 
 /// How long after a call's deadline the client still waits for the server's answer. The
 /// server refuses a call that starts late and ends lock waits at the deadline (see

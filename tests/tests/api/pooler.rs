@@ -670,6 +670,67 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
     assert_eq!(theirs, 0);
 }
 
+/// The same for the catalog: `pg_temp` is searched first even before `pg_catalog`, so a
+/// temporary table called `pg_roles` that another client left on a server connection would
+/// answer the question whether the login role is subject to row-level security. Here it
+/// says "subject" for a superuser login, which bypasses RLS: the functions would then
+/// not switch to `todo_app`, and every statement would run as the superuser, outside the
+/// policies. A trigger (on a cluster of the test's own) records the role each write ran
+/// as: `todo_app`, with the catalog named by its schema; `postgres` without.
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_temporary_catalog_tables_do_not_answer_the_role_check() {
+    let cluster = Cluster::start();
+    tests::migrate_with(&cluster.url(), None);
+    let admin = shared::db::connect_once(&cluster.url(), None, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE write_roles (role text); \
+             GRANT INSERT ON write_roles TO PUBLIC; \
+             CREATE FUNCTION note_write_role() RETURNS trigger LANGUAGE plpgsql \
+             SET search_path = public AS $f$ BEGIN \
+             INSERT INTO write_roles VALUES (session_user || ' as ' || current_user); \
+             RETURN NULL; END $f$; \
+             CREATE TRIGGER note_write_role AFTER INSERT OR UPDATE OR DELETE ON tasks \
+             FOR EACH ROW EXECUTE FUNCTION note_write_role()",
+        )
+        .await
+        .unwrap();
+    let pooler = PgBouncer::start(
+        &cluster,
+        PoolerOptions {
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let url = pooler.url();
+    let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "CREATE TEMPORARY TABLE pg_roles AS \
+             SELECT false AS rolsuper, false AS rolbypassrls, current_user::name AS rolname",
+        )
+        .await
+        .unwrap();
+    let state = state_with(env(&[
+        ("DATABASE_URL", &url),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_PREPARED_STATEMENTS", "false"),
+    ]));
+    every_operation(&state, &user_id()).await;
+    let roles: Vec<String> = admin
+        .query("SELECT DISTINCT role FROM write_roles", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(roles, ["postgres as todo_app"]);
+}
+
 /// The same for types: `pg_temp` is searched first for type names too, so a temporary type
 /// another client made, called like a built-in one, would take over every type name the
 /// statements and their functions spell out. Each one here refuses every value (or, for
