@@ -213,8 +213,8 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}; \
              DO $grant$ BEGIN \
-             IF NOT EXISTS (SELECT FROM pg_namespace n, aclexplode(n.nspacl) a \
-             WHERE n.nspname = '{schema}' AND a.grantee = '{role}'::regrole \
+             IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) a \
+             WHERE n.nspname = '{schema}' AND a.grantee = '{role}'::pg_catalog.regrole \
              AND a.privilege_type = 'USAGE') THEN \
              GRANT USAGE ON SCHEMA {schema} TO {role}; \
              END IF; END $grant$",
@@ -224,7 +224,8 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
     let mut existing = std::collections::HashSet::new();
     for message in transaction
         .simple_query(&format!(
-            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+            "SELECT p.proname FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = '{schema}'"
         ))
         .await?
@@ -320,8 +321,8 @@ async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow
     // nothing else in the schema is touched.
     for row in transaction
         .query_typed(
-            "SELECT n.nspname || '.' || p.proname FROM pg_proc p \
-             JOIN pg_namespace n ON n.oid = p.pronamespace \
+            "SELECT n.nspname || '.' || p.proname FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = $1 AND p.proname ~ '^q_[0-9a-f]+$' ORDER BY 1",
             &[(&schema, Type::TEXT)],
         )
@@ -337,10 +338,10 @@ async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow
     }
     for row in transaction
         .query_typed(
-            "SELECT n.nspname || '.' || t.typname FROM pg_type t \
-             JOIN pg_namespace n ON n.oid = t.typnamespace \
+            "SELECT n.nspname || '.' || t.typname FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
              WHERE n.nspname = $1 AND t.typtype = 'c' AND t.typname ~ '^r_[0-9a-f]+$' \
-             AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.prorettype = t.oid) ORDER BY 1",
+             AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.prorettype = t.oid) ORDER BY 1",
             &[(&schema, Type::TEXT)],
         )
         .await?

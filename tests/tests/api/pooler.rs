@@ -184,6 +184,44 @@ async fn migrations_are_safe_through_pgbouncer_in_transaction_mode() {
     }
 }
 
+/// `migrate`'s own reads of the catalog name it with its schema: through a pooler in
+/// transaction mode, a temporary table called like a catalog (`pg_temp` is searched even
+/// before `pg_catalog`) that another client left on the server connection would otherwise
+/// answer them. Here the planted tables lack the columns read, so a read that reached one
+/// failed the run.
+#[tokio::test(flavor = "current_thread")]
+async fn migrations_read_the_catalog_whatever_another_client_left() {
+    use std::time::Duration;
+    let cluster = Cluster::start();
+    tests::migrate_with(&cluster.url(), None);
+    let pooler = PgBouncer::start(
+        &cluster,
+        PoolerOptions {
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let other = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "CREATE TEMPORARY TABLE pg_namespace (planted int); \
+             CREATE TEMPORARY TABLE pg_proc (planted int); \
+             CREATE TEMPORARY TABLE pg_type (planted int)",
+        )
+        .await
+        .unwrap();
+    let mut client = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let applied = migrations::apply(&mut client)
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .expect("a migration run through the pooler");
+    assert!(applied.is_empty(), "{applied:?}");
+}
+
 async fn join_all<T>(
     handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<Result<T, tokio::task::JoinError>> {
