@@ -496,11 +496,13 @@ fn type_sql(ty: &Type) -> String {
     }
 }
 
-/// [`type_sql`] with its schema, as the definitions spell types out: every type the client
-/// binds is a built-in one, and a temporary type of the same name (`pg_temp` is searched
-/// first for types) must not take it over.
+/// [`type_sql`] with its schema, as the definitions spell types out: a temporary type of
+/// the same name (`pg_temp` is searched first for types) must not take it over.
 fn qualified_type_sql(ty: &Type) -> String {
-    format!("pg_catalog.{}", type_sql(ty))
+    match ty.kind() {
+        Kind::Array(element) => format!("{}.{}[]", element.schema(), element.name()),
+        _ => format!("{}.{}", ty.schema(), ty.name()),
+    }
 }
 
 #[cfg(test)]
@@ -710,6 +712,36 @@ mod tests {
         let nothing = Procedure::new("DELETE FROM t", &[], Guards::ALL).definition(&[]);
         assert!(nothing.contains("RETURNS pg_catalog.void\n"), "{nothing}");
         assert!(!nothing.contains("INTO ctx_row"), "{nothing}");
+    }
+
+    /// Every type name the statements and their functions spell out carries its schema
+    /// (`pg_temp`, searched first for types, must not take one over), the listings' filters
+    /// and the `If-Match` writes too, which no test through a pooler calls.
+    #[test]
+    fn every_type_name_carries_its_schema() {
+        const BUILT_IN: [&str; 9] = [
+            "text",
+            "record",
+            "uuid",
+            "timestamptz",
+            "int8",
+            "bool",
+            "bytea",
+            "void",
+            "regrole",
+        ];
+        let columns = [("id".to_owned(), Type::UUID), ("n".to_owned(), Type::INT8)];
+        for procedure in all() {
+            let definition = procedure.definition(&columns);
+            let row = RowType::of(&columns).expect("a row type").definition;
+            for sql in [&procedure.sql, &definition, &row] {
+                let unqualified: Vec<&str> = sql
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                    .filter(|word| BUILT_IN.contains(word))
+                    .collect();
+                assert!(unqualified.is_empty(), "{unqualified:?} in {sql}");
+            }
+        }
     }
 
     /// Statements with the same columns share a type; any other column list is another.
