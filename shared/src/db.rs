@@ -801,6 +801,13 @@ fn call_outcome(
         // In the request's own line (its `database` field), not a line of its own.
         crate::telemetry::note("a statement's function is missing: run `migrate` for this release");
     }
+    if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION {
+        // A 503 that lasts is a misconfiguration, not an outage: say which.
+        crate::telemetry::note(
+            "the server takes no writes: a standby, a read replica's URL, or \
+             default_transaction_read_only",
+        );
+    }
     if !completed && !raised_by_postgres(db) {
         if never_forwarded(db) {
             return Err(Failure::refused(error));

@@ -94,7 +94,7 @@ async fn a_silent_server_is_503_within_the_connect_timeout() {
 /// or `default_transaction_read_only` left on by a role, a database or another client of a
 /// pooler) refuses every write with 25006 before it changes anything: 503 with Retry-After
 /// and nothing written, never a 500, while reads go on being served.
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn a_server_that_takes_no_writes_is_503_for_writes() {
     let url = tests::new_database("read_only").await;
     tests::migrate_with(&url, None);
@@ -129,10 +129,19 @@ async fn a_server_that_takes_no_writes_is_503_for_writes() {
         ApiEvent::patch(&format!("{task_path}/complete")).as_user(&user),
         ApiEvent::delete(&task_path).as_user(&user),
     ] {
-        let response = event.send(&state).await;
+        let logs = crate::idle::Logs::default();
+        let response = {
+            let _capture = logs.capture();
+            event.send(&state).await
+        };
         response.assert_status(503);
         assert_eq!(response.header("retry-after"), Some("2"));
         assert!(response.json()["detail"].is_string(), "{}", response.text());
+        // Its one log line says why, as a 503 that lasts is a misconfiguration.
+        let lines = logs.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let database = lines[0]["database"].as_str().unwrap_or_default();
+        assert!(database.contains("takes no writes"), "{lines:?}");
     }
     crate::get(&state, &user, &id).await.assert_status(200);
     let rows: Vec<(String, bool)> = admin
