@@ -669,14 +669,16 @@ async fn faults_leave_no_trace(statements: Statements) {
     assert!(fatal.is_empty(), "PgBouncer died: {fatal:?}");
 }
 
-/// A pooler in transaction mode hands its server connections from client to client as they
-/// are: a temporary table another client made stays on its server connection. The
-/// statements name their tables with the schema, so one called `tasks` (searched before any
-/// schema) takes nothing over: without it, every call on that connection failed (500).
-#[tokio::test(flavor = "current_thread")]
-async fn another_clients_temporary_tables_take_no_statement_over() {
+/// Another client's session left on a pooler's one server connection: PgBouncer in
+/// transaction mode with a pool of one on `cluster`, another client that ran `planted` in
+/// its session there, and the API's state through the same pooler (unnamed statements, as
+/// PgBouncer 1.18 keeps none). The pooler and the other client live as long as the test.
+async fn after_another_client(
+    cluster: &Cluster,
+    planted: &str,
+) -> (PgBouncer, tokio_postgres::Client, shared::AppState) {
     let pooler = PgBouncer::start(
-        &topology().0,
+        cluster,
         PoolerOptions {
             pool_size: 1,
             ..PoolerOptions::default()
@@ -686,18 +688,27 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
     let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
         .await
         .unwrap();
-    other
-        .batch_execute(
-            "CREATE TEMPORARY TABLE tasks (LIKE public.tasks INCLUDING ALL); \
-             CREATE TEMPORARY TABLE idempotency_keys (LIKE public.idempotency_keys INCLUDING ALL)",
-        )
-        .await
-        .unwrap();
+    other.batch_execute(planted).await.unwrap();
     let state = state_with(env(&[
         ("DATABASE_URL", &url),
         ("DB_POOL_SIZE", "1"),
         ("DB_PREPARED_STATEMENTS", "false"),
     ]));
+    (pooler, other, state)
+}
+
+/// A pooler in transaction mode hands its server connections from client to client as they
+/// are: a temporary table another client made stays on its server connection. The
+/// statements name their tables with the schema, so one called `tasks` (searched before any
+/// schema) takes nothing over: without it, every call on that connection failed (500).
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_temporary_tables_take_no_statement_over() {
+    let (_pooler, other, state) = after_another_client(
+        &topology().0,
+        "CREATE TEMPORARY TABLE tasks (LIKE public.tasks INCLUDING ALL); \
+         CREATE TEMPORARY TABLE idempotency_keys (LIKE public.idempotency_keys INCLUDING ALL)",
+    )
+    .await;
     every_operation(&state, &user_id()).await;
     // The other client's session is still there, on the same (only) server connection.
     let theirs: i64 = other
@@ -735,29 +746,12 @@ async fn another_clients_temporary_catalog_tables_do_not_answer_the_role_check()
         )
         .await
         .unwrap();
-    let pooler = PgBouncer::start(
+    let (_pooler, _other, state) = after_another_client(
         &cluster,
-        PoolerOptions {
-            pool_size: 1,
-            ..PoolerOptions::default()
-        },
-    );
-    let url = pooler.url();
-    let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "CREATE TEMPORARY TABLE pg_roles AS \
-             SELECT false AS rolsuper, false AS rolbypassrls, current_user::name AS rolname",
-        )
-        .await
-        .unwrap();
-    let state = state_with(env(&[
-        ("DATABASE_URL", &url),
-        ("DB_POOL_SIZE", "1"),
-        ("DB_PREPARED_STATEMENTS", "false"),
-    ]));
+        "CREATE TEMPORARY TABLE pg_roles AS \
+         SELECT false AS rolsuper, false AS rolbypassrls, current_user::name AS rolname",
+    )
+    .await;
     every_operation(&state, &user_id()).await;
     let roles: Vec<String> = admin
         .query("SELECT DISTINCT role FROM write_roles", &[])
@@ -776,27 +770,11 @@ async fn another_clients_temporary_catalog_tables_do_not_answer_the_role_check()
 /// schema on those names, every call on that connection failed (500).
 #[tokio::test(flavor = "current_thread")]
 async fn another_clients_temporary_types_take_no_name_over() {
-    let pooler = PgBouncer::start(
-        &topology().0,
-        PoolerOptions {
-            pool_size: 1,
-            ..PoolerOptions::default()
-        },
-    );
-    let url = pooler.url();
-    let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
     let mut planted = String::from("CREATE TYPE pg_temp.record AS (a int); ");
     for ty in ["text", "uuid", "timestamptz", "int8", "bool", "bytea"] {
         planted += &format!("CREATE DOMAIN pg_temp.{ty} AS pg_catalog.{ty} CHECK (false); ");
     }
-    other.batch_execute(&planted).await.unwrap();
-    let state = state_with(env(&[
-        ("DATABASE_URL", &url),
-        ("DB_POOL_SIZE", "1"),
-        ("DB_PREPARED_STATEMENTS", "false"),
-    ]));
+    let (_pooler, other, state) = after_another_client(&topology().0, &planted).await;
     every_operation(&state, &user_id()).await;
     // The other client's session is still there, on the same (only) server connection.
     let theirs: i64 = other
