@@ -194,24 +194,13 @@ async fn migrations_read_the_catalog_whatever_another_client_left() {
     use std::time::Duration;
     let cluster = Cluster::start();
     tests::migrate_with(&cluster.url(), None);
-    let pooler = PgBouncer::start(
+    let (pooler, _other, _state) = after_another_client(
         &cluster,
-        PoolerOptions {
-            pool_size: 1,
-            ..PoolerOptions::default()
-        },
-    );
-    let other = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
-        .await
-        .unwrap();
-    other
-        .batch_execute(
-            "CREATE TEMPORARY TABLE pg_namespace (planted int); \
-             CREATE TEMPORARY TABLE pg_proc (planted int); \
-             CREATE TEMPORARY TABLE pg_type (planted int)",
-        )
-        .await
-        .unwrap();
+        "CREATE TEMPORARY TABLE pg_namespace (planted int); \
+         CREATE TEMPORARY TABLE pg_proc (planted int); \
+         CREATE TEMPORARY TABLE pg_type (planted int)",
+    )
+    .await;
     let mut client = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
         .await
         .unwrap();
@@ -671,7 +660,8 @@ async fn faults_leave_no_trace(statements: Statements) {
 
 /// Another client's session left on a pooler's one server connection: PgBouncer in
 /// transaction mode with a pool of one on `cluster`, another client that ran `planted` in
-/// its session there, and the API's state through the same pooler (unnamed statements, as
+/// its session there, and the API's state through the same pooler, which opens no
+/// connection until it is used (unnamed statements, as
 /// PgBouncer 1.18 keeps none). The pooler and the other client live as long as the test.
 async fn after_another_client(
     cluster: &Cluster,
