@@ -146,16 +146,26 @@ impl TokenVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required of a token signed with a key pair.
+        // An HS256 token is checked against them only when it carries them: the only ones
+        // Better Auth signs (its `session_data` cookie cache) carry neither, and only
+        // Better Auth and this API hold the secret, so requiring them would refuse every
+        // such token of a stack that also takes the `jwt` plugin's (README, *Connect your frontend*).
+        let required = header.alg != Algorithm::HS256;
         match &self.audience {
             Some(audience) => {
                 validation.set_audience(audience);
-                validation.required_spec_claims.insert("aud".into());
+                if required {
+                    validation.required_spec_claims.insert("aud".into());
+                }
             }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(issuer);
-            validation.required_spec_claims.insert("iss".into());
+            if required {
+                validation.required_spec_claims.insert("iss".into());
+            }
         }
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| {
