@@ -47,7 +47,12 @@ pub fn json_object_body(req: &Request) -> Result<Option<Map<String, Value>>, Api
     if bytes.len() > MAX_BODY_BYTES || req.extensions().get::<BodyTooLarge>().is_some() {
         return Err(ApiError::PayloadTooLarge);
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // JSON's white space only (RFC 8259): `u8::is_ascii_whitespace` also takes a form feed,
+    // and a body of one would have been no body, so a PATCH would have toggled.
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Ok(None);
     }
     if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
@@ -78,14 +83,18 @@ fn is_json_media_type(value: &HeaderValue) -> bool {
 }
 
 fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {
-    // pydantic reports the character position of the error; serde gives line and column.
-    let text = String::from_utf8_lossy(bytes);
-    let position: usize = text
-        .split_inclusive('\n')
+    // pydantic reports the character position of the error; serde gives the line and the
+    // column in bytes, which are counted here as characters too.
+    let mut lines = bytes.split_inclusive(|&b| b == b'\n');
+    let chars = |line: &[u8]| String::from_utf8_lossy(line).chars().count();
+    let position: usize = lines
+        .by_ref()
         .take(err.line().saturating_sub(1))
-        .map(|line| line.chars().count())
+        .map(chars)
         .sum::<usize>()
-        + err.column().saturating_sub(1);
+        + lines.next().map_or(0, |line| {
+            chars(&line[..err.column().saturating_sub(1).min(line.len())])
+        });
     let message = err.to_string();
     let reason = message
         .split(" at line ")

@@ -204,6 +204,64 @@ async fn base64_bodies_from_api_gateway_are_decoded() {
     assert_eq!(response.json()["title"], "from base64 ✓");
 }
 
+/// A malformed body's position is a character count, as pydantic's (Python's `json`) is,
+/// not serde's byte column.
+#[tokio::test]
+async fn a_malformed_bodys_position_counts_characters() {
+    let state = state();
+    let user = user_id();
+    // Python: json.loads(body) fails with `.pos` 13 and 18.
+    for (body, position) in [
+        ("{\"title\":\"é\",}", 13),
+        ("{\"title\":\"é\"\n,\"x\":é}", 18),
+    ] {
+        let response = ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .header("content-type", "application/json")
+            .raw_body(body)
+            .send(&state)
+            .await;
+        response.assert_status(422);
+        assert_eq!(
+            response.detail()[0]["loc"],
+            json!(["body", position]),
+            "{body:?}"
+        );
+    }
+}
+
+/// Only JSON's white space (space, tab, CR, LF) makes a body empty. A form feed is not
+/// JSON: a toggle whose body is one is a 422 and changes nothing (it toggled).
+#[tokio::test]
+async fn a_body_of_other_white_space_is_no_empty_body() {
+    let state = state();
+    let user = user_id();
+    let task = create_titled(&state, &user, "form feed").await;
+    let complete = format!("{}/complete", task_path(&user, &id_of(&task)));
+    for body in ["\u{c}", " \u{b} ", "\u{a0}"] {
+        let response = ApiEvent::patch(&complete)
+            .as_user(&user)
+            .raw_body(body)
+            .send(&state)
+            .await;
+        response.assert_status(422);
+        assert_eq!(response.error_types(), ["json_invalid"], "{body:?}");
+    }
+    let read = ApiEvent::get(&task_path(&user, &id_of(&task)))
+        .as_user(&user)
+        .send(&state)
+        .await;
+    read.assert_status(200);
+    assert_eq!(read.json()["completed"], false);
+    // JSON's own white space is still no body: the toggle happens.
+    ApiEvent::patch(&complete)
+        .as_user(&user)
+        .raw_body(" \t\r\n")
+        .send(&state)
+        .await
+        .assert_status(200);
+}
+
 /// A body that is not valid UTF-8 reaches the function base64-encoded (API Gateway's way
 /// of passing bytes that are not text) and is a 422. Under `cargo lambda watch` it never
 /// gets here: the emulator answers 500 itself (README: the one known local difference).
