@@ -23,7 +23,9 @@ use crate::task::{Completion, NewTask, Task, TaskChanges, TaskId};
 use crate::validation::{both, FieldError};
 use crate::AppState;
 
-/// Characters escaped in a path segment of a `Location` or `Link` URL.
+/// Characters escaped in a path segment of a `Location` or `Link` URL: every ASCII
+/// character RFC 3986 does not allow there, and those with a meaning of their own in a path
+/// (`/`, `?`, `#`, `%`). A browser's URL parser reads a raw `\` as `/`.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
@@ -33,8 +35,13 @@ const PATH_SEGMENT: &AsciiSet = &CONTROLS
     .add(b'<')
     .add(b'>')
     .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
     .add(b'`')
     .add(b'{')
+    .add(b'|')
     .add(b'}');
 
 /// `GET /api/{user_id}/tasks`

@@ -400,6 +400,7 @@ async fn user_ids_with_quotes_and_dollars_reach_the_database_intact() {
         "$u$; SELECT 1; --",
         "ab$u",
         "\\'; DROP TABLE tasks; --",
+        "a|b^c[d]`e{f}",
     ] {
         let path = format!(
             "/api/{}/tasks",
@@ -412,6 +413,16 @@ async fn user_ids_with_quotes_and_dollars_reach_the_database_intact() {
             .await;
         created.assert_status(201);
         assert_eq!(created.json()["user_id"], user);
+        // The Location is a URI (RFC 3986) that decodes to the task's path: a raw `\`
+        // would be read by a browser as `/`.
+        let location = created.header("location").unwrap();
+        let uri_char = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c);
+        assert!(location.chars().all(uri_char), "{user}: {location}");
+        let id = created.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            percent_encoding::percent_decode_str(location).decode_utf8_lossy(),
+            format!("/api/{user}/tasks/{id}")
+        );
         let listed = ApiEvent::get(&path).as_user(user).send(&state).await;
         listed.assert_status(200);
         assert_eq!(listed.json().as_array().unwrap().len(), 1, "{user}");
