@@ -343,6 +343,37 @@ def test_neon_database_url_alone_is_used_and_no_local_cluster_is_started(cluster
     assert " ".join(rows) == "in the given database"
 
 
+def test_quoted_values_in_env_are_read_without_their_quotes(cluster):
+    """A Neon URL holds `&`, so a developer quotes it in .env (the README's `. ./.env` needs
+    that): scripts/dev must read the value inside the quotes, not stop at an unusable URL."""
+    database = "quoted_env_" + uuid.uuid4().hex[:8]
+    subprocess.run(as_postgres([cluster.pg_bin / "createdb", "-h", "127.0.0.1", "-p", cluster.port,
+                                "-U", "postgres", database]), check=True, capture_output=True)
+    url = cluster.url.replace("/postgres?", f"/{database}?") + "&application_name=quoted"
+    stack = Stack()
+    (stack.tmp / ".env").write_text(
+        f"DATABASE_URL='{url}'\n"
+        f"BETTER_AUTH_SECRET={uuid.uuid4().hex}{uuid.uuid4().hex}\n"
+        f"DEV_PG_PASSWORD={uuid.uuid4().hex}\n"
+        'CORS_ALLOWED_ORIGINS="http://localhost:3000"\r\n'
+    )
+    (stack.tmp / ".env").chmod(0o600)
+    try:
+        stack.start()
+        user = "quoted-env"
+        call(stack, "POST", f"/api/{user}/tasks", token=stack.token(user), body={"title": "quoted"},
+             expect=201)
+        status, headers, _ = stack.request("OPTIONS", f"/api/{user}/tasks", headers={
+            "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"})
+        assert headers.get("access-control-allow-origin") == "http://localhost:3000", (status, headers)
+    finally:
+        stack.stop()
+    rows = subprocess.run(as_postgres([cluster.pg_bin / "psql", "-h", "127.0.0.1", "-p", cluster.port, "-U",
+                                       "postgres", "-d", database, "-tAc", "SELECT title FROM tasks"]),
+                          check=True, capture_output=True, text=True).stdout.split()
+    assert rows == ["quoted"]
+
+
 def test_a_checkout_the_postgres_user_cannot_enter_keeps_its_cluster_in_var_tmp():
     """As root in a checkout under /root (mode 700), initdb and postgres, which run as the
     `postgres` user, cannot reach .local/: scripts/dev keeps the cluster in /var/tmp, linked
