@@ -63,14 +63,21 @@ const ROLE_SWITCH: u8 = 1;
 const ROLE_AS_LOGIN: u8 = 2;
 
 /// Whether the login role is itself subject to row-level security and may use the tables.
-/// Every relation is named with its schema: `pg_temp` is searched first, even before
-/// `pg_catalog`, and a temporary `pg_roles` that another client of a pooler in transaction
-/// mode left on the server connection would otherwise answer for a role that bypasses RLS,
-/// whose calls would then run without the switch to `todo_app` (`pooler.rs`).
-const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (rolsuper OR rolbypassrls) \
-     AND has_table_privilege('public.tasks', 'SELECT, INSERT, UPDATE, DELETE') \
-     AND has_table_privilege('public.idempotency_keys', 'SELECT, INSERT, UPDATE, DELETE') \
-     FROM pg_catalog.pg_roles WHERE rolname = current_user";
+/// A pooler in transaction mode hands server connections on with what another client left
+/// in its session, so the check reads neither:
+/// - the role in force (`current_user`, or `session_user`, which a superuser may set):
+///   another client's `SET ROLE todo_app` made a superuser login look subject to RLS, for
+///   the life of the instance, and its calls then ran without the switch to `todo_app`
+///   wherever that role was not left over. The role the connection logged in as is its
+///   `pg_stat_activity` row's;
+/// - a relation by the search path: `pg_temp` is searched first, even before `pg_catalog`,
+///   and a temporary `pg_roles` would answer for the role (`pooler.rs`).
+const LOGIN_ROLE_IS_SUBJECT_TO_RLS: &str = "SELECT NOT (r.rolsuper OR r.rolbypassrls) \
+     AND pg_catalog.has_table_privilege(r.oid, 'public.tasks', 'SELECT, INSERT, UPDATE, DELETE') \
+     AND pg_catalog.has_table_privilege(r.oid, 'public.idempotency_keys', \
+     'SELECT, INSERT, UPDATE, DELETE') \
+     FROM pg_catalog.pg_roles r WHERE r.oid = (SELECT a.usesysid \
+     FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_catalog.pg_backend_pid())";
 
 /// How long after a call's deadline the client still waits for the server's answer. The
 /// server refuses a call that starts late and ends lock waits at the deadline (see

@@ -719,6 +719,52 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
 #[tokio::test(flavor = "current_thread")]
 async fn another_clients_temporary_catalog_tables_do_not_answer_the_role_check() {
     let cluster = Cluster::start();
+    let admin = recording_write_roles(&cluster).await;
+    let (_pooler, _other, state) = after_another_client(
+        &cluster,
+        "CREATE TEMPORARY TABLE pg_roles AS \
+         SELECT false AS rolsuper, false AS rolbypassrls, current_user::name AS rolname",
+    )
+    .await;
+    every_operation(&state, &user_id()).await;
+    assert_eq!(write_roles(&admin).await, ["postgres as todo_app"]);
+}
+
+/// The role another client set for its session stays on the server connection too. The
+/// check asks about the role the connection logged in as, not the one in force: asked
+/// about `todo_app` (which the other client set), it said "subject to row-level security"
+/// for a superuser login, for the life of the instance. Once the other client had reset
+/// its role, every statement ran as the superuser, outside the policies.
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_role_does_not_answer_the_role_check() {
+    let cluster = Cluster::start();
+    let admin = recording_write_roles(&cluster).await;
+    for (set, reset) in [
+        ("SET ROLE todo_app", "RESET ROLE"),
+        (
+            "SET SESSION AUTHORIZATION todo_app",
+            "RESET SESSION AUTHORIZATION",
+        ),
+    ] {
+        let (_pooler, other, state) = after_another_client(&cluster, set).await;
+        every_operation(&state, &user_id()).await;
+        other.batch_execute(reset).await.unwrap();
+        every_operation(&state, &user_id()).await;
+        let roles = write_roles(&admin).await;
+        assert!(
+            roles.iter().all(|r| r.ends_with(" as todo_app")),
+            "{set}: {roles:?}"
+        );
+    }
+    assert_eq!(
+        write_roles(&admin).await,
+        ["postgres as todo_app", "todo_app as todo_app"]
+    );
+}
+
+/// A cluster of the test's own, migrated, where a trigger records the role each write to
+/// `tasks` ran as (`session_user as current_user`); returns a superuser connection to it.
+async fn recording_write_roles(cluster: &Cluster) -> tokio_postgres::Client {
     tests::migrate_with(&cluster.url(), None);
     let admin = shared::db::connect_once(&cluster.url(), None, std::time::Duration::from_secs(10))
         .await
@@ -736,21 +782,18 @@ async fn another_clients_temporary_catalog_tables_do_not_answer_the_role_check()
         )
         .await
         .unwrap();
-    let (_pooler, _other, state) = after_another_client(
-        &cluster,
-        "CREATE TEMPORARY TABLE pg_roles AS \
-         SELECT false AS rolsuper, false AS rolbypassrls, current_user::name AS rolname",
-    )
-    .await;
-    every_operation(&state, &user_id()).await;
-    let roles: Vec<String> = admin
-        .query("SELECT DISTINCT role FROM write_roles", &[])
+    admin
+}
+
+/// The roles the writes ran as ([`recording_write_roles`]), each once.
+async fn write_roles(admin: &tokio_postgres::Client) -> Vec<String> {
+    admin
+        .query("SELECT DISTINCT role FROM write_roles ORDER BY 1", &[])
         .await
         .unwrap()
         .iter()
         .map(|row| row.get(0))
-        .collect();
-    assert_eq!(roles, ["postgres as todo_app"]);
+        .collect()
 }
 
 /// The same for types: `pg_temp` is searched first for type names too, so a temporary type
