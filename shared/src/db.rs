@@ -15,10 +15,12 @@ use deadpool::managed::QueueMode;
 use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
-use tokio_postgres::error::{DbError, SqlState};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::error::{DbError, Severity, SqlState};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Column, Row};
+use tokio_postgres::{AsyncMessage, Column, Connection, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod cancel;
@@ -117,6 +119,71 @@ pub async fn connect_once(
     Ok(client)
 }
 
+/// Opens the pool's connections as deadpool-postgres does, and drives each one with
+/// [`drive`] instead of its own future (which logs the server's notices and drops them).
+struct ConnectWatchingCommits {
+    tls: MakeRustlsConnect,
+}
+
+impl deadpool_postgres::Connect for ConnectWatchingCommits {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let tls = self.tls.clone();
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let (client, connection) = pg_config.connect(tls).await?;
+            Ok((client, tokio::spawn(drive(connection))))
+        })
+    }
+}
+
+/// Drives a pooled connection until it closes, and closes it when a commit's wait for a
+/// synchronous standby is cancelled. Postgres then reports the commit as a success, with
+/// only a warning that it is local and may not be replicated (on Neon, where every commit
+/// waits for the safekeepers, a write that a compute restart can still lose). A cancel this
+/// code sent is known to the call ([`Database::query_as`]); one that someone else sent
+/// (`pg_cancel_backend`, a console's "cancel query") is known only by that warning, which
+/// comes before the call's `ReadyForQuery`. Closing the connection there ends the call as
+/// one whose connection was lost after its write was sent: its outcome is unknown (a 504,
+/// or a repeatable write's repeat, whose own commit waits for the standby), never a 2xx.
+async fn drive<S, T>(mut connection: Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(notice))) if commit_not_replicated(&notice) => {
+                // A line of its own: the call's line says only that its outcome is unknown,
+                // and this says why (a write perhaps lost, which an operator should know).
+                tracing::warn!(
+                    "a commit's wait for its synchronous standby was cancelled: committed \
+                     locally, perhaps not replicated; the connection is closed, so that its \
+                     call's outcome is unknown"
+                );
+                return;
+            }
+            Some(Ok(_)) => {}
+            // A connection that closed or failed is the call's error, in its request's
+            // line (telemetry.rs: no line of its own in the middle of a request).
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// Whether a notice is Postgres's warning that a commit stopped waiting for its synchronous
+/// standby (`SyncRepWaitForLSN`: a cancel, or the backend's termination). Told by the
+/// routine and the unlocalized severity, not by the message, which may be translated.
+fn commit_not_replicated(notice: &DbError) -> bool {
+    notice.parsed_severity() == Some(Severity::Warning)
+        && notice.routine() == Some("SyncRepWaitForLSN")
+}
+
 /// What a statement does to the data, which decides what a failure may tell the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -143,9 +210,9 @@ impl Database {
         }
         let tls = tls::connector(config.ca_file.as_deref())?;
         let idle = Arc::new(IdleWatch::new(config.idle_check_after));
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             pg,
-            tls.clone(),
+            ConnectWatchingCommits { tls: tls.clone() },
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -243,6 +243,71 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
     crate::get(&state, &user, &id).await.assert_status(200);
 }
 
+/// The same wait ended by a cancel this code did not send (`pg_cancel_backend`, a
+/// console's "cancel query"): Postgres answers success with the same warning, which is then
+/// the only sign. The connection is closed on that warning, so the write's answer is a 504
+/// (it was a 200), and the instance goes on with a fresh connection.
+#[tokio::test]
+async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
+    let cluster = Cluster::start_with(Options {
+        durable: true,
+        ..Options::default()
+    });
+    tests::migrate_with(&cluster.url(), None);
+    let url = cluster.url();
+    let state = state_with(env(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "1"),
+        ("DB_STATEMENT_TIMEOUT_MS", "5000"),
+    ]));
+    let user = user_id();
+    let id = id_of(&create_titled(&state, &user, "before").await);
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let set = async |setting: &str| {
+        admin.batch_execute(setting).await.unwrap();
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+    };
+    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = task_path(&user, &id);
+    let event = ApiEvent::put(&path)
+        .as_user(&user)
+        .json(&json!({"title": "after"}));
+    let put = event.send(&state);
+    // Cancel the API's backend once its commit waits for the standby (bounded: 3 s).
+    let cancel = async {
+        for _ in 0..60 {
+            let rows = admin
+                .query(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'todo-api' AND wait_event = 'SyncRep'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if !rows.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    let (response, cancelled) = tokio::join!(put, cancel);
+    set("ALTER SYSTEM RESET synchronous_standby_names").await;
+    assert!(cancelled, "the write never waited for the standby");
+    response.assert_status(504);
+    // Committed locally: the answer could not have been "not done" either.
+    assert_eq!(stored_title(&admin, &id).await, "after");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::get(&state, &user, &id).await.assert_status(200);
+}
+
 #[tokio::test]
 async fn a_create_whose_commit_answer_was_lost_is_repeated_and_created_once() {
     let (cutter, cut_state) = cutting_state().await;
