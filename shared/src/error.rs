@@ -182,8 +182,8 @@ impl ApiError {
                 "Precondition failed: the task has changed since it was read".into()
             }
             ApiError::OutcomeUnknown(_) => "The database connection was lost before this write \
-                 was confirmed: it may or may not have been applied. Read the task to check; \
-                 retry a create with the same Idempotency-Key"
+                 was confirmed: it may or may not have been applied. Repeat it with If-Match (a \
+                 create: with the same Idempotency-Key)"
                 .into(),
             ApiError::Unavailable(_) => "Service temporarily unavailable, retry shortly".into(),
             ApiError::Unhealthy(_) => "Database unavailable".into(),

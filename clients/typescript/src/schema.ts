@@ -408,7 +408,7 @@ export interface components {
                 "application/json": components["schemas"]["HTTPError"];
             };
         };
-        /** @description The database connection was lost after the write was sent, with its answer: the write may or may not have been applied (the only error answer that does not mean "not done"). Read the task to check; retry a create with the same Idempotency-Key. */
+        /** @description The database connection was lost after the write was sent, with its answer: the write may or may not have been applied (the only error answer that does not mean "not done"). Repeat an update as a conditional write (If-Match) rather than read the task to check, which can show a commit not yet replicated; retry a create with the same Idempotency-Key. */
         OutcomeUnknown: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -417,7 +417,7 @@ export interface components {
             content: {
                 /**
                  * @example {
-                 *       "detail": "The database connection was lost before this write was confirmed: it may or may not have been applied. Read the task to check; retry a create with the same Idempotency-Key"
+                 *       "detail": "The database connection was lost before this write was confirmed: it may or may not have been applied. Repeat it with If-Match (a create: with the same Idempotency-Key)"
                  *     }
                  */
                 "application/json": components["schemas"]["HTTPError"];
