@@ -29,7 +29,7 @@ use tokio_postgres::types::{Kind, Type};
 pub const SCHEMA: &str = "todo_api";
 
 /// Changes whenever [`definition`]'s template changes, so that every function is new.
-const TEMPLATE_VERSION: &str = "14";
+const TEMPLATE_VERSION: &str = "15";
 
 /// Changes when row types of the same columns must differ from those named before (and
 /// then, as the functions return them, [`TEMPLATE_VERSION`] too).
@@ -248,6 +248,11 @@ impl Procedure {
     ///   mode resets nothing between clients), or a role's or database's default, of `off`,
     ///   `local` or `remote_write` would otherwise answer 2xx for a commit that a crash of
     ///   the server can still lose. A stronger `remote_apply` stays;
+    /// - for a write, hears Postgres's warning that its commit's wait for a synchronous
+    ///   standby was cancelled ([`crate::db`] closes the connection on it: the outcome is
+    ///   then unknown): a `client_min_messages` of `error` (a role's, a database's, or a
+    ///   session's that another client left) would hold the warning back, and is lowered
+    ///   to `warning` for the transaction;
     /// - for a listing ([`Guards::pinned_plan`]), plans the statement once per connection,
     ///   from the table's average statistics (`plan_cache_mode = force_generic_plan`), and
     ///   never with a sequential scan of the table (`enable_seqscan = off`; the listing
@@ -340,6 +345,9 @@ impl Procedure {
             declare.push("ctx_commit pg_catalog.text;");
             check += "    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN\n        \
                           ctx_commit := set_config('synchronous_commit', 'on', true);\n    \
+                      END IF;\n";
+            check += "    IF current_setting('client_min_messages') = 'error' THEN\n        \
+                          ctx_commit := set_config('client_min_messages', 'warning', true);\n    \
                       END IF;\n";
         }
         settings.extend(
@@ -550,8 +558,8 @@ mod tests {
         assert_eq!(
             (TEMPLATE_VERSION, digest.as_str()),
             (
-                "14",
-                "11916bc11722deaa3e6d0eb21ab12a333f213a0de05c98d3969f562264bf0303"
+                "15",
+                "46dd33746c2ba5d48bc53429c3de65c2c48d2a72d1ec41a0ff2ba628876675bd"
             ),
             "the function template changed: bump TEMPLATE_VERSION"
         );
@@ -573,6 +581,13 @@ mod tests {
             assert_eq!(
                 definition.contains(
                     "    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN\n        ctx_commit := set_config('synchronous_commit', 'on', true);\n    END IF;\n"
+                ),
+                writes,
+                "{definition}"
+            );
+            assert_eq!(
+                definition.contains(
+                    "    IF current_setting('client_min_messages') = 'error' THEN\n        ctx_commit := set_config('client_min_messages', 'warning', true);\n    END IF;\n"
                 ),
                 writes,
                 "{definition}"
@@ -677,11 +692,11 @@ mod tests {
                 !alone,
                 "{definition}"
             );
-            // The `IF`s: the call's name, the role switch inside it, and a write's deadline
-            // and commit's.
+            // The `IF`s: the call's name, the role switch inside it, and a write's deadline,
+            // its commit's durability and its commit's warnings.
             assert_eq!(
                 definition.matches("IF ").count(),
-                2 + 2 * usize::from(procedure.guards.deadline),
+                2 + 3 * usize::from(procedure.guards.deadline),
                 "{definition}"
             );
             // The deadline is compared as it came, the lock timeout set as it came: no

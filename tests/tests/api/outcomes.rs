@@ -246,7 +246,10 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
 /// The same wait ended by a cancel this code did not send (`pg_cancel_backend`, a
 /// console's "cancel query"): Postgres answers success with the same warning, which is then
 /// the only sign. The connection is closed on that warning, so the write's answer is a 504
-/// (it was a 200), and the instance goes on with a fresh connection.
+/// (it was a 200), and the instance goes on with a fresh connection. A database whose
+/// default `client_min_messages` is `error` (a common way to quiet migrations), or such a
+/// session setting another client of a pooler left, would hold the warning back: a write
+/// lowers it to `warning` for its own transaction.
 #[tokio::test]
 async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
     let cluster = Cluster::start_with(Options {
@@ -255,13 +258,6 @@ async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
     });
     tests::migrate_with(&cluster.url(), None);
     let url = cluster.url();
-    let state = state_with(env(&[
-        ("DATABASE_URL", url.as_str()),
-        ("DB_POOL_SIZE", "1"),
-        ("DB_STATEMENT_TIMEOUT_MS", "5000"),
-    ]));
-    let user = user_id();
-    let id = id_of(&create_titled(&state, &user, "before").await);
     let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -273,39 +269,57 @@ async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
             .await
             .unwrap();
     };
-    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let path = task_path(&user, &id);
-    let event = ApiEvent::put(&path)
-        .as_user(&user)
-        .json(&json!({"title": "after"}));
-    let put = event.send(&state);
-    // Cancel the API's backend once its commit waits for the standby (bounded: 3 s).
-    let cancel = async {
-        for _ in 0..60 {
-            let rows = admin
-                .query(
-                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = 'todo-api' AND wait_event = 'SyncRep'",
-                    &[],
-                )
+    for quiet in [false, true] {
+        if quiet {
+            admin
+                .batch_execute("ALTER DATABASE postgres SET client_min_messages = error")
                 .await
                 .unwrap();
-            if !rows.is_empty() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
-    };
-    let (response, cancelled) = tokio::join!(put, cancel);
-    set("ALTER SYSTEM RESET synchronous_standby_names").await;
-    assert!(cancelled, "the write never waited for the standby");
-    response.assert_status(504);
-    // Committed locally: the answer could not have been "not done" either.
-    assert_eq!(stored_title(&admin, &id).await, "after");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    crate::get(&state, &user, &id).await.assert_status(200);
+        let state = state_with(env(&[
+            ("DATABASE_URL", url.as_str()),
+            ("DB_POOL_SIZE", "1"),
+            ("DB_STATEMENT_TIMEOUT_MS", "5000"),
+        ]));
+        let user = user_id();
+        let id = id_of(&create_titled(&state, &user, "before").await);
+        set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = task_path(&user, &id);
+        let event = ApiEvent::put(&path)
+            .as_user(&user)
+            .json(&json!({"title": "after"}));
+        let put = event.send(&state);
+        // Cancel the API's backend once its commit waits for the standby (bounded: 3 s).
+        let cancel = async {
+            for _ in 0..60 {
+                let rows = admin
+                    .query(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = 'todo-api' AND wait_event = 'SyncRep'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                if !rows.is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        };
+        let (response, cancelled) = tokio::join!(put, cancel);
+        set("ALTER SYSTEM RESET synchronous_standby_names").await;
+        assert!(
+            cancelled,
+            "the write never waited for the standby (quiet: {quiet})"
+        );
+        assert_eq!(response.status, 504, "quiet: {quiet}: {}", response.text());
+        // Committed locally: the answer could not have been "not done" either.
+        assert_eq!(stored_title(&admin, &id).await, "after");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::get(&state, &user, &id).await.assert_status(200);
+    }
 }
 
 #[tokio::test]
