@@ -86,6 +86,8 @@ struct Claims {
     iat: Option<Value>,
     sub: Option<Value>,
     user: Option<Value>,
+    iss: Option<Value>,
+    aud: Option<Value>,
 }
 
 impl TokenVerifier {
@@ -146,11 +148,11 @@ impl TokenVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
-        // A configured issuer or audience is required of a token signed with a key pair.
-        // An HS256 token is checked against them only when it carries them: the only ones
-        // Better Auth signs (its `session_data` cookie cache) carry neither, and only
-        // Better Auth and this API hold the secret, so requiring them would refuse every
-        // such token of a stack that also takes the `jwt` plugin's (README, *Connect your frontend*).
+        // A configured issuer or audience is required of a token signed with a key pair;
+        // of an HS256 token, in `check_claims`, unless it has the shape of the only ones
+        // Better Auth signs (its `session_data` cookie cache: the user in `user`, no `sub`),
+        // which carry neither: requiring them would refuse every such token of a stack that
+        // also takes the `jwt` plugin's (README, *Connect your frontend*).
         let required = header.alg != Algorithm::HS256;
         match &self.audience {
             Some(audience) => {
@@ -188,6 +190,26 @@ impl TokenVerifier {
     }
 
     fn check_claims(&self, claims: &Claims) -> Result<UserId, ApiError> {
+        // jsonwebtoken checks a configured `iss` / `aud` only when it can read the claim (a
+        // string, or strings): one of another type would pass. And of an HS256 token with a
+        // `sub` (not the cookie cache's shape) a configured one is required here.
+        for (claim, configured) in [
+            (&claims.iss, self.issuer.is_some()),
+            (&claims.aud, self.audience.is_some()),
+        ] {
+            match claim {
+                Some(value) if configured && !is_string_or_strings(value) => {
+                    return Err(AuthError::Invalid("an iss or aud that is not a string").into());
+                }
+                None if configured && claims.sub.is_some() => {
+                    return Err(AuthError::Invalid(
+                        "a required claim missing (exp, or iss or aud when set)",
+                    )
+                    .into());
+                }
+                _ => {}
+            }
+        }
         // jsonwebtoken checks exp and nbf; a time claim must still be a number, and `iat`
         // may not lie in the future.
         for claim in [&claims.exp, &claims.nbf, &claims.iat]
@@ -213,6 +235,15 @@ impl TokenVerifier {
             .as_str()
             .and_then(UserId::parse)
             .ok_or_else(|| AuthError::InvalidSubject.into())
+    }
+}
+
+/// Whether a claim is a string or an array of strings (`iss`, `aud`).
+fn is_string_or_strings(value: &Value) -> bool {
+    match value {
+        Value::String(_) => true,
+        Value::Array(items) => items.iter().all(Value::is_string),
+        _ => false,
     }
 }
 

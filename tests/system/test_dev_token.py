@@ -1,7 +1,7 @@
 """dev-token mints what the API accepts: with JWT_ISSUER and JWT_AUDIENCE set (the README's
-local set-up next to Better Auth sets both, and the API then checks iss and aud in every
-HS256 token that carries them), its token carries them and passes, so the curl that
-scripts/dev prints works there too."""
+local set-up next to Better Auth sets both, and the API then requires iss and aud of every
+token with a sub), its token carries them, so the curl that scripts/dev prints works there
+too."""
 
 import subprocess
 import uuid

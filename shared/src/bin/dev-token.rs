@@ -3,9 +3,8 @@
 //! Python system tests mint their tokens with it too.
 //!
 //! Usage: `dev-token <user_id> [lifetime-seconds]` (default one hour). With `JWT_ISSUER` or
-//! `JWT_AUDIENCE` set, which the API checks in an HS256 token that carries them (and
-//! requires of a token signed with a key pair), the token carries the first value of each
-//! as `iss` / `aud`.
+//! `JWT_AUDIENCE` set, which the API then requires of a token with a `sub`, the token
+//! carries the first value of each as `iss` / `aud`.
 
 use std::process::ExitCode;
 

@@ -231,8 +231,9 @@ async fn issuer_and_audience_are_checked_when_configured() {
         ("HS256, aud a string", hs256(&good_str)),
         ("EdDSA", key_pair(&good)),
         ("EdDSA, aud a string", key_pair(&good_str)),
-        // Better Auth's cookie-cache JWT (HS256) carries neither claim: checked only when
-        // present, or a stack that also takes the jwt plugin's tokens would refuse it.
+        // Better Auth's cookie-cache JWT (HS256: the user in `user`, no `sub`) carries
+        // neither claim: checked only when present, or a stack that also takes the jwt
+        // plugin's tokens would refuse it.
         (
             "HS256 cookie-cache token without iss and aud",
             hs256(&json!({"user": {"id": user}, "exp": now() + 600})),
@@ -245,9 +246,39 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let wrong_audience = with(json!({"iss": "https://auth.example.com", "aud": "nope"}));
     let no_issuer = with(json!({"aud": "other"}));
     let no_audience = with(json!({"iss": "https://auth.example.com"}));
+    let cookie_cache = |extra: Value| {
+        let mut c = json!({"user": {"id": user}, "exp": now() + 600});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        hs256(&c)
+    };
     for (case, token) in [
         ("HS256, wrong issuer", hs256(&wrong_issuer)),
         ("HS256, wrong audience", hs256(&wrong_audience)),
+        // Only the cookie cache's shape (no `sub`) is let off the two claims.
+        ("HS256 with a sub, no issuer", hs256(&no_issuer)),
+        ("HS256 with a sub, no audience", hs256(&no_audience)),
+        (
+            "HS256, an audience that is not a string",
+            hs256(&with(json!({"iss": "https://auth.example.com", "aud": 42}))),
+        ),
+        (
+            "HS256, an issuer that is not a string",
+            hs256(&with(json!({"iss": {}, "aud": "other"}))),
+        ),
+        (
+            "cookie-cache shape, wrong audience",
+            cookie_cache(json!({"aud": "nope"})),
+        ),
+        (
+            "cookie-cache shape, an audience that is not a string",
+            cookie_cache(json!({"aud": 42})),
+        ),
+        (
+            "cookie-cache shape, an issuer that is not a string",
+            cookie_cache(json!({"iss": ["https://auth.example.com", 1]})),
+        ),
         ("EdDSA, wrong issuer", key_pair(&wrong_issuer)),
         ("EdDSA, wrong audience", key_pair(&wrong_audience)),
         ("EdDSA, no issuer", key_pair(&no_issuer)),
