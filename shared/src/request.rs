@@ -84,17 +84,22 @@ fn is_json_media_type(value: &HeaderValue) -> bool {
 
 fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {
     // pydantic reports the character position of the error; serde gives the line and the
-    // column in bytes, which are counted here as characters too.
-    let mut lines = bytes.split_inclusive(|&b| b == b'\n');
+    // column in bytes, which are counted here as characters too. At the end of the input
+    // serde's column is the last byte's, where pydantic's position is past it.
     let chars = |line: &[u8]| String::from_utf8_lossy(line).chars().count();
-    let position: usize = lines
-        .by_ref()
-        .take(err.line().saturating_sub(1))
-        .map(chars)
-        .sum::<usize>()
-        + lines.next().map_or(0, |line| {
-            chars(&line[..err.column().saturating_sub(1).min(line.len())])
-        });
+    let mut lines = bytes.split_inclusive(|&b| b == b'\n');
+    let position: usize = if err.classify() == serde_json::error::Category::Eof {
+        chars(bytes)
+    } else {
+        lines
+            .by_ref()
+            .take(err.line().saturating_sub(1))
+            .map(chars)
+            .sum::<usize>()
+            + lines.next().map_or(0, |line| {
+                chars(&line[..err.column().saturating_sub(1).min(line.len())])
+            })
+    };
     let message = err.to_string();
     let reason = message
         .split(" at line ")

@@ -210,10 +210,13 @@ async fn base64_bodies_from_api_gateway_are_decoded() {
 async fn a_malformed_bodys_position_counts_characters() {
     let state = state();
     let user = user_id();
-    // Python: json.loads(body) fails with `.pos` 13 and 18.
+    // Python: json.loads(body) fails with `.pos` 13, 18, 10 and 12 (the last two at the end
+    // of the input, where serde's column is the last character's).
     for (body, position) in [
         ("{\"title\":\"é\",}", 13),
         ("{\"title\":\"é\"\n,\"x\":é}", 18),
+        ("{\"title\": ", 10),
+        ("{\"title\":\"é\"", 12),
     ] {
         let response = ApiEvent::post(&tasks_path(&user))
             .as_user(&user)
