@@ -198,12 +198,7 @@ async fn behind_pgbouncer_a_write_refused_at_the_servers_login_is_a_503_and_did_
 /// cancel could still reach, is not used again.
 #[tokio::test]
 async fn a_write_answered_only_after_its_cancel_is_a_504() {
-    // Durable: `synchronous_commit` on, without which no commit waits for a standby.
-    let cluster = Cluster::start_with(Options {
-        durable: true,
-        ..Options::default()
-    });
-    tests::migrate_with(&cluster.url(), None);
+    let (cluster, admin) = durable_cluster().await;
     let url = cluster.url();
     let state = state_with(env(&[
         ("DATABASE_URL", url.as_str()),
@@ -212,20 +207,7 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
     ]));
     let user = user_id();
     let id = id_of(&create_titled(&state, &user, "before").await);
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    // From now on every commit waits for a standby that never comes.
-    let set = async |setting: &str| {
-        admin.batch_execute(setting).await.unwrap();
-        admin
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .unwrap();
-    };
-    set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_a_standby(&admin, true).await;
     let started = std::time::Instant::now();
     let response = ApiEvent::put(&task_path(&user, &id))
         .as_user(&user)
@@ -233,14 +215,10 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
         .send(&state)
         .await;
     let took = started.elapsed();
-    set("ALTER SYSTEM RESET synchronous_standby_names").await;
+    wait_for_a_standby(&admin, false).await;
     response.assert_status(504);
     assert!(took < Duration::from_secs(4), "answered after {took:?}");
-    // Committed locally all the same: the answer could not have been "not done" either.
-    let title = stored_title(&admin, &id).await;
-    assert_eq!(title, "after");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    crate::get(&state, &user, &id).await.assert_status(200);
+    committed_locally(&admin, &state, &user, &id).await;
 }
 
 /// The same wait ended by a cancel this code did not send (`pg_cancel_backend`, a
@@ -252,23 +230,8 @@ async fn a_write_answered_only_after_its_cancel_is_a_504() {
 /// lowers it to `warning` for its own transaction.
 #[tokio::test]
 async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
-    let cluster = Cluster::start_with(Options {
-        durable: true,
-        ..Options::default()
-    });
-    tests::migrate_with(&cluster.url(), None);
+    let (cluster, admin) = durable_cluster().await;
     let url = cluster.url();
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let set = async |setting: &str| {
-        admin.batch_execute(setting).await.unwrap();
-        admin
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .unwrap();
-    };
     for quiet in [false, true] {
         if quiet {
             admin
@@ -283,8 +246,7 @@ async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
         ]));
         let user = user_id();
         let id = id_of(&create_titled(&state, &user, "before").await);
-        set("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_a_standby(&admin, true).await;
         let path = task_path(&user, &id);
         let event = ApiEvent::put(&path)
             .as_user(&user)
@@ -309,17 +271,61 @@ async fn a_write_whose_commit_wait_someone_else_cancelled_is_a_504() {
             false
         };
         let (response, cancelled) = tokio::join!(put, cancel);
-        set("ALTER SYSTEM RESET synchronous_standby_names").await;
+        wait_for_a_standby(&admin, false).await;
         assert!(
             cancelled,
             "the write never waited for the standby (quiet: {quiet})"
         );
         assert_eq!(response.status, 504, "quiet: {quiet}: {}", response.text());
-        // Committed locally: the answer could not have been "not done" either.
-        assert_eq!(stored_title(&admin, &id).await, "after");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        crate::get(&state, &user, &id).await.assert_status(200);
+        committed_locally(&admin, &state, &user, &id).await;
     }
+}
+
+/// A migrated cluster of the test's own with `synchronous_commit` on (without it no commit
+/// waits for a standby), and a superuser connection to it.
+async fn durable_cluster() -> (Cluster, tokio_postgres::Client) {
+    let cluster = Cluster::start_with(Options {
+        durable: true,
+        ..Options::default()
+    });
+    tests::migrate_with(&cluster.url(), None);
+    let (admin, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    (cluster, admin)
+}
+
+/// From now on, every commit waits for a standby that never comes (`on`), or none does.
+async fn wait_for_a_standby(admin: &tokio_postgres::Client, on: bool) {
+    admin
+        .batch_execute(if on {
+            "ALTER SYSTEM SET synchronous_standby_names = 'nobody'"
+        } else {
+            "ALTER SYSTEM RESET synchronous_standby_names"
+        })
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    if on {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The write answered 504 was committed locally all the same (so the answer could not have
+/// been "not done" either), and the instance goes on serving.
+async fn committed_locally(
+    admin: &tokio_postgres::Client,
+    state: &shared::AppState,
+    user: &str,
+    id: &str,
+) {
+    assert_eq!(stored_title(admin, id).await, "after");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::get(state, user, id).await.assert_status(200);
 }
 
 #[tokio::test]
