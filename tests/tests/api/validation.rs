@@ -117,26 +117,26 @@ async fn wrong_json_types_are_422_with_every_problem_listed() {
     assert_eq!(missing.detail()[0]["msg"], "Field required");
 }
 
+/// A create whose body is `body` as sent, declared JSON.
+async fn post_raw(state: &shared::AppState, user: &str, body: &str) -> ApiResponse {
+    ApiEvent::post(&tasks_path(user))
+        .as_user(user)
+        .header("content-type", "application/json")
+        .raw_body(body)
+        .send(state)
+        .await
+}
+
 #[tokio::test]
 async fn malformed_and_non_object_bodies_are_422() {
     let state = state();
     let user = user_id();
-    let malformed = ApiEvent::post(&tasks_path(&user))
-        .as_user(&user)
-        .header("content-type", "application/json")
-        .raw_body("{\"title\": ")
-        .send(&state)
-        .await;
+    let malformed = post_raw(&state, &user, "{\"title\": ").await;
     malformed.assert_status(422);
     assert_eq!(malformed.error_types(), ["json_invalid"]);
     assert_eq!(malformed.detail()[0]["loc"][0], "body");
     for body in ["[]", "\"title\"", "1", "null", "true"] {
-        let response = ApiEvent::post(&tasks_path(&user))
-            .as_user(&user)
-            .header("content-type", "application/json")
-            .raw_body(body)
-            .send(&state)
-            .await;
+        let response = post_raw(&state, &user, body).await;
         response.assert_status(422);
         assert_eq!(response.error_types(), ["model_attributes_type"], "{body}");
     }
@@ -218,12 +218,7 @@ async fn a_malformed_bodys_position_counts_characters() {
         ("{\"title\": ", 10),
         ("{\"title\":\"é\"", 12),
     ] {
-        let response = ApiEvent::post(&tasks_path(&user))
-            .as_user(&user)
-            .header("content-type", "application/json")
-            .raw_body(body)
-            .send(&state)
-            .await;
+        let response = post_raw(&state, &user, body).await;
         response.assert_status(422);
         assert_eq!(
             response.detail()[0]["loc"],
