@@ -215,12 +215,19 @@ async fn issuer_and_audience_are_checked_when_configured() {
         ("JWT_AUDIENCE", "https://api.example.com,other"),
     ]));
     let user = user_id();
-    let with = |extra: Value| {
-        let mut c = claims(&user);
-        c.as_object_mut()
+    let merged = |mut base: Value, extra: Value| {
+        base.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        c
+        base
+    };
+    let with = |extra: Value| merged(claims(&user), extra);
+    // Better Auth's cookie-cache JWT (HS256): the user in `user`, no `sub`.
+    let cookie_cache = |extra: Value| {
+        hs256(&merged(
+            json!({"user": {"id": user}, "exp": now() + 600}),
+            extra,
+        ))
     };
     let key_pair = |c: &Value| signed(Algorithm::EdDSA, "ed25519", Some("ed-1"), c);
     let good =
@@ -231,12 +238,11 @@ async fn issuer_and_audience_are_checked_when_configured() {
         ("HS256, aud a string", hs256(&good_str)),
         ("EdDSA", key_pair(&good)),
         ("EdDSA, aud a string", key_pair(&good_str)),
-        // Better Auth's cookie-cache JWT (HS256: the user in `user`, no `sub`) carries
-        // neither claim: checked only when present, or a stack that also takes the jwt
-        // plugin's tokens would refuse it.
+        // The cookie-cache JWT carries neither claim: checked only when present, or a
+        // stack that also takes the jwt plugin's tokens would refuse it.
         (
             "HS256 cookie-cache token without iss and aud",
-            hs256(&json!({"user": {"id": user}, "exp": now() + 600})),
+            cookie_cache(json!({})),
         ),
     ] {
         let response = list_with(&state, &user, &token).await;
@@ -246,13 +252,6 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let wrong_audience = with(json!({"iss": "https://auth.example.com", "aud": "nope"}));
     let no_issuer = with(json!({"aud": "other"}));
     let no_audience = with(json!({"iss": "https://auth.example.com"}));
-    let cookie_cache = |extra: Value| {
-        let mut c = json!({"user": {"id": user}, "exp": now() + 600});
-        c.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        hs256(&c)
-    };
     for (case, token) in [
         ("HS256, wrong issuer", hs256(&wrong_issuer)),
         ("HS256, wrong audience", hs256(&wrong_audience)),
