@@ -172,7 +172,15 @@ impl Config {
             jwks,
             issuer: var("JWT_ISSUER").map(|v| list(&v)),
             audience: var("JWT_AUDIENCE").map(|v| list(&v)),
-            leeway_seconds: number(var, "JWT_LEEWAY_SECONDS", 30)?,
+            leeway_seconds: match number(var, "JWT_LEEWAY_SECONDS", 30)? {
+                seconds if seconds > MAX_LEEWAY_SECONDS => {
+                    return Err(ConfigError::Invalid {
+                        name: "JWT_LEEWAY_SECONDS",
+                        reason: format!("must be at most {MAX_LEEWAY_SECONDS} (5 minutes)"),
+                    })
+                }
+                seconds => seconds,
+            },
             jwks_refetch_cooldown: Duration::from_secs(number(
                 var,
                 "JWKS_REFETCH_COOLDOWN_SECONDS",
@@ -365,6 +373,12 @@ fn flag(
     }
 }
 
+/// The most clock skew a token's times may be given: five minutes, Kerberos's classic
+/// figure. Beyond it, a token that expired long ago passes (30,000 read as milliseconds
+/// would be eight hours), and past the current Unix time jsonwebtoken's `now - leeway`
+/// wraps in a release build (every token "expired") and panics in a debug one.
+const MAX_LEEWAY_SECONDS: u64 = 300;
+
 /// The longest any `DB_*_MS` setting may be: Lambda's longest timeout, 15 minutes. A
 /// statement timeout also travels to Postgres as a `lock_timeout`, which refuses more
 /// than 2^31 - 1 ms (every write would then fail), and deadlines are `Instant`s that a
@@ -485,6 +499,23 @@ mod tests {
             Ok(Duration::from_millis(250))
         );
         assert!(after(&[("DB_IDLE_CHECK_AFTER_MS", "0")]).is_err());
+    }
+
+    #[test]
+    fn the_token_leeway_is_refused_beyond_5_minutes() {
+        let base = [
+            ("DATABASE_URL", "postgres://u:p@localhost/db"),
+            ("BETTER_AUTH_SECRET", SECRET),
+        ];
+        for value in ["0", "300"] {
+            let config = load(&[&base[..], &[("JWT_LEEWAY_SECONDS", value)]].concat()).unwrap();
+            assert_eq!(config.auth.leeway_seconds.to_string(), value);
+        }
+        for value in ["301", "30000", "4000000000", "18446744073709551615"] {
+            let err = load(&[&base[..], &[("JWT_LEEWAY_SECONDS", value)]].concat()).unwrap_err();
+            assert!(err.to_string().contains("JWT_LEEWAY_SECONDS"), "{err}");
+            assert!(err.to_string().contains("at most 300"), "{err}");
+        }
     }
 
     #[test]
