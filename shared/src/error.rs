@@ -55,8 +55,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// `If-Match` does not name the task's current version. `unmatchable`: it names no
+    /// tag this API sends (only weak, unquoted or foreign ones), so no version ever matches.
     #[error("precondition failed")]
-    PreconditionFailed,
+    PreconditionFailed { unmatchable: bool },
     /// The write may or may not have been applied: the database connection was lost after
     /// the write was sent, with its answer. Never used for a write known not to have run.
     #[error("write outcome unknown")]
@@ -121,7 +123,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,9 +180,13 @@ impl ApiError {
                 "Unsupported media type: send the body as application/json".into()
             }
             ApiError::Validation(_) => "Validation error".into(),
-            ApiError::PreconditionFailed => {
+            ApiError::PreconditionFailed { unmatchable: false } => {
                 "Precondition failed: the task has changed since it was read".into()
             }
+            ApiError::PreconditionFailed { unmatchable: true } => "Precondition failed: \
+                 If-Match names no ETag this API sends (an ETag is a version in quotes, such \
+                 as \"3\", sent as received; a weak W/ tag never matches)"
+                .into(),
             ApiError::OutcomeUnknown(_) => "The database connection was lost before this write \
                  was confirmed: it may or may not have been applied. Repeat it with If-Match (a \
                  create: with the same Idempotency-Key)"

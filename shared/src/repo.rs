@@ -465,7 +465,7 @@ fn idempotency_key_reused(key: &IdempotencyKey, message: &str) -> ApiError {
 }
 
 /// Reads the result of a [`guarded!`] statement.
-fn guarded_outcome(rows: Vec<Record>) -> Result<Task, ApiError> {
+fn guarded_outcome(rows: Vec<Record>, versions: &[i64]) -> Result<Task, ApiError> {
     let row = rows
         .first()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("guarded write returned no row")))?;
@@ -478,7 +478,9 @@ fn guarded_outcome(rows: Vec<Record>) -> Result<Task, ApiError> {
         .map_err(decode_error)?
         .is_none()
     {
-        return Err(ApiError::PreconditionFailed);
+        return Err(ApiError::PreconditionFailed {
+            unmatchable: versions.is_empty(),
+        });
     }
     task_from_row(row, 1).map_err(decode_error)
 }
@@ -564,6 +566,7 @@ impl TaskRepo {
         guarded_outcome(
             self.run(Effect::Write, owner, guarded, &guarded_params)
                 .await?,
+            versions,
         )
     }
 

@@ -393,7 +393,7 @@ export interface components {
                 "application/json": components["schemas"]["Task"];
             };
         };
-        /** @description `If-Match` was sent and the task's current `ETag` is not among its tags (it has changed since it was read, or only weak tags were sent); nothing was changed. Read the task again for its current `ETag`. */
+        /** @description `If-Match` was sent and the task's current `ETag` is not among its tags; nothing was changed. Either the task has changed since it was read (read it again for its current `ETag`), or the header names no tag this API sends (only weak `W/` tags, tags without quotes, or another spelling of a version such as `"02"`), which never match: the `detail` then says so. */
         PreconditionFailed: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
