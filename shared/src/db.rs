@@ -306,7 +306,7 @@ impl Database {
         mut deadline: Option<&mut Option<Instant>>,
     ) -> Result<Vec<Record>, ApiError> {
         let given = deadline.as_deref().copied().flatten();
-        let first = match self.attempt_as(user_id, sql, params, given).await {
+        let first = match self.attempt_as(user_id, sql, params, given, None).await {
             Ok((rows, used)) => {
                 if let Some(deadline) = deadline {
                     *deadline = Some(used);
@@ -319,13 +319,16 @@ impl Database {
             **deadline = Some(used);
         }
         let read = effect == Effect::Read;
-        if !first.names_not_kept && (!first.connection_lost || effect == Effect::Write) {
+        if first.repeat.is_none() && (!first.connection_lost || effect == Effect::Write) {
             return Err(first.into_error(read));
         }
-        // The connection died under the request, or the call's named statement was not its
-        // own (nothing ran): once more, on a fresh connection or unnamed, within the first
-        // attempt's deadline.
-        match self.attempt_as(user_id, sql, params, first.deadline).await {
+        // The connection died under the request, or the call was refused before it ran for
+        // a reason a repeat removes ([`Repeat`]): once more, on a fresh connection, unnamed,
+        // or with `row_security` on, within the first attempt's deadline.
+        match self
+            .attempt_as(user_id, sql, params, first.deadline, first.repeat)
+            .await
+        {
             Ok((rows, _)) => Ok(rows),
             // Only a success settles an unknown first attempt: a repeat that failed says
             // nothing about whether the first one committed.
@@ -344,6 +347,7 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
         deadline: Option<Instant>,
+        repeat: Option<Repeat>,
     ) -> Result<(Vec<Record>, Instant), Failure> {
         let procedure = procedures::for_statement_typed(sql, params.iter().map(|(_, ty)| ty));
         let client = match deadline {
@@ -366,6 +370,26 @@ impl Database {
         } else {
             String::new()
         };
+        // The repeat of a call refused for `row_security = off`: in a transaction of its own,
+        // whose server connection a pooler in transaction mode keeps for it, with the
+        // setting back on for the session (the server's default), so that the next call on
+        // that server connection runs at once.
+        let row_security_on = repeat == Some(Repeat::RowSecurityOn);
+        if row_security_on {
+            crate::telemetry::note(
+                "the server connection had row_security off (another client's SET, such as \
+                 pg_dump's): turned back on",
+            );
+            let begun =
+                tokio::time::timeout_at(deadline.into(), client.batch_execute(ROW_SECURITY_ON))
+                    .await;
+            if !matches!(begun, Ok(Ok(()))) {
+                drop(deadpool_postgres::Object::take(client));
+                return Err(Failure::not_sent(ApiError::Unavailable(anyhow!(
+                    "could not turn row_security back on"
+                ))));
+            }
+        }
         let call_name = procedure.call_name(self.switches_role());
         let mut call_params: Vec<(&(dyn ToSql + Sync), Type)> = params.to_vec();
         call_params.extend([
@@ -470,7 +494,7 @@ impl Database {
                 status: None,
                 connection_lost: false,
                 deadline: None,
-                names_not_kept: false,
+                repeat: None,
             });
         };
         let names_not_kept =
@@ -478,7 +502,7 @@ impl Database {
         if names_not_kept {
             self.stop_naming_statements();
         }
-        let outcome = call_outcome(answer, names_not_kept).and_then(|rows| {
+        let mut outcome = call_outcome(answer, names_not_kept).and_then(|rows| {
             // A commit that waited for a synchronous standby (on Neon, every commit waits
             // for the safekeepers) and was cancelled is reported as a success, with only a
             // warning that it is local and may not be replicated. So a write's success that
@@ -492,7 +516,7 @@ impl Database {
                     status: None,
                     connection_lost: false,
                     deadline: None,
-                    names_not_kept: false,
+                    repeat: None,
                 });
             }
             // A row that cannot be read is a fault of this code (its types), found by the
@@ -502,11 +526,54 @@ impl Database {
                 status: Some(ApiError::Internal(err)),
                 connection_lost: false,
                 deadline: None,
-                names_not_kept: false,
+                repeat: None,
             })
         });
         // A cancel still on its way must not reach the next call on this connection.
-        if client.is_closed() || cancelled {
+        let mut discard = client.is_closed() || cancelled;
+        if row_security_on {
+            // Its own transaction ends with its own COMMIT, whose outcome is the write's. A
+            // transaction that failed, or is not committed, ends with its connection.
+            let commit = match outcome {
+                Ok(_) if !discard => Some(
+                    tokio::time::timeout_at(
+                        (deadline + DEADLINE_MARGIN).into(),
+                        client.batch_execute("COMMIT"),
+                    )
+                    .await,
+                ),
+                _ => None,
+            };
+            discard |= !matches!(commit, Some(Ok(Ok(()))));
+            if procedure.guards.deadline && outcome.is_ok() {
+                outcome = match commit {
+                    Some(Ok(Ok(()))) => outcome,
+                    Some(Ok(Err(error))) => {
+                        let failed = CallError {
+                            error,
+                            completed: true,
+                        };
+                        call_outcome(Err(failed), false).map(|_| Vec::new())
+                    }
+                    Some(Err(_)) => Err(Failure {
+                        error: anyhow!("no answer to the write's COMMIT by its deadline"),
+                        status: None,
+                        connection_lost: false,
+                        deadline: None,
+                        repeat: None,
+                    }),
+                    // The connection closed before the COMMIT was sent: rolled back.
+                    None => Err(Failure {
+                        error: anyhow!("the connection closed before the write's COMMIT"),
+                        status: Some(ApiError::Unavailable(anyhow!("connection lost"))),
+                        connection_lost: true,
+                        deadline: None,
+                        repeat: None,
+                    }),
+                };
+            }
+        }
+        if discard {
             drop(deadpool_postgres::Object::take(client));
         }
         outcome.map(|rows| (rows, deadline)).map_err(|mut failure| {
@@ -856,19 +923,25 @@ fn call_outcome(
             status: Some(ApiError::Unavailable(anyhow!("statement names not kept"))),
             connection_lost: false,
             deadline: None,
-            names_not_kept: true,
+            repeat: Some(Repeat::Unnamed),
         });
     }
     let Some(db) = error.as_db_error() else {
         return Err(Failure::unknown(error));
     };
+    if row_security_off(db) {
+        return Err(Failure {
+            repeat: Some(Repeat::RowSecurityOn),
+            ..Failure::not_done(error)
+        });
+    }
     if *db.code() == SqlState::QUERY_CANCELED && db.message() == procedures::DEADLINE_PASSED {
         return Err(Failure {
             error: anyhow!("the call reached the database after its deadline"),
             status: Some(ApiError::Unavailable(anyhow!("deadline passed"))),
             connection_lost: false,
             deadline: None,
-            names_not_kept: false,
+            repeat: None,
         });
     }
     if *db.code() == SqlState::UNDEFINED_FUNCTION {
@@ -897,6 +970,18 @@ fn call_outcome(
         Err(Failure::not_done(error))
     }
 }
+
+/// Whether Postgres refused a statement because `row_security` is off and a policy would
+/// apply to it ("query would be affected by row-level security policy", raised before the
+/// statement runs, in any language). The setting is the session's, so behind a pooler in
+/// transaction mode it may be another client's: `pg_dump` sends `SET row_security = off`,
+/// and every dump file starts with it.
+fn row_security_off(db: &DbError) -> bool {
+    *db.code() == SqlState::INSUFFICIENT_PRIVILEGE && db.routine() == Some("check_enable_rls")
+}
+
+/// Begins the transaction of [`Repeat::RowSecurityOn`].
+const ROW_SECURITY_ON: &str = "BEGIN; SELECT pg_catalog.set_config('row_security', 'on', false)";
 
 /// Whether an error that came with the commit says that it rolled back: serialization
 /// failures and deadlocks (class 40) and deferred constraints (class 23), but not 40003,
@@ -955,10 +1040,20 @@ struct Failure {
     connection_lost: bool,
     /// The attempt's deadline, which a repeat keeps.
     deadline: Option<Instant>,
-    /// The call's named statement was not its own ([`statement_names_not_kept`]): nothing
-    /// ran, and the process has switched to unnamed statements, so a repeat is safe for any
-    /// statement and should succeed.
-    names_not_kept: bool,
+    /// Nothing ran, for a reason a repeat removes, so a repeat is safe for any statement
+    /// and should succeed.
+    repeat: Option<Repeat>,
+}
+
+/// Why a call refused before it ran is repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// The call's named statement was not its own ([`statement_names_not_kept`]): the
+    /// process has switched to unnamed statements.
+    Unnamed,
+    /// The server connection has `row_security` off ([`row_security_off`]): the repeat turns
+    /// it back on first, in the same transaction.
+    RowSecurityOn,
 }
 
 impl Failure {
@@ -969,7 +1064,7 @@ impl Failure {
             status: Some(error),
             connection_lost: false,
             deadline: None,
-            names_not_kept: false,
+            repeat: None,
         }
     }
 
@@ -981,7 +1076,7 @@ impl Failure {
             status: Some(driver_error(err)),
             connection_lost,
             deadline: None,
-            names_not_kept: false,
+            repeat: None,
         }
     }
 
@@ -998,7 +1093,7 @@ impl Failure {
             )),
             connection_lost,
             deadline: None,
-            names_not_kept: false,
+            repeat: None,
         }
     }
 
@@ -1009,7 +1104,7 @@ impl Failure {
             status: None,
             error: anyhow::Error::new(err).context("database connection lost mid-transaction"),
             deadline: None,
-            names_not_kept: false,
+            repeat: None,
         }
     }
 

@@ -136,7 +136,8 @@ impl PgBouncer {
         let knows_max_prepared_statements = version(&binary) >= (1, 21);
         let port = free_port();
         let userlist = dir.join("userlist.txt");
-        std::fs::write(&userlist, "\"postgres\" \"\"\n").expect("userlist");
+        // `todo_login`: a login role subject to row-level security, where a test makes one.
+        std::fs::write(&userlist, "\"postgres\" \"\"\n\"todo_login\" \"\"\n").expect("userlist");
         let config = format!(
             "[databases]\n\
              * = host=127.0.0.1 port={pg_port}\n\

@@ -667,6 +667,16 @@ async fn after_another_client(
     cluster: &Cluster,
     planted: &str,
 ) -> (PgBouncer, tokio_postgres::Client, shared::AppState) {
+    after_another_client_as(cluster, "postgres", planted).await
+}
+
+/// [`after_another_client`] with `login` for both clients (a pooler keeps a pool of server
+/// connections per user): `postgres`, or `todo_login`, which the test has made.
+async fn after_another_client_as(
+    cluster: &Cluster,
+    login: &str,
+    planted: &str,
+) -> (PgBouncer, tokio_postgres::Client, shared::AppState) {
     let pooler = PgBouncer::start(
         cluster,
         PoolerOptions {
@@ -674,7 +684,9 @@ async fn after_another_client(
             ..PoolerOptions::default()
         },
     );
-    let url = pooler.url();
+    let url = pooler
+        .url()
+        .replacen("://postgres@", &format!("://{login}@"), 1);
     let other = shared::db::connect_once(&url, None, std::time::Duration::from_secs(10))
         .await
         .unwrap();
@@ -707,6 +719,59 @@ async fn another_clients_temporary_tables_take_no_statement_over() {
         .unwrap()
         .get(0);
     assert_eq!(theirs, 0);
+}
+
+/// `pg_dump` sends `SET row_security = off` before its transaction, and every dump file
+/// starts with it. Through a pooler in transaction mode it stays on the server connection,
+/// and Postgres then refuses any statement that a policy would filter ("query would be
+/// affected by row-level security policy"), so every call on that connection failed
+/// (500) until the pooler retired it. Both logins: one that bypasses RLS and switches to
+/// `todo_app`, and one that is itself subject to it.
+#[tokio::test(flavor = "current_thread")]
+async fn another_clients_row_security_off_fails_no_call() {
+    let cluster = &topology().0;
+    let admin = shared::db::connect_once(&cluster.url(), None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todo_login') THEN
+                     CREATE ROLE todo_login LOGIN NOBYPASSRLS;
+                 END IF;
+             END $$;
+             GRANT todo_app TO todo_login;",
+        )
+        .await
+        .unwrap();
+    for login in ["postgres", "todo_login"] {
+        let (_pooler, other, state) =
+            after_another_client_as(cluster, login, "SET row_security = off").await;
+        every_operation(&state, &user_id()).await;
+        assert_eq!(state.tasks.database().switches_role(), login == "postgres");
+        // The server connection's setting is back to the server's default, so the next
+        // call on it runs at once.
+        let now: String = other
+            .query_one("SHOW row_security", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(now, "on", "{login}");
+        // A read and writes that meet the setting, each applied once.
+        let user = user_id();
+        let id = id_of(&create_titled(&state, &user, "planted").await);
+        other.batch_execute("SET row_security = off").await.unwrap();
+        crate::get(&state, &user, &id).await.assert_status(200);
+        for completed in [true, false] {
+            other.batch_execute("SET row_security = off").await.unwrap();
+            let toggled = ApiEvent::patch(&format!("{}/complete", task_path(&user, &id)))
+                .as_user(&user)
+                .send(&state)
+                .await;
+            toggled.assert_status(200);
+            assert_eq!(toggled.json()["completed"], completed, "{login}");
+        }
+    }
 }
 
 /// The same for the catalog: `pg_temp` is searched first even before `pg_catalog`, so a
