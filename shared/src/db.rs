@@ -102,8 +102,8 @@ pub async fn connect_once(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> anyhow::Result<tokio_postgres::Client> {
-    let url = crate::config::parse_url(url)
-        .map_err(|_| anyhow!("DATABASE_URL is not a usable Postgres URL"))?;
+    // Its reasons name what to change, never the URL's values (tested in config.rs).
+    let url = crate::config::parse_url(url)?;
     let mut pg = url.postgres;
     pg.connect_timeout(connect_timeout);
     let ca_file = ca_file.map(Path::to_path_buf).or(url.root_cert);
@@ -1196,6 +1196,34 @@ mod tests {
     use super::*;
 
     const AFTER: Duration = Duration::from_secs(30);
+
+    /// `migrate` connects with [`connect_once`]: it says what is wrong with the URL, as the
+    /// functions do at start-up, and never the password.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_url_says_why_without_its_password() {
+        for (url, why) in [
+            (
+                "postgres://u:hunter2@db.example.com/x?sslmode=prefer",
+                "sslmode=prefer",
+            ),
+            (
+                "postgres://u:hunter2@db.example.com/x?sslcrl=crl.pem",
+                "sslcrl",
+            ),
+            (
+                "postgres://u:hunter2@db.example.com/x?nosuchoption=1",
+                "not a usable",
+            ),
+        ] {
+            let err = connect_once(url, None, Duration::from_secs(1))
+                .await
+                .err()
+                .expect("refused");
+            let err = format!("{err:#}");
+            assert!(err.contains("DATABASE_URL") && err.contains(why), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 
     #[test]
     fn a_connection_used_within_the_threshold_is_used_unchecked() {
