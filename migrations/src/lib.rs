@@ -16,6 +16,7 @@ use refinery_core::Migration;
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -253,7 +254,7 @@ async fn install_procedures(transaction: &tokio_postgres::Transaction<'_>) -> an
         if existing.contains(&procedure.name) {
             continue;
         }
-        install(transaction, procedure)
+        install_in_savepoint(transaction, procedure)
             .await
             .with_context(|| format!("cannot create {}", procedure.name))?;
     }
@@ -388,6 +389,47 @@ pub async fn install(
         .await
         .context("cannot create the function")?;
     Ok(())
+}
+
+/// The most statement names [`install_in_savepoint`] tries for one function.
+const STATEMENT_NAME_TRIES: usize = 1_000;
+
+/// [`install`] in the migration transaction, behind a savepoint: [`install`] describes the
+/// statement with a named statement, which tokio-postgres names `s0`, `s1`, … in each
+/// process. Through a pooler that keeps no prepared statements (PgBouncer before 1.21), a
+/// name another client prepared (a function's first, before it turns to unnamed
+/// statements) stays on its server connection, and Postgres refuses it again ("prepared
+/// statement already exists"), which would fail the whole run. Each try takes the next
+/// name.
+async fn install_in_savepoint(
+    transaction: &tokio_postgres::Transaction<'_>,
+    procedure: &shared::procedures::Procedure,
+) -> anyhow::Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        transaction.batch_execute("SAVEPOINT install").await?;
+        match install(transaction, procedure).await {
+            Ok(()) => {
+                transaction
+                    .batch_execute("RELEASE SAVEPOINT install")
+                    .await?;
+                return Ok(());
+            }
+            Err(err)
+                if tries < STATEMENT_NAME_TRIES
+                    && err
+                        .downcast_ref::<tokio_postgres::Error>()
+                        .and_then(|e| e.code())
+                        == Some(&SqlState::DUPLICATE_PSTATEMENT) =>
+            {
+                transaction
+                    .batch_execute("ROLLBACK TO SAVEPOINT install")
+                    .await?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// The migration transaction as refinery sees it: what refinery would run in transactions

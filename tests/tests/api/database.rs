@@ -548,7 +548,7 @@ async fn migrated_database(prefix: &str) -> (String, tokio_postgres::Client) {
 }
 
 /// Drops every statement function, as if no `migrate` of this release had run.
-const DROP_STATEMENT_FUNCTIONS: &str = "DO $drop$ DECLARE f regprocedure; BEGIN \
+pub const DROP_STATEMENT_FUNCTIONS: &str = "DO $drop$ DECLARE f regprocedure; BEGIN \
      FOR f IN SELECT p.oid::regprocedure FROM pg_proc p \
      JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'todo_api' \
      LOOP EXECUTE 'DROP FUNCTION ' || f; END LOOP; END $drop$";

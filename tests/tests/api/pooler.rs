@@ -211,6 +211,57 @@ async fn migrations_read_the_catalog_whatever_another_client_left() {
     assert!(applied.is_empty(), "{applied:?}");
 }
 
+/// `migrate` describes each statement it installs a function for with a named statement,
+/// which tokio-postgres names `s0`, `s1`, … in each process. Through a pooler that keeps no
+/// prepared statements (PgBouncer 1.18), a name another client prepared stays on its
+/// server connection (a function's first, before it turns to unnamed statements), and
+/// `migrate` failed with "prepared statement "s…" already exists".
+#[tokio::test(flavor = "current_thread")]
+async fn migrate_installs_its_functions_whatever_statement_names_another_client_left() {
+    use std::time::Duration;
+    let cluster = Cluster::start();
+    tests::migrate_with(&cluster.url(), None);
+    let connect = |url: String| async move {
+        shared::db::connect_once(&url, None, Duration::from_secs(10))
+            .await
+            .expect("connect")
+    };
+    connect(cluster.url())
+        .await
+        .batch_execute(crate::database::DROP_STATEMENT_FUNCTIONS)
+        .await
+        .unwrap();
+    // The names this process prepares next: from the one a statement prepared now has.
+    let probe = connect(cluster.url()).await;
+    let _prepared = probe.prepare("SELECT 1").await.unwrap();
+    let name: String = probe
+        .query_typed("SELECT name FROM pg_catalog.pg_prepared_statements", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    let next: usize = name.trim_start_matches('s').parse::<usize>().unwrap() + 1;
+    let planted: String = (next..next + 200)
+        .map(|n| format!("PREPARE s{n} AS SELECT 1; "))
+        .collect();
+    let (pooler, _other, _state) = after_another_client(&cluster, &planted).await;
+    let mut client = connect(pooler.url()).await;
+    migrations::apply(&mut client)
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .expect("a migration run through the pooler");
+    let functions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'todo_api'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(functions as usize, shared::procedures::all().count());
+}
+
 async fn join_all<T>(
     handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<Result<T, tokio::task::JoinError>> {
