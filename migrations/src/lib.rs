@@ -36,7 +36,7 @@ pub const LOCK_TIMEOUT_MS: u32 = 3_000;
 
 /// Applies every pending migration and returns the names of those it applied.
 pub async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
-    Ok(run(client, false, None).await?.0)
+    Ok(run(client, None, None).await?.0)
 }
 
 /// Applies the pending migrations up to `version` only, and installs no statement
@@ -47,7 +47,7 @@ pub async fn apply_up_to(
     client: &mut tokio_postgres::Client,
     version: i32,
 ) -> anyhow::Result<Vec<String>> {
-    Ok(run(client, false, Some(version)).await?.0)
+    Ok(run(client, None, Some(version)).await?.0)
 }
 
 /// What [`prune`] dropped.
@@ -66,12 +66,31 @@ pub struct Pruned {
 /// function returns. The release before is kept so that a rollback to it works without
 /// running its `migrate` again; anything older must not be serving when this runs.
 pub async fn prune(client: &mut tokio_postgres::Client) -> anyhow::Result<(Vec<String>, Pruned)> {
-    run(client, true, None).await
+    prune_keeping(client, DEFAULT_RELEASES_KEPT).await
 }
 
+/// What [`prune`] keeps: this release and the one recorded before it.
+pub const DEFAULT_RELEASES_KEPT: usize = 2;
+
+/// [`prune`], keeping the functions of the `keep` most recently recorded releases (this one
+/// included) rather than two: for when a release was migrated but never deployed (a
+/// deploy that failed or was given up, `scripts/dev` against this database), and so the
+/// one recorded before this is not the one that served before it. At least 2.
+pub async fn prune_keeping(
+    client: &mut tokio_postgres::Client,
+    keep: usize,
+) -> anyhow::Result<(Vec<String>, Pruned)> {
+    anyhow::ensure!(
+        keep >= DEFAULT_RELEASES_KEPT,
+        "keep at least {DEFAULT_RELEASES_KEPT} releases (this one and the one that served before it), not {keep}"
+    );
+    run(client, Some(keep), None).await
+}
+
+/// `prune`: how many releases' functions to keep, if any are to be dropped.
 async fn run(
     client: &mut tokio_postgres::Client,
-    prune: bool,
+    prune: Option<usize>,
     up_to: Option<i32>,
 ) -> anyhow::Result<(Vec<String>, Pruned)> {
     run_locked(client, prune, up_to).await.map_err(|err| {
@@ -94,7 +113,7 @@ async fn run(
 
 async fn run_locked(
     client: &mut tokio_postgres::Client,
-    prune: bool,
+    prune: Option<usize>,
     up_to: Option<i32>,
 ) -> anyhow::Result<(Vec<String>, Pruned)> {
     let transaction = client
@@ -137,8 +156,8 @@ async fn run_locked(
             .await
             .context("cannot install the statement functions")?;
     }
-    let pruned = if prune {
-        prune_releases(&locked.0)
+    let pruned = if let Some(keep) = prune {
+        prune_releases(&locked.0, keep)
             .await
             .context("cannot prune the functions of earlier releases")?
     } else {
@@ -287,8 +306,11 @@ async fn record_release(
     Ok(())
 }
 
-/// Drops what neither of the two most recently recorded releases uses (see [`prune`]).
-async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow::Result<Pruned> {
+/// Drops what none of the `keep` most recently recorded releases uses (see [`prune`]).
+async fn prune_releases(
+    transaction: &tokio_postgres::Transaction<'_>,
+    keep: usize,
+) -> anyhow::Result<Pruned> {
     let schema = shared::procedures::SCHEMA;
     let releases = transaction
         .query_typed(
@@ -298,13 +320,13 @@ async fn prune_releases(transaction: &tokio_postgres::Transaction<'_>) -> anyhow
         .await?;
     let kept: std::collections::HashSet<String> = releases
         .iter()
-        .take(2)
+        .take(keep)
         .flat_map(|row| row.get::<_, Vec<String>>(1))
         .collect();
     let mut pruned = Pruned {
         releases: releases
             .iter()
-            .skip(2)
+            .skip(keep)
             .rev()
             .map(|row| row.get::<_, String>(0))
             .collect(),

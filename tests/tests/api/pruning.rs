@@ -195,3 +195,35 @@ async fn functions_from_before_the_records_count_as_the_previous_release() {
     drop(client);
     tests::drop_database(&url).await;
 }
+
+/// A release migrated but never deployed (its `sam deploy` failed, or `scripts/dev` ran
+/// against this database) is recorded as the release before this one, so `--prune` would
+/// drop the functions of the one that served before. `--keep 3` keeps them.
+#[tokio::test]
+async fn prune_keeping_three_keeps_the_release_before_one_never_deployed() {
+    let (url, mut client) = migrated_database("prune_keep").await;
+    let (served, served_type) = earlier_function(&client, "served_column").await;
+    let (abandoned, _) = earlier_function(&client, "abandoned_column").await;
+    let (oldest, _) = earlier_function(&client, "oldest_column").await;
+    record(&client, "oldest", &[oldest.name.as_str()], 3).await;
+    record(&client, "served", &[served.name.as_str()], 2).await;
+    record(&client, "abandoned", &[abandoned.name.as_str()], 1).await;
+
+    let refused = migrations::prune_keeping(&mut client, 1)
+        .await
+        .expect_err("this release alone leaves nothing for a rollback");
+    assert!(format!("{refused:#}").contains("at least 2"), "{refused:#}");
+    assert!(exists(&client, &oldest.name).await, "nothing dropped");
+
+    let (_, pruned) = migrations::prune_keeping(&mut client, 3)
+        .await
+        .expect("prune");
+    assert_eq!(pruned.releases, ["oldest"]);
+    assert_eq!(pruned.functions, std::slice::from_ref(&oldest.name));
+    assert!(exists(&client, &served.name).await, "kept for a rollback");
+    assert!(type_exists(&client, &served_type).await);
+    assert!(exists(&client, &abandoned.name).await);
+    api_works(&url).await;
+    drop(client);
+    tests::drop_database(&url).await;
+}
