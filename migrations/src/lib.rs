@@ -445,8 +445,10 @@ async fn install_in_savepoint(
                         .and_then(|e| e.code())
                         == Some(&SqlState::DUPLICATE_PSTATEMENT) =>
             {
+                // Rolled back to it, the savepoint stays: released, so that the tries do
+                // not nest.
                 transaction
-                    .batch_execute("ROLLBACK TO SAVEPOINT install")
+                    .batch_execute("ROLLBACK TO SAVEPOINT install; RELEASE SAVEPOINT install")
                     .await?;
             }
             Err(err) => return Err(err),

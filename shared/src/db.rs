@@ -95,6 +95,9 @@ const CANCEL_GRACE: Duration = Duration::from_millis(1000);
 /// answer before the connection is replaced.
 const IDLE_CHECK_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// How many times a call is repeated at most ([`Database::query_as_within`]).
+const MAX_REPEATS: usize = 2;
+
 /// Opens one connection outside the pool (for the `migrate` command and tooling), with the
 /// same URL handling and TLS as the functions.
 pub async fn connect_once(
@@ -319,26 +322,35 @@ impl Database {
             **deadline = Some(used);
         }
         let read = effect == Effect::Read;
-        if first.repeat.is_none() && (!first.connection_lost || effect == Effect::Write) {
-            return Err(first.into_error(read));
+        // The connection died under a read or a repeatable write, or the call was refused
+        // before it ran for a reason a repeat removes ([`Repeat`]): again, on a fresh
+        // connection, unnamed, or with `row_security` on, within the first attempt's
+        // deadline. Twice at most: the reasons can follow each other (a lost connection,
+        // then a server connection with `row_security` off). Any other write is repeated
+        // only when nothing ran.
+        let mut failure = first;
+        // Only a success settles an unknown attempt of a write: a repeat that failed says
+        // nothing about whether the earlier one committed.
+        let mut unknown = None;
+        for _ in 0..MAX_REPEATS {
+            if failure.repeat.is_none() && (!failure.connection_lost || effect == Effect::Write) {
+                break;
+            }
+            let (deadline, repeat) = (failure.deadline, failure.repeat);
+            match self
+                .attempt_as(user_id, sql, params, deadline, repeat)
+                .await
+            {
+                Ok((rows, _)) => return Ok(rows),
+                Err(next) => {
+                    if !read && unknown.is_none() && failure.is_unknown() {
+                        unknown = Some(failure);
+                    }
+                    failure = next;
+                }
+            }
         }
-        // The connection died under the request, or the call was refused before it ran for
-        // a reason a repeat removes ([`Repeat`]): once more, on a fresh connection, unnamed,
-        // or with `row_security` on, within the first attempt's deadline.
-        match self
-            .attempt_as(user_id, sql, params, first.deadline, first.repeat)
-            .await
-        {
-            Ok((rows, _)) => Ok(rows),
-            // Only a success settles an unknown first attempt: a repeat that failed says
-            // nothing about whether the first one committed.
-            Err(second) if first.is_unknown() => Err(if read {
-                second.into_error(read)
-            } else {
-                first.into_error(read)
-            }),
-            Err(second) => Err(second.into_error(read)),
-        }
+        Err(unknown.unwrap_or(failure).into_error(read))
     }
 
     async fn attempt_as(
@@ -404,11 +416,15 @@ impl Database {
         // trip for it; the next one finds it cached. The first request of the instance also
         // asks, in that flight, whether the login role is itself subject to row-level
         // security.
+        //
+        // Not in the repeat with `row_security` on: inside its explicit transaction, a
+        // preparation or a check that failed would fail the call with it. It runs unnamed,
+        // and with the role switch if the role is not known yet (always safe).
         let mut cancelled = false;
         let named: bool;
         let answered = {
             let mut prepare = std::pin::pin!(async {
-                if self.prepared.load(Ordering::Relaxed) {
+                if self.prepared.load(Ordering::Relaxed) && !row_security_on {
                     Some(
                         client
                             .prepare_typed_cached(&procedure.call, procedure.call_types())
@@ -428,7 +444,7 @@ impl Database {
             let pipeline = async {
                 // Each of the two answers with its error, if any, for `refused_before`.
                 let detect = async {
-                    if self.role.load(Ordering::Relaxed) == ROLE_UNKNOWN {
+                    if self.role.load(Ordering::Relaxed) == ROLE_UNKNOWN && !row_security_on {
                         match client.query_typed(LOGIN_ROLE_IS_SUBJECT_TO_RLS, &[]).await {
                             Ok(rows) => {
                                 if let Some(subject) = rows.first().map(|row| row.get(0)) {
@@ -533,40 +549,22 @@ impl Database {
         let mut discard = client.is_closed() || cancelled;
         if row_security_on {
             // Its own transaction ends with its own COMMIT, whose outcome is the write's. A
-            // transaction that failed, or is not committed, ends with its connection.
+            // transaction not committed ends with its connection: rolled back.
             let commit = match outcome {
-                Ok(_) if !discard => Some(
-                    tokio::time::timeout_at(
-                        (deadline + DEADLINE_MARGIN).into(),
-                        client.batch_execute("COMMIT"),
-                    )
-                    .await,
-                ),
+                Ok(_) if !discard => Some(self.commit(&client, deadline).await),
                 _ => None,
             };
-            discard |= !matches!(commit, Some(Ok(Ok(()))));
-            if procedure.guards.deadline && outcome.is_ok() {
-                outcome = match commit {
-                    Some(Ok(Ok(()))) => outcome,
-                    Some(Ok(Err(error))) => {
-                        let failed = CallError {
-                            error,
-                            completed: true,
-                        };
-                        call_outcome(Err(failed), false).map(|_| Vec::new())
-                    }
-                    Some(Err(_)) => Err(Failure {
-                        error: anyhow!("no answer to the write's COMMIT by its deadline"),
-                        status: None,
+            discard |= !matches!(commit, Some(Ok(())));
+            if procedure.guards.deadline {
+                outcome = match (commit, outcome) {
+                    (Some(Ok(())), outcome) => outcome,
+                    (Some(Err(failure)), _) => Err(failure),
+                    // No COMMIT was sent: whatever the call's answer, nothing committed.
+                    (None, Err(failure)) if !failure.is_unknown() => Err(failure),
+                    (None, _) => Err(Failure {
+                        error: anyhow!("the write's transaction ended before its COMMIT"),
+                        status: Some(ApiError::Unavailable(anyhow!("not committed"))),
                         connection_lost: false,
-                        deadline: None,
-                        repeat: None,
-                    }),
-                    // The connection closed before the COMMIT was sent: rolled back.
-                    None => Err(Failure {
-                        error: anyhow!("the connection closed before the write's COMMIT"),
-                        status: Some(ApiError::Unavailable(anyhow!("connection lost"))),
-                        connection_lost: true,
                         deadline: None,
                         repeat: None,
                     }),
@@ -579,6 +577,46 @@ impl Database {
         outcome.map(|rows| (rows, deadline)).map_err(|mut failure| {
             failure.deadline = Some(deadline);
             failure
+        })
+    }
+
+    /// Commits the explicit transaction of [`Repeat::RowSecurityOn`], by `deadline` (and its
+    /// margin). Without an answer by then, it cancels, as a call does, and waits for the
+    /// COMMIT to end before its outcome, unknown, is answered.
+    async fn commit(
+        &self,
+        client: &deadpool_postgres::Object,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        let commit = client.batch_execute("COMMIT");
+        tokio::pin!(commit);
+        let answer =
+            match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut commit).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    tokio::spawn(cancel::cancel(
+                        client.cancel_token(),
+                        self.tls.clone(),
+                        self.cancel_target.clone(),
+                        self.connect_timeout,
+                        CANCEL_GRACE,
+                    ));
+                    let _ = tokio::time::timeout(CANCEL_GRACE, &mut commit).await;
+                    return Err(Failure {
+                        error: anyhow!("no answer to the write's COMMIT by its deadline"),
+                        status: None,
+                        connection_lost: false,
+                        deadline: None,
+                        repeat: None,
+                    });
+                }
+            };
+        answer.map_err(|error| {
+            let failed = CallError {
+                error,
+                completed: true,
+            };
+            call_outcome(Err(failed), false).expect_err("an error stays one")
         })
     }
 

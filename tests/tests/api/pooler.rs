@@ -825,6 +825,90 @@ async fn another_clients_row_security_off_fails_no_call() {
     }
 }
 
+/// The repeat with `row_security` on runs in a transaction of its own, where a preparation
+/// that failed would fail the call with it. With the default `DB_PREPARED_STATEMENTS=true`
+/// behind a pooler that keeps no prepared statements (PgBouncer 1.18), the statement names
+/// another client left refuse the preparation ("already exists"): the repeat then answered
+/// 500. It runs unnamed.
+#[tokio::test(flavor = "current_thread")]
+async fn the_row_security_repeat_prepares_nothing() {
+    let cluster = &topology().0;
+    let pooler = PgBouncer::start(
+        cluster,
+        PoolerOptions {
+            pool_size: 1,
+            ..PoolerOptions::default()
+        },
+    );
+    let other = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The names this process prepares next: from the one a statement prepared now has.
+    let _prepared = other.prepare("SELECT 1").await.unwrap();
+    let name: String = other
+        .query_typed("SELECT name FROM pg_catalog.pg_prepared_statements", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    let next: usize = name.trim_start_matches('s').parse::<usize>().unwrap() + 1;
+    let planted: String = (next..next + 200)
+        .map(|n| format!("PREPARE s{n} AS SELECT 1; "))
+        .collect();
+    other
+        .batch_execute(&format!("SET row_security = off; {planted}"))
+        .await
+        .unwrap();
+    let state = state_with(env(&[
+        ("DATABASE_URL", &pooler.url()),
+        ("DB_POOL_SIZE", "1"),
+    ]));
+    let user = user_id();
+    let id = id_of(&create_titled(&state, &user, "named").await);
+    for _ in 0..3 {
+        other.batch_execute("SET row_security = off").await.unwrap();
+        crate::get(&state, &user, &id).await.assert_status(200);
+    }
+}
+
+/// The reasons to repeat a call can follow each other: a read whose connection was lost
+/// is repeated on a fresh connection, which (here by the database's default) has
+/// `row_security` off, and that call is repeated once more with it on. With one repeat
+/// only, the read answered 500.
+#[tokio::test]
+async fn a_read_repeated_for_a_lost_connection_can_then_meet_row_security_off() {
+    let url = tests::new_database("row_security_off").await;
+    tests::migrate_with(&url, None);
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    tests::db()
+        .await
+        .batch_execute(&format!("ALTER DATABASE {name} SET row_security = off"))
+        .await
+        .unwrap();
+    let (_, upstream) = tests::through_port(&url, 0);
+    let cutter = tests::proxy::CommitCutter::start(upstream).await;
+    let (through, _) = tests::through_port(&url, cutter.port);
+    let state = state_with(env(&[
+        ("DATABASE_URL", through.as_str()),
+        ("DB_POOL_SIZE", "1"),
+    ]));
+    let user = user_id();
+    // A fresh connection has the setting off: the create is repeated with it on.
+    let id = id_of(&create_titled(&state, &user, "by default off").await);
+    cutter.cut_next(1);
+    let read = crate::get(&state, &user, &id).await;
+    assert_eq!(cutter.cuts_left(), 0, "the first read's answer was lost");
+    read.assert_status(200);
+    drop(state);
+    tests::drop_database(&url).await;
+}
+
 /// The same for the catalog: `pg_temp` is searched first even before `pg_catalog`, so a
 /// temporary table called `pg_roles` that another client left on a server connection would
 /// answer the question whether the login role is subject to row-level security. Here it
