@@ -489,13 +489,7 @@ impl Database {
                     // The server should have decided by now. Ask it to stop whatever still
                     // runs, and wait for its answer rather than dropping the connection.
                     cancelled = true;
-                    tokio::spawn(cancel::cancel(
-                        client.cancel_token(),
-                        self.tls.clone(),
-                        self.cancel_target.clone(),
-                        self.connect_timeout,
-                        CANCEL_GRACE,
-                    ));
+                    self.send_cancel(&client);
                     tokio::time::timeout(CANCEL_GRACE, &mut pipeline).await.ok()
                 }
             }
@@ -580,6 +574,18 @@ impl Database {
         })
     }
 
+    /// Asks the server, on a connection of its own, to stop what `client`'s connection runs
+    /// (sent in a task of its own, within [`CANCEL_GRACE`]).
+    fn send_cancel(&self, client: &deadpool_postgres::Object) {
+        tokio::spawn(cancel::cancel(
+            client.cancel_token(),
+            self.tls.clone(),
+            self.cancel_target.clone(),
+            self.connect_timeout,
+            CANCEL_GRACE,
+        ));
+    }
+
     /// Commits the explicit transaction of [`Repeat::RowSecurityOn`], by `deadline` (and its
     /// margin). Without an answer by then, it cancels, as a call does, and waits for the
     /// COMMIT to end before its outcome, unknown, is answered.
@@ -594,13 +600,7 @@ impl Database {
             match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), &mut commit).await {
                 Ok(answer) => answer,
                 Err(_) => {
-                    tokio::spawn(cancel::cancel(
-                        client.cancel_token(),
-                        self.tls.clone(),
-                        self.cancel_target.clone(),
-                        self.connect_timeout,
-                        CANCEL_GRACE,
-                    ));
+                    self.send_cancel(client);
                     let _ = tokio::time::timeout(CANCEL_GRACE, &mut commit).await;
                     return Err(Failure {
                         error: anyhow!("no answer to the write's COMMIT by its deadline"),

@@ -445,18 +445,7 @@ async fn user_ids_with_quotes_and_dollars_reach_the_database_intact() {
 
 #[tokio::test]
 async fn a_login_role_without_bypassrls_needs_no_role_switch_and_is_still_isolated() {
-    let admin = db().await;
-    admin
-        .batch_execute(
-            "DO $$ BEGIN
-                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todo_login') THEN
-                     CREATE ROLE todo_login LOGIN NOBYPASSRLS;
-                 END IF;
-             END $$;
-             GRANT todo_app TO todo_login;",
-        )
-        .await
-        .unwrap();
+    crate::make_todo_login(&db().await).await;
     let url = tests::database_url().replacen("://postgres@", "://todo_login@", 1);
     assert_ne!(
         url,

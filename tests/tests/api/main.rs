@@ -54,6 +54,22 @@ pub fn id_of(task: &Value) -> String {
 /// list (of that one task), an update, a toggle, a keyed create, the first task's delete
 /// and `/health`. So the writes are two inserts, two updates and a delete; `user` is left
 /// with the keyed create's task.
+/// Makes `todo_login` on `admin`'s cluster, if it is not there: a login role that is itself
+/// subject to row-level security (`NOBYPASSRLS`), granted `todo_app`.
+pub async fn make_todo_login(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todo_login') THEN
+                     CREATE ROLE todo_login LOGIN NOBYPASSRLS;
+                 END IF;
+             END $$;
+             GRANT todo_app TO todo_login;",
+        )
+        .await
+        .unwrap();
+}
+
 pub async fn every_operation(state: &shared::AppState, user: &str) {
     let id = id_of(&create_titled(state, user, "every operation").await);
     get(state, user, &id).await.assert_status(200);

@@ -231,18 +231,7 @@ async fn migrate_installs_its_functions_whatever_statement_names_another_client_
         .batch_execute(crate::database::DROP_STATEMENT_FUNCTIONS)
         .await
         .unwrap();
-    // The names this process prepares next: from the one a statement prepared now has.
-    let probe = connect(cluster.url()).await;
-    let _prepared = probe.prepare("SELECT 1").await.unwrap();
-    let name: String = probe
-        .query_typed("SELECT name FROM pg_catalog.pg_prepared_statements", &[])
-        .await
-        .unwrap()[0]
-        .get(0);
-    let next: usize = name.trim_start_matches('s').parse::<usize>().unwrap() + 1;
-    let planted: String = (next..next + 200)
-        .map(|n| format!("PREPARE s{n} AS SELECT 1; "))
-        .collect();
+    let planted = the_next_statement_names(&connect(cluster.url()).await).await;
     let (pooler, _other, _state) = after_another_client(&cluster, &planted).await;
     let mut client = connect(pooler.url()).await;
     migrations::apply(&mut client)
@@ -260,6 +249,26 @@ async fn migrate_installs_its_functions_whatever_statement_names_another_client_
         .unwrap()
         .get(0);
     assert_eq!(functions as usize, shared::procedures::all().count());
+}
+
+/// SQL that prepares, in a session, the next 200 statement names this process will give
+/// (tokio-postgres names them `s0`, `s1`, … from one counter per process), found from the
+/// name a statement `client` prepares now gets (on a direct connection, or through a pooler
+/// with one server connection).
+async fn the_next_statement_names(client: &tokio_postgres::Client) -> String {
+    let _prepared = client.prepare("SELECT 1").await.unwrap();
+    let name: String = client
+        .query_typed(
+            "SELECT name FROM pg_catalog.pg_prepared_statements ORDER BY prepare_time DESC",
+            &[],
+        )
+        .await
+        .unwrap()[0]
+        .get(0);
+    let next: usize = name.trim_start_matches('s').parse::<usize>().unwrap() + 1;
+    (next..next + 200)
+        .map(|n| format!("PREPARE s{n} AS SELECT 1; "))
+        .collect()
 }
 
 async fn join_all<T>(
@@ -784,17 +793,7 @@ async fn another_clients_row_security_off_fails_no_call() {
     let admin = shared::db::connect_once(&cluster.url(), None, Duration::from_secs(10))
         .await
         .unwrap();
-    admin
-        .batch_execute(
-            "DO $$ BEGIN
-                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todo_login') THEN
-                     CREATE ROLE todo_login LOGIN NOBYPASSRLS;
-                 END IF;
-             END $$;
-             GRANT todo_app TO todo_login;",
-        )
-        .await
-        .unwrap();
+    crate::make_todo_login(&admin).await;
     for login in ["postgres", "todo_login"] {
         let (_pooler, other, state) =
             after_another_client_as(cluster, login, "SET row_security = off").await;
@@ -843,17 +842,7 @@ async fn the_row_security_repeat_prepares_nothing() {
     let other = shared::db::connect_once(&pooler.url(), None, Duration::from_secs(10))
         .await
         .unwrap();
-    // The names this process prepares next: from the one a statement prepared now has.
-    let _prepared = other.prepare("SELECT 1").await.unwrap();
-    let name: String = other
-        .query_typed("SELECT name FROM pg_catalog.pg_prepared_statements", &[])
-        .await
-        .unwrap()[0]
-        .get(0);
-    let next: usize = name.trim_start_matches('s').parse::<usize>().unwrap() + 1;
-    let planted: String = (next..next + 200)
-        .map(|n| format!("PREPARE s{n} AS SELECT 1; "))
-        .collect();
+    let planted = the_next_statement_names(&other).await;
     other
         .batch_execute(&format!("SET row_security = off; {planted}"))
         .await
