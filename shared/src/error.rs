@@ -53,6 +53,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A body sent with a `Content-Encoding` (such as `gzip`): only `identity` is read.
+    #[error("unsupported content encoding")]
+    UnsupportedContentEncoding,
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     /// `If-Match` does not name the task's current version. `unmatchable`: it names no
@@ -121,7 +124,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedContentEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -156,6 +161,13 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Unhealthy(_) => {
                 headers.insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            ApiError::UnsupportedContentEncoding => {
+                // RFC 9110, 15.5.16: the codings the server accepts.
+                headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
             ApiError::MethodNotAllowed { allowed } => {
                 if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
                     headers.insert(http::header::ALLOW, value);
@@ -178,6 +190,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => "Request body too large (limit 64 KiB)".into(),
             ApiError::UnsupportedMediaType => {
                 "Unsupported media type: send the body as application/json".into()
+            }
+            ApiError::UnsupportedContentEncoding => {
+                "Unsupported Content-Encoding: send the body uncompressed".into()
             }
             ApiError::Validation(_) => "Validation error".into(),
             ApiError::PreconditionFailed { unmatchable: false } => {

@@ -47,6 +47,25 @@ pub fn json_object_body(req: &Request) -> Result<Option<Map<String, Value>>, Api
     if bytes.len() > MAX_BODY_BYTES || req.extensions().get::<BodyTooLarge>().is_some() {
         return Err(ApiError::PayloadTooLarge);
     }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    // A body that is there is labelled as JSON, or not at all, before anything else: white
+    // space sent as `text/plain` is a 415, not "no body" (which a PATCH takes as a toggle).
+    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        if !is_json_media_type(content_type) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    // A compressed body (nothing here decodes one) would otherwise be read as malformed JSON.
+    if req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|value| !is_identity_coding(value))
+    {
+        return Err(ApiError::UnsupportedContentEncoding);
+    }
     // JSON's white space only (RFC 8259): `u8::is_ascii_whitespace` also takes a form feed,
     // and a body of one would have been no body, so a PATCH would have toggled.
     if bytes
@@ -54,11 +73,6 @@ pub fn json_object_body(req: &Request) -> Result<Option<Map<String, Value>>, Api
         .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
     {
         return Ok(None);
-    }
-    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
-        if !is_json_media_type(content_type) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|err| json_invalid(bytes, &err))?;
     match value {
@@ -80,6 +94,16 @@ fn is_json_media_type(value: &HeaderValue) -> bool {
     };
     let media_type = value.split(';').next().unwrap_or_default().trim();
     media_type.eq_ignore_ascii_case("application/json")
+}
+
+/// `Content-Encoding: identity` (or empty), possibly in a list: the body as sent.
+fn is_identity_coding(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|codings| {
+        codings
+            .split(',')
+            .map(str::trim)
+            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"))
+    })
 }
 
 fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {

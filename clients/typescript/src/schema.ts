@@ -308,7 +308,7 @@ export interface components {
                 "application/json": components["schemas"]["HTTPError"];
             };
         };
-        /** @description Non-empty body whose `Content-Type` is not `application/json`. */
+        /** @description Non-empty body whose `Content-Type` is not `application/json`, or whose `Content-Encoding` is not `identity` (then with `Accept-Encoding: identity`). */
         UnsupportedMediaType: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];

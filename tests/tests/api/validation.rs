@@ -190,6 +190,85 @@ async fn media_type_and_size_are_enforced() {
     assert_eq!(task_count(&user).await, 3);
 }
 
+/// A body of white space labelled as something other than JSON is a 415 like any other
+/// such body, not "no body": a toggle that carried one toggled.
+#[tokio::test]
+async fn white_space_sent_as_another_media_type_is_415_and_changes_nothing() {
+    let state = state();
+    let user = user_id();
+    let task = create_titled(&state, &user, "labelled").await;
+    let complete = format!("{}/complete", task_path(&user, &id_of(&task)));
+    for body in [" ", "\r\n"] {
+        let toggle = ApiEvent::patch(&complete)
+            .as_user(&user)
+            .header("content-type", "text/plain")
+            .raw_body(body)
+            .send(&state)
+            .await;
+        toggle.assert_status(415);
+        assert!(toggle.detail().is_string(), "{body:?}");
+        ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .header("content-type", "text/plain")
+            .raw_body(body)
+            .send(&state)
+            .await
+            .assert_status(415);
+    }
+    let read = ApiEvent::get(&task_path(&user, &id_of(&task)))
+        .as_user(&user)
+        .send(&state)
+        .await;
+    read.assert_status(200);
+    assert_eq!(read.json()["completed"], false, "the 415s toggled nothing");
+    assert_eq!(task_count(&user).await, 1);
+    // No body at all needs no JSON label (the contract): the toggle happens.
+    ApiEvent::patch(&complete)
+        .as_user(&user)
+        .header("content-type", "text/plain")
+        .send(&state)
+        .await
+        .assert_status(200);
+}
+
+/// A compressed body is a 415 that says so (with the codings accepted), not a 422 about
+/// malformed JSON; `identity` is the body as sent.
+#[tokio::test]
+async fn a_compressed_body_is_415_naming_the_encoding() {
+    let state = state();
+    let user = user_id();
+    // The first bytes of a gzip stream: what API Gateway passes base64-encoded.
+    let gzip = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xabV*\xc9,\xc9IU\xb2RP*\x01\x00";
+    for coding in ["gzip", "br", "identity, gzip"] {
+        let response = ApiEvent::post(&tasks_path(&user))
+            .as_user(&user)
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .base64_body(gzip)
+            .send(&state)
+            .await;
+        response.assert_status(415);
+        assert!(
+            response
+                .detail()
+                .as_str()
+                .unwrap()
+                .contains("Content-Encoding"),
+            "{coding}"
+        );
+        assert_eq!(response.header("accept-encoding"), Some("identity"));
+    }
+    assert_eq!(task_count(&user).await, 0);
+    ApiEvent::post(&tasks_path(&user))
+        .as_user(&user)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .raw_body(r#"{"title": "as sent"}"#)
+        .send(&state)
+        .await
+        .assert_status(201);
+}
+
 #[tokio::test]
 async fn base64_bodies_from_api_gateway_are_decoded() {
     let state = state();
