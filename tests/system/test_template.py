@@ -327,3 +327,10 @@ def test_api_gateway_logs_every_request_it_answers_itself():
         assert "$context.integrationErrorMessage" in line
         assert "$context.integration.requestId" in line
         assert "header" not in line.lower() and "authorization" not in line.lower()
+
+
+@pytest.mark.parametrize("path", [TEMPLATE, MANAGED], ids=lambda p: p.name)
+def test_the_cors_origins_have_no_default(path):
+    """A deploy must name the frontend's origin: with a default (it was localhost:3000), a
+    stack answered curl and refused every browser on the real origin."""
+    assert "Default" not in load(path)["Parameters"]["CorsAllowedOrigins"]
