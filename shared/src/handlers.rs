@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::request::RequestContext;
-use lambda_http::{Request, RequestExt};
+use lambda_http::{Body, Request, RequestExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::cors::Cors;
@@ -211,8 +211,10 @@ fn unrouted_request(req: &Request) -> Option<crate::routes::Unrouted> {
     let health = Operation::Health.route();
     if let Some(RequestContext::ApiGatewayV2(context)) = req.request_context_ref() {
         let key = context.route_key.as_deref().unwrap_or_default();
-        if key.split_once(' ') == Some((health.method, health.path)) {
-            return None;
+        if let Some((method, path)) = key.split_once(' ') {
+            if path == health.path && health.takes(method) {
+                return None;
+            }
         }
     }
     let proxied = (req.path_parameters_ref())
@@ -306,11 +308,12 @@ async fn serve(
     let route = operation.route();
     let (outcome, note) = if Cors::is_preflight(&req) {
         (Ok(state.cors.preflight(&req)), None)
-    } else if req.method().as_str() != route.method {
+    } else if !route.takes(req.method().as_str()) {
         // A function serves its one route: an event of another method (a route changed
         // outside the template, a direct invoke) is refused before anything runs, so that,
         // say, a GET sent to the delete function deletes nothing.
-        let allowed = vec![route.method, "OPTIONS"];
+        let mut allowed: Vec<_> = route.methods().collect();
+        allowed.push("OPTIONS");
         (Err(ApiError::MethodNotAllowed { allowed }), None)
     } else {
         let call = Call {
@@ -351,6 +354,9 @@ fn finish(
     if method != http::Method::OPTIONS {
         state.cors.decorate(req.headers(), &mut response);
     }
+    if method == http::Method::HEAD {
+        without_body(&mut response);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -367,6 +373,19 @@ fn finish(
         ),
     }
     response
+}
+
+/// The answer to a `HEAD`: the `GET`'s, headers and all, with the length of the body it
+/// leaves out (RFC 9110, 9.3.2 and 8.6).
+fn without_body(response: &mut HttpResponse) {
+    let length = std::mem::replace(response.body_mut(), Body::Empty)
+        .as_ref()
+        .len();
+    if length > 0 {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
 }
 
 /// A task as JSON, with its `ETag`.

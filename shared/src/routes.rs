@@ -118,6 +118,18 @@ impl Operation {
 }
 
 impl Route {
+    /// The methods this route takes: its own, and `HEAD` where that is `GET` (RFC 9110,
+    /// 9.3.2: the GET's answer, headers and all, without the body; uptime checks send it).
+    pub fn methods(&self) -> impl Iterator<Item = &'static str> + use<> {
+        let head = (self.method == "GET").then_some("HEAD");
+        std::iter::once(self.method).chain(head)
+    }
+
+    /// Whether this route takes `method` ([`Route::methods`]).
+    pub fn takes(&self, method: &str) -> bool {
+        self.methods().any(|own| own == method)
+    }
+
     /// Matches a concrete path against this route's template and returns the parameters.
     /// One trailing slash is ignored, as API Gateway ignores it: it routes `/api/u/tasks/`
     /// to `/api/u/tasks`.
@@ -179,10 +191,10 @@ pub fn resolve(
     let mut allowed = Vec::new();
     for route in &ROUTES {
         if let Some(params) = route.match_path(path) {
-            if preflight || route.method == method {
+            if preflight || route.takes(method) {
                 return Ok((route, params));
             }
-            allowed.push(route.method);
+            allowed.extend(route.methods());
         }
     }
     if allowed.is_empty() {
@@ -207,13 +219,26 @@ mod tests {
         assert_eq!(
             resolve("POST", "/health").unwrap_err(),
             Unrouted::MethodNotAllowed {
-                allowed: vec!["GET", "OPTIONS"]
+                allowed: vec!["GET", "HEAD", "OPTIONS"]
             }
         );
         assert_eq!(
             resolve("TRACE", "/api/u/tasks/x").unwrap_err(),
             Unrouted::MethodNotAllowed {
-                allowed: vec!["GET", "PUT", "DELETE", "OPTIONS"]
+                allowed: vec!["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]
+            }
+        );
+        for (path, operation) in [
+            ("/health", Operation::Health),
+            ("/api/u1/tasks", Operation::ListTasks),
+            ("/api/u1/tasks/abc", Operation::GetTask),
+        ] {
+            assert_eq!(resolve("HEAD", path).unwrap().0.operation, operation);
+        }
+        assert_eq!(
+            resolve("HEAD", "/api/u1/tasks/abc/complete").unwrap_err(),
+            Unrouted::MethodNotAllowed {
+                allowed: vec!["PATCH", "OPTIONS"]
             }
         );
         assert_eq!(
@@ -248,16 +273,17 @@ mod tests {
     fn the_fallback_answers_all_but_the_health_route() {
         assert_eq!(unrouted("GET", "/health"), None);
         assert_eq!(unrouted("OPTIONS", "/health"), None);
+        assert_eq!(unrouted("HEAD", "/health"), None);
         assert_eq!(
             unrouted("DELETE", "/health"),
             Some(Unrouted::MethodNotAllowed {
-                allowed: vec!["GET", "OPTIONS"]
+                allowed: vec!["GET", "HEAD", "OPTIONS"]
             })
         );
         assert_eq!(
             unrouted("PUT", "/api/u1/tasks"),
             Some(Unrouted::MethodNotAllowed {
-                allowed: vec!["GET", "POST", "OPTIONS"]
+                allowed: vec!["GET", "HEAD", "POST", "OPTIONS"]
             })
         );
         assert_eq!(unrouted("GET", "/"), Some(Unrouted::NoSuchPath));

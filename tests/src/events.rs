@@ -100,7 +100,7 @@ impl ApiEvent {
             .ok()
             .filter(|_| self.method != "OPTIONS");
         let (route_key, params) = match &resolved {
-            Some((route, params)) => (format!("{} {}", route.method, route.path), params.clone()),
+            Some((route, params)) => (format!("{} {}", self.method, route.path), params.clone()),
             None if FALLBACK_METHODS.contains(&self.method.as_str()) => {
                 match self.path.trim_start_matches('/') {
                     "" => (format!("{} /", self.method), HashMap::new()),

@@ -115,11 +115,13 @@ fn watch_router() -> String {
         let routes: Vec<_> = ROUTES.iter().filter(|r| r.path == path).collect();
         let _ = writeln!(out, "\"{path}{slash}\" = [");
         for route in &routes {
-            let _ = writeln!(
-                out,
-                "    {{ method = \"{}\", function = \"{}\" }},",
-                route.method, route.function
-            );
+            for method in route.methods() {
+                let _ = writeln!(
+                    out,
+                    "    {{ method = \"{method}\", function = \"{}\" }},",
+                    route.function
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -127,7 +129,7 @@ fn watch_router() -> String {
             routes[0].function
         );
         for method in FALLBACK_METHODS {
-            if routes.iter().all(|route| route.method != method) {
+            if routes.iter().all(|route| !route.takes(method)) {
                 let _ = writeln!(
                     out,
                     "    {{ method = \"{method}\", function = \"{FALLBACK_FUNCTION}\" }},"

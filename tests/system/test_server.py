@@ -40,12 +40,27 @@ def test_unknown_routes_and_methods(server):
     assert status == 404 and body["detail"]
     status, headers, body = call(server, "POST", "/health")
     assert status == 405 and body["detail"]
-    assert headers["Allow"] == "GET, OPTIONS" and headers["X-Request-Id"]
+    assert headers["Allow"] == "GET, HEAD, OPTIONS" and headers["X-Request-Id"]
     status, headers, _ = call(server, "TRACE", "/api/u/tasks/x")
-    assert status == 405 and headers["Allow"] == "GET, PUT, DELETE, OPTIONS"
+    assert status == 405 and headers["Allow"] == "GET, HEAD, PUT, DELETE, OPTIONS"
     # Methods are case-sensitive: `delete` is no DELETE.
     status, headers, _ = call(server, "delete", "/api/u/tasks/x")
-    assert status == 405 and headers["Allow"] == "GET, PUT, DELETE, OPTIONS"
+    assert status == 405 and headers["Allow"] == "GET, HEAD, PUT, DELETE, OPTIONS"
+
+
+def test_head_is_the_gets_answer_without_its_body(server):
+    """Over real HTTP: HEAD on a GET route has the GET's status and headers, and its
+    Content-Length, with no body (uptime checks send HEAD /health); it was a 405."""
+    server, _ = server
+    user = uuid.uuid4().hex
+    token = hs256_token(SECRET, user)
+    call(server, "POST", f"/api/{user}/tasks", token, {"title": "head"})
+    for path in ("/health", f"/api/{user}/tasks"):
+        get_status, get_headers, get_raw = http(server, "GET", path, token)
+        status, headers, raw = http(server, "HEAD", path, token)
+        assert (status, raw) == (get_status, b""), (path, status, raw)
+        assert headers["Content-Length"] == str(len(get_raw)), path
+        assert headers.get("X-Total-Count") == get_headers.get("X-Total-Count"), path
 
 
 def test_oversized_bodies_are_413_without_reading_them_whole(server):

@@ -265,9 +265,9 @@ def test_requests_no_route_takes_are_answered_as_the_fallback_routes_do(stack):
     user = uuid.uuid4().hex
     token = stack.token(user)
     for method, path, allow in [
-        ("PUT", f"/api/{user}/tasks", "GET, POST, OPTIONS"),
+        ("PUT", f"/api/{user}/tasks", "GET, HEAD, POST, OPTIONS"),
         ("GET", f"/api/{user}/tasks/{uuid.uuid4()}/complete", "PATCH, OPTIONS"),
-        ("DELETE", "/health", "GET, OPTIONS"),
+        ("DELETE", "/health", "GET, HEAD, OPTIONS"),
         ("GET", "/", None),
         ("GET", "/wp-login.php", None),
         ("POST", f"/api/{user}/task", None),
@@ -278,6 +278,22 @@ def test_requests_no_route_takes_are_answered_as_the_fallback_routes_do(stack):
         assert (status, json.loads(raw)["detail"]) == expected, (method, path, raw)
         assert lower.get("allow") == allow, (method, path)
         assert lower.get("x-request-id"), (method, path)
+
+
+def test_head_reaches_the_get_routes_function_and_answers_without_a_body(stack):
+    """Under watch, as in AWS (the template's HEAD routes): HEAD on a GET route is that
+    route's function's answer, with the GET's status and headers and no body."""
+    user = uuid.uuid4().hex
+    token = stack.token(user)
+    call(stack, "POST", f"/api/{user}/tasks", token, {"title": "head"}, expect=201)
+    for path in ("/health", f"/api/{user}/tasks"):
+        get_status, get_headers, _ = stack.request("GET", path, token)
+        status, headers, raw = stack.request("HEAD", path, token)
+        assert (status, raw) == (get_status, b""), (path, status, raw)
+        get_lower = {k.lower(): v for k, v in get_headers.items()}
+        lower = {k.lower(): v for k, v in headers.items()}
+        assert lower.get("x-total-count") == get_lower.get("x-total-count"), path
+        assert lower.get("x-request-id"), path
 
 
 def test_local_secrets_are_private_and_the_cluster_asks_for_its_password(stack):

@@ -18,11 +18,14 @@ async fn a_request_no_route_takes_gets_404_or_405_with_detail() {
     let user = user_id();
     let task = task_path(&user, &uuid::Uuid::new_v4().to_string());
     let cases = [
-        ("PUT", tasks_path(&user), Some("GET, POST, OPTIONS")),
-        ("HEAD", tasks_path(&user), Some("GET, POST, OPTIONS")),
-        ("POST", task.clone(), Some("GET, PUT, DELETE, OPTIONS")),
+        ("PUT", tasks_path(&user), Some("GET, HEAD, POST, OPTIONS")),
+        (
+            "POST",
+            task.clone(),
+            Some("GET, HEAD, PUT, DELETE, OPTIONS"),
+        ),
         ("GET", format!("{task}/complete"), Some("PATCH, OPTIONS")),
-        ("DELETE", "/health".to_owned(), Some("GET, OPTIONS")),
+        ("DELETE", "/health".to_owned(), Some("GET, HEAD, OPTIONS")),
         ("GET", "/".to_owned(), None),
         ("GET", "/wp-login.php".to_owned(), None),
         ("POST", format!("/api/{user}/task"), None),
@@ -50,6 +53,62 @@ async fn a_request_no_route_takes_gets_404_or_405_with_detail() {
         assert_eq!(response.header("allow"), allow, "{method} {path}");
         assert!(response.header("x-request-id").is_some(), "{method} {path}");
     }
+}
+
+/// `HEAD` is the `GET`'s answer without the body (RFC 9110, 9.3.2), on every route that
+/// takes `GET`: the same status and headers, the length of the body left out. It was a 405
+/// (uptime checks send `HEAD /health`). A path that takes no `GET` still answers 405 or 404.
+#[tokio::test]
+async fn head_is_the_gets_answer_without_its_body() {
+    let state = state();
+    let user = user_id();
+    let task = crate::create_titled(&state, &user, "headed").await;
+    let path = task_path(&user, &crate::id_of(&task));
+    let cases = [
+        (tasks_path(&user), Operation::ListTasks),
+        (path.clone(), Operation::GetTask),
+        ("/health".to_owned(), Operation::Health),
+    ];
+    for (path, operation) in cases {
+        let get = ApiEvent::get(&path).as_user(&user).send(&state).await;
+        get.assert_status(200);
+        let event = ApiEvent::new("HEAD", &path).as_user(&user);
+        assert_eq!(
+            event.to_json()["routeKey"],
+            format!("HEAD {}", operation.route().path),
+            "the template's HEAD route"
+        );
+        let head = event.send_to(&state, operation).await;
+        assert_eq!(head.status, 200, "HEAD {path}: {}", head.text());
+        assert!(head.body.is_empty(), "HEAD {path}: {}", head.text());
+        let length = get.body.len().to_string();
+        assert_eq!(head.header("content-length"), Some(length.as_str()));
+        for name in ["content-type", "etag", "x-total-count"] {
+            assert_eq!(head.header(name), get.header(name), "HEAD {path}: {name}");
+        }
+    }
+    let unauthenticated = ApiEvent::new("HEAD", &path).send(&state).await;
+    assert_eq!(unauthenticated.status, 401);
+    assert!(unauthenticated.body.is_empty());
+    assert_eq!(unauthenticated.header("www-authenticate"), Some("Bearer"));
+    let missing = task_path(&user, &uuid::Uuid::new_v4().to_string());
+    let missing = ApiEvent::new("HEAD", &missing)
+        .as_user(&user)
+        .send(&state)
+        .await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_empty());
+    let complete = ApiEvent::new("HEAD", &format!("{path}/complete"))
+        .as_user(&user)
+        .send_to(&state, Operation::Health)
+        .await;
+    assert_eq!(complete.status, 405);
+    assert_eq!(complete.header("allow"), Some("PATCH, OPTIONS"));
+    let unknown = ApiEvent::new("HEAD", "/wp-login.php")
+        .send_to(&state, Operation::Health)
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.is_empty());
 }
 
 #[tokio::test]
@@ -93,7 +152,7 @@ async fn behind_an_api_mapping_key_the_routed_path_decides() {
     let put = ApiEvent::put(&tasks_path(&user)).as_user(&user);
     let response = send_event(&state, Operation::Health, with_key(put)).await;
     response.assert_status(405);
-    assert_eq!(response.header("allow"), Some("GET, POST, OPTIONS"));
+    assert_eq!(response.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
 }
 
 /// The URLs the API hands out keep the mapping's key: `Location` of a create, `Link` of a
