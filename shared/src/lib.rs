@@ -91,6 +91,18 @@ impl AppState {
         })?;
         Self::new(&config)
     }
+
+    /// The health function's state, from `get` (the environment): it verifies no token
+    /// ([`Config::from_lookup_without_tokens`]), so it neither reads `BETTER_AUTH_SECRET_ARN`
+    /// nor needs any token setting, and opens no connection until asked.
+    pub async fn for_health(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |name: &str| get(name).filter(|_| name != "BETTER_AUTH_SECRET_ARN");
+        let from_secrets = secrets::resolve(get).await?;
+        let config = Config::from_lookup_without_tokens(|name| {
+            from_secrets.get(name).cloned().or_else(|| get(name))
+        })?;
+        Self::new(&config)
+    }
 }
 
 /// What every function's `main` does first: JSON logging, then the state, which lives as
@@ -98,14 +110,15 @@ impl AppState {
 /// references).
 ///
 /// A task function opens its first database connection here, so its first request does
-/// not wait for it. The health function does not: it also answers every path no route
+/// not wait for it. The health function verifies no token ([`AppState::for_health`]), and
+/// does not open one: it also answers every path no route
 /// has (API Gateway's fallback routes, where scanners land), and a connection at each of
 /// its cold starts would wake a suspended Neon compute for them. `/health` connects when
 /// asked.
 pub async fn cold_start(operation: routes::Operation) -> anyhow::Result<&'static AppState> {
     telemetry::init();
     let state = if operation == routes::Operation::Health {
-        AppState::from_env_lazily(|_| None).await
+        AppState::for_health(|name| std::env::var(name).ok()).await
     } else {
         AppState::from_env().await
     };

@@ -334,3 +334,32 @@ def test_the_cors_origins_have_no_default(path):
     """A deploy must name the frontend's origin: with a default (it was localhost:3000), a
     stack answered curl and refused every browser on the real origin."""
     assert "Default" not in load(path)["Parameters"]["CorsAllowedOrigins"]
+
+
+@pytest.mark.parametrize("path", [TEMPLATE, MANAGED], ids=["default", "managed"])
+def test_only_the_task_functions_may_read_the_better_auth_secret(path):
+    """With BetterAuthSecretArn, each task function's role may read it; the health function's
+    (which verifies no token, and serves every scanner's request through the fallback
+    routes) may not, and is not given the ARN."""
+    template = transformed(path)
+    conditions = template.get("Conditions", {})
+    auth_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-api/better-auth-GhIjKl"
+    params = {**{name: p.get("Default") for name, p in template["Parameters"].items()},
+              "BetterAuthSecretArn": auth_arn}
+    roles = of_type(template, "AWS::IAM::Role")
+    for name, function in functions(path).items():
+        role = roles[function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        resources = []
+        for policy in role["Properties"].get("Policies", []):
+            policy = evaluate(policy, params, conditions)
+            if policy != {"Ref": "AWS::NoValue"}:
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    if "secretsmanager:GetSecretValue" in json.dumps(statement["Action"]):
+                        resources.append(json.dumps(statement["Resource"]))
+        reads_auth = any("BetterAuthSecretArn" in r for r in resources)
+        variables = function["Properties"]["Environment"]["Variables"]
+        if name.startswith("HealthFunction"):
+            assert not reads_auth, (name, resources)
+            assert variables.get("BETTER_AUTH_SECRET_ARN") == "", name
+        else:
+            assert reads_auth, (name, resources)

@@ -111,6 +111,37 @@ async fn head_is_the_gets_answer_without_its_body() {
     assert!(unknown.body.is_empty());
 }
 
+/// The health function verifies no token, so it starts with no token setting and never
+/// fetches the Better Auth secret (its role may not read it): an ARN it were given anyway
+/// is not read (no AWS here: a fetch would fail the start). It answers `/health` and the
+/// fallback routes, and refuses any token on a task route (which API Gateway never sends it).
+#[tokio::test]
+async fn the_health_function_starts_without_any_token_setting_or_secret() {
+    let state = shared::AppState::for_health(|name| match name {
+        "DATABASE_URL" => Some(tests::database_url().to_owned()),
+        "BETTER_AUTH_SECRET_ARN" => {
+            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-AbCdEf".into())
+        }
+        _ => None,
+    })
+    .await
+    .expect("the health function's state");
+    let health = ApiEvent::get("/health")
+        .send_to(&state, Operation::Health)
+        .await;
+    health.assert_status(200);
+    ApiEvent::get("/nope")
+        .send_to(&state, Operation::Health)
+        .await
+        .assert_status(404);
+    let user = user_id();
+    ApiEvent::get(&tasks_path(&user))
+        .as_user(&user)
+        .send_to(&state, Operation::ListTasks)
+        .await
+        .assert_status(401);
+}
+
 #[tokio::test]
 async fn the_fallback_answers_cross_origin_requests_with_cors() {
     let state = state();
