@@ -43,7 +43,7 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// No key at all: every token is refused ([`Config::from_lookup_without_tokens`]).
+    /// No key at all: every token is refused (the health function's, which verifies none).
     pub fn verifying_nothing() -> Self {
         AuthConfig {
             hs256_secret: None,
@@ -110,31 +110,13 @@ pub fn alias_of(name: &str) -> Option<&'static str> {
 impl Config {
     /// Reads settings through `get`, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::read(get, true)
-    }
-
-    /// [`Config::from_lookup`] for a function that verifies no token (the health function:
-    /// `/health` is public, and the fallback routes answer 404 or 405 before any token is
-    /// read). It reads no token setting, so it needs no Better Auth secret: its role can
-    /// be denied the secret that can mint sessions. Any token it were given is refused.
-    pub fn from_lookup_without_tokens(
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        Self::read(get, false)
-    }
-
-    fn read(get: impl Fn(&str) -> Option<String>, tokens: bool) -> Result<Self, ConfigError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let url = var("DATABASE_URL")
             .or_else(|| alias_of("DATABASE_URL").and_then(&var))
             .ok_or(ConfigError::Missing("DATABASE_URL"))?;
         Ok(Config {
             database: Self::database(&var, SecretString::from(url))?,
-            auth: if tokens {
-                Self::auth(&var)?
-            } else {
-                AuthConfig::verifying_nothing()
-            },
+            auth: Self::auth(&var)?,
             cors_allowed_origins: list(
                 var("CORS_ALLOWED_ORIGINS")
                     .as_deref()
@@ -617,18 +599,6 @@ mod tests {
             load(&[("DATABASE_URL", "postgres://localhost/db")]).unwrap_err(),
             ConfigError::NoTokenVerifier
         );
-        // The health function reads no token setting: none is needed, a bad one is not read.
-        for tokens in [&[][..], &[("BETTER_AUTH_SECRET", "hunter2")][..]] {
-            let config = Config::from_lookup_without_tokens(|name| match name {
-                "DATABASE_URL" => Some("postgres://localhost/db".into()),
-                _ => tokens
-                    .iter()
-                    .find(|(setting, _)| *setting == name)
-                    .map(|(_, value)| (*value).to_owned()),
-            })
-            .unwrap();
-            assert!(config.auth.hs256_secret.is_none() && config.auth.jwks.is_none());
-        }
         let short = load(&[
             ("DATABASE_URL", "postgres://localhost/db"),
             ("BETTER_AUTH_SECRET", "hunter2"),

@@ -92,15 +92,31 @@ impl AppState {
         Self::new(&config)
     }
 
-    /// The health function's state, from `get` (the environment): it verifies no token
-    /// ([`Config::from_lookup_without_tokens`]), so it neither reads `BETTER_AUTH_SECRET_ARN`
-    /// nor needs any token setting, and opens no connection until asked.
+    /// The health function's state, from `get` (the environment). It verifies no token:
+    /// `/health` is public, and the fallback routes answer 404 or 405 before any token is
+    /// read. So it never fetches the Better Auth secret (`BETTER_AUTH_SECRET_ARN`), which
+    /// its role may not read: that secret can mint sessions, and this function serves every
+    /// scanner's request. It still checks the other token settings as the task functions
+    /// do, with a stand-in for the secret where its ARN is set, so that a setting that
+    /// stops their cold start stops this one too, and `/health` never answers 200 for a
+    /// stack whose task functions cannot start. Its verifier then refuses every token.
     pub async fn for_health(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |name: &str| get(name).filter(|_| name != "BETTER_AUTH_SECRET_ARN");
-        let from_secrets = secrets::resolve(get).await?;
-        let config = Config::from_lookup_without_tokens(|name| {
-            from_secrets.get(name).cloned().or_else(|| get(name))
+        let set = |name: &str| get(name).filter(|value| !value.trim().is_empty());
+        let env = |name: &str| set(name).filter(|_| name != "BETTER_AUTH_SECRET_ARN");
+        let from_secrets = secrets::resolve(env).await?;
+        let secret_elsewhere = set("BETTER_AUTH_SECRET_ARN").is_some();
+        let stand_in = "s".repeat(config::MIN_SECRET_BYTES);
+        let mut config = Config::from_lookup(|name| {
+            from_secrets
+                .get(name)
+                .cloned()
+                .or_else(|| env(name))
+                .or_else(|| {
+                    (name == "BETTER_AUTH_SECRET" && secret_elsewhere).then(|| stand_in.clone())
+                })
         })?;
+        TokenVerifier::new(&config.auth)?;
+        config.auth = config::AuthConfig::verifying_nothing();
         Self::new(&config)
     }
 }

@@ -111,25 +111,31 @@ async fn head_is_the_gets_answer_without_its_body() {
     assert!(unknown.body.is_empty());
 }
 
-/// The health function verifies no token, so it starts with no token setting and never
-/// fetches the Better Auth secret (its role may not read it): an ARN it were given anyway
-/// is not read (no AWS here: a fetch would fail the start). It answers `/health` and the
-/// fallback routes, and refuses any token on a task route (which API Gateway never sends it).
+/// The health function verifies no token, so it never fetches the Better Auth secret (its
+/// role may not read it): given only the secret's ARN (no AWS here: a fetch would fail the
+/// start), it starts, answers `/health` and the fallback routes, and refuses any token on
+/// a task route (which API Gateway never sends it). Token settings that stop the task
+/// functions' cold start stop its start too, so `/health` is not green for a stack whose
+/// task functions cannot start.
 #[tokio::test]
-async fn the_health_function_starts_without_any_token_setting_or_secret() {
-    let state = shared::AppState::for_health(|name| match name {
-        "DATABASE_URL" => Some(tests::database_url().to_owned()),
-        "BETTER_AUTH_SECRET_ARN" => {
-            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-AbCdEf".into())
-        }
-        _ => None,
-    })
-    .await
-    .expect("the health function's state");
-    let health = ApiEvent::get("/health")
+async fn the_health_function_starts_without_the_secret_and_checks_the_other_token_settings() {
+    const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo-AbCdEf";
+    let health = |settings: &'static [(&'static str, &'static str)]| {
+        shared::AppState::for_health(move |name| match name {
+            "DATABASE_URL" => Some(tests::database_url().to_owned()),
+            _ => settings
+                .iter()
+                .find(|(setting, _)| *setting == name)
+                .map(|(_, value)| (*value).to_owned()),
+        })
+    };
+    let state = health(&[("BETTER_AUTH_SECRET_ARN", ARN)])
+        .await
+        .expect("the health function's state");
+    ApiEvent::get("/health")
         .send_to(&state, Operation::Health)
-        .await;
-    health.assert_status(200);
+        .await
+        .assert_status(200);
     ApiEvent::get("/nope")
         .send_to(&state, Operation::Health)
         .await
@@ -140,6 +146,18 @@ async fn the_health_function_starts_without_any_token_setting_or_secret() {
         .send_to(&state, Operation::ListTasks)
         .await
         .assert_status(401);
+    assert!(health(&[]).await.is_err(), "no way to verify tokens");
+    let bad_leeway = &[
+        ("BETTER_AUTH_SECRET_ARN", ARN),
+        ("JWT_LEEWAY_SECONDS", "30000"),
+    ];
+    assert!(health(bad_leeway).await.is_err(), "a leeway past 5 minutes");
+    assert!(
+        health(&[("BETTER_AUTH_SECRET", "too short")])
+            .await
+            .is_err(),
+        "a secret given directly (locally) is checked too"
+    );
 }
 
 #[tokio::test]
