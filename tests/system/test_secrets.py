@@ -139,7 +139,7 @@ def test_a_missing_secret_stops_the_cold_start_naming_it(secrets, which):
     missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo/nope-AbCdEf"
     arns[which] = missing
     runtime = RuntimeApi()
-    proc = start("health", lambda_env(runtime, "health", **arns, **aws(endpoint)))
+    proc = start("list-tasks", lambda_env(runtime, "list-tasks", **arns, **aws(endpoint)))
     try:
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -147,6 +147,25 @@ def test_a_missing_secret_stops_the_cold_start_naming_it(secrets, which):
     assert proc.returncode != 0
     assert which in out and missing in out, out
     assert AUTH_SECRET not in out and db_url not in out
+
+
+def test_the_health_function_never_reads_the_better_auth_secret(secrets):
+    """The health function verifies no token, and its role may not read the Better Auth
+    secret: given an ARN that Secrets Manager does not have, it starts all the same (it
+    never asks for it) and answers /health from the database secret."""
+    endpoint, db_arn, _, _ = secrets
+    missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:todo/nope-AbCdEf"
+    runtime = RuntimeApi()
+    proc = start("health", lambda_env(runtime, "health", DATABASE_URL_SECRET_ARN=db_arn,
+                                      BETTER_AUTH_SECRET_ARN=missing, **aws(endpoint)))
+    try:
+        response = runtime.invoke(api_event("GET", "/health"))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        runtime.close()
+    assert response["statusCode"] == 200, (response, out[-3000:])
+    assert missing not in out
 
 
 def test_an_unreachable_secrets_manager_stops_the_cold_start(secrets):
