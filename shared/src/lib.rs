@@ -80,16 +80,7 @@ impl AppState {
     /// Like [`AppState::from_env_with_defaults`], without opening a database connection:
     /// the first request that needs one opens it.
     pub async fn from_env_lazily(default: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let env = |name: &str| std::env::var(name).ok();
-        let from_secrets = secrets::resolve(env).await?;
-        let config = Config::from_lookup(|name| {
-            from_secrets
-                .get(name)
-                .cloned()
-                .or_else(|| env(name))
-                .or_else(|| default(name))
-        })?;
-        Self::new(&config)
+        Self::new(&read_config(|name| std::env::var(name).ok(), default).await?)
     }
 
     /// The health function's state, from `get` (the environment). It verifies no token:
@@ -102,23 +93,35 @@ impl AppState {
     /// stack whose task functions cannot start. Its verifier then refuses every token.
     pub async fn for_health(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let set = |name: &str| get(name).filter(|value| !value.trim().is_empty());
-        let env = |name: &str| set(name).filter(|_| name != "BETTER_AUTH_SECRET_ARN");
-        let from_secrets = secrets::resolve(env).await?;
         let secret_elsewhere = set("BETTER_AUTH_SECRET_ARN").is_some();
-        let stand_in = "s".repeat(config::MIN_SECRET_BYTES);
-        let mut config = Config::from_lookup(|name| {
-            from_secrets
-                .get(name)
-                .cloned()
-                .or_else(|| env(name))
-                .or_else(|| {
-                    (name == "BETTER_AUTH_SECRET" && secret_elsewhere).then(|| stand_in.clone())
-                })
-        })?;
+        let mut config = read_config(
+            |name| set(name).filter(|_| name != "BETTER_AUTH_SECRET_ARN"),
+            |name| {
+                (name == "BETTER_AUTH_SECRET" && secret_elsewhere)
+                    .then(|| "s".repeat(config::MIN_SECRET_BYTES))
+            },
+        )
+        .await?;
         TokenVerifier::new(&config.auth)?;
         config.auth = config::AuthConfig::verifying_nothing();
         Self::new(&config)
     }
+}
+
+/// The configuration from `env`, whose secrets' ARNs are read from Secrets Manager first,
+/// with `default` for what neither gives.
+async fn read_config(
+    env: impl Fn(&str) -> Option<String> + Copy,
+    default: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Config> {
+    let from_secrets = secrets::resolve(env).await?;
+    Ok(Config::from_lookup(|name| {
+        from_secrets
+            .get(name)
+            .cloned()
+            .or_else(|| env(name))
+            .or_else(|| default(name))
+    })?)
 }
 
 /// What every function's `main` does first: JSON logging, then the state, which lives as
