@@ -215,10 +215,7 @@ async fn white_space_sent_as_another_media_type_is_415_and_changes_nothing() {
             .await
             .assert_status(415);
     }
-    let read = ApiEvent::get(&task_path(&user, &id_of(&task)))
-        .as_user(&user)
-        .send(&state)
-        .await;
+    let read = crate::get(&state, &user, &id_of(&task)).await;
     read.assert_status(200);
     assert_eq!(read.json()["completed"], false, "the 415s toggled nothing");
     assert_eq!(task_count(&user).await, 1);
@@ -324,10 +321,7 @@ async fn a_body_of_other_white_space_is_no_empty_body() {
         response.assert_status(422);
         assert_eq!(response.error_types(), ["json_invalid"], "{body:?}");
     }
-    let read = ApiEvent::get(&task_path(&user, &id_of(&task)))
-        .as_user(&user)
-        .send(&state)
-        .await;
+    let read = crate::get(&state, &user, &id_of(&task)).await;
     read.assert_status(200);
     assert_eq!(read.json()["completed"], false);
     // JSON's own white space is still no body: the toggle happens.
